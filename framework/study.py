@@ -31,6 +31,7 @@ import hashlib
 import json
 import logging
 import os
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,6 +45,7 @@ from .errors import BudgetExhausted, CuecardError
 from .evaluate import ExampleScore
 from .policies import Allocation, EvaluationBudgetSpent, Policy, rank
 from .program import candidate_key
+from .sharing import CREATE, open_claims
 from .usage import Block, Limits, Usage, activate
 
 logger = logging.getLogger(__name__)
@@ -103,10 +105,39 @@ def default_storage(run_dir: str | os.PathLike[str]) -> str:
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     if url == "sqlite:///:memory:" or url == ":memory:":
         return optuna.storages.InMemoryStorage()
+    kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}}
+    for attempt in range(5):
+        try:
+            with _schema_lock(url):
+                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+        except Exception as exc:  # sqlalchemy raises many kinds here
+            racing = any(text in str(exc) for text in ("already exists", "UNIQUE constraint", "duplicate key"))
+            if racing and attempt < 4:
+                time.sleep(0.2 * (attempt + 1))  # another process is creating the schema right now
+                continue
+            raise StorageError(f"Cannot open the Optuna storage {url!r}: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def _schema_lock(url: str) -> Iterator[None]:
+    """For a SQLite file, one process at a time creates Optuna's tables (they race otherwise)."""
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if not url.startswith("sqlite") else {})
-    except Exception as exc:  # sqlalchemy raises many kinds here
-        raise StorageError(f"Cannot open the Optuna storage {url!r}: {exc}") from exc
+        import fcntl
+    except ImportError:  # not on POSIX: the retries in open_storage have to do
+        fcntl = None
+    if fcntl is None or not url.startswith("sqlite:///"):
+        yield
+        return
+
+    path = Path(url[len("sqlite:///"):])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 class Engine:
@@ -123,6 +154,12 @@ class Engine:
         max_evaluations: a cap on example evaluations over the whole run.
         progress: show a progress bar.
         calls_per_example: LM calls one example evaluation takes (for estimates and caps).
+        claim_timeout: seconds after which another process's unfinished claim on an evaluation is
+            taken over (a claim of a dead process on the same host is taken over at once).
+
+    Several processes may run the same study on one database storage (SQLite file, PostgreSQL):
+    each candidate gets one trial and each example evaluation is done by one process, the others
+    read its score back (see :mod:`cuecard.sharing`).
     """
 
     def __init__(
@@ -138,6 +175,7 @@ class Engine:
         max_evaluations: int | None = None,
         progress: bool = True,
         calls_per_example: int = 1,
+        claim_timeout: float = 900.0,
     ) -> None:
         if not examples:
             raise ValueError("The example pool is empty")
@@ -171,6 +209,8 @@ class Engine:
         self.evaluations = 0
         self.side_evaluations = 0
         self.reused = 0
+        self.claims = open_claims(self.storage_url, name, stale_after=claim_timeout)
+        self.claim_poll = 0.2
         self._load_trials()
 
     # ---- run identity -------------------------------------------------------------------------
@@ -196,9 +236,11 @@ class Engine:
             )
 
     def _load_trials(self) -> None:
+        """Register the run's trials not known yet (all of them at start; other processes' later)."""
+        known = set(self._trial_ids)
         for trial in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
             record = trial.user_attrs.get(ATTR + "candidate")
-            if record is None:
+            if record is None or trial._trial_id in known or record["key"] in self._by_key:  # noqa: SLF001
                 continue
             scores = {int(k[len(SCORE):]): float(v) for k, v in trial.user_attrs.items() if k.startswith(SCORE)}
             errors = {int(k[len(ERROR):]): str(v) for k, v in trial.user_attrs.items() if k.startswith(ERROR)}
@@ -228,6 +270,12 @@ class Engine:
         key = candidate_key(instructions)
         if key in self._by_key:
             return self._by_key[key]
+        if self.claims.shared:
+            self._load_trials()
+            if key in self._by_key:
+                return self._by_key[key]
+            if not self.claims.claim(key, CREATE):
+                return self._wait_for_candidate(key)
         record = CandidateRecord(
             key=key, instructions=dict(instructions), parent=parent, round=round, origin=origin, meta=dict(meta or {})
         )
@@ -235,8 +283,21 @@ class Engine:
         trial.set_user_attr(ATTR + "candidate", record.model_dump())
         return self._register(record, trial._trial_id, {}, {}, True)  # noqa: SLF001
 
+    def _wait_for_candidate(self, key: str) -> int:
+        """Another process is creating this candidate's trial: wait until it is there."""
+        while key not in self._by_key:
+            time.sleep(self.claim_poll)
+            self._load_trials()
+            if key not in self._by_key and self.claims.claim(key, CREATE):
+                raise StorageError(f"Candidate {key} was claimed by a process that never created it; retry the run")
+        return self._by_key[key]
+
     def arm_of(self, instructions: Mapping[str, str]) -> int | None:
         return self._by_key.get(candidate_key(instructions))
+
+    def arm_of_key(self, key: str) -> int:
+        """The arm id of the candidate with this key (``KeyError`` if the run has none)."""
+        return self._by_key[key]
 
     def scores(self, arm: int) -> dict[int, float]:
         """The arm's score on every pool example it was evaluated on (pool index -> score)."""
@@ -253,6 +314,9 @@ class Engine:
     def evaluate(self, arm: int, indices: Sequence[int], *, budget: int | None = None) -> list[float]:
         """Score ``arm`` on pool examples ``indices``; finished ones are read back, not redone."""
         missing = [i for i in indices if i not in self._scores[arm]]
+        if missing and self.claims.shared:
+            self._refresh_scores(arm)
+            missing = [i for i in missing if i not in self._scores[arm]]
         if missing:
             if budget is not None and len(missing) > budget:
                 missing = missing[:budget]
@@ -262,39 +326,81 @@ class Engine:
                     raise EvaluationBudgetSpent
                 missing = missing[:room]
             self.block.check()
-            with activate(self.block):
-                results = self.scorer.run(self.candidates[arm].instructions, [(i, self.examples[i]) for i in missing])
-            self._store(arm, results)
+            self._evaluate_claimed(arm, missing)
         self.reused += len(indices) - len(missing)
         return [self._scores[arm][i] for i in indices if i in self._scores[arm]]
 
+    def _evaluate_claimed(self, arm: int, missing: list[int]) -> None:
+        """Evaluate the examples this process can claim, in chunks; wait for other processes' scores."""
+        key = self.candidates[arm].key
+        chunk = max(1, getattr(self.scorer, "num_threads", 1)) if self.claims.shared else len(missing)
+        while missing:
+            mine: list[int] = []
+            for index in missing:
+                if self.claims.claim(key, index):
+                    mine.append(index)
+                    if len(mine) >= chunk:
+                        break
+            if mine:
+                try:
+                    with activate(self.block):
+                        results = self.scorer.run(self.candidates[arm].instructions, [(i, self.examples[i]) for i in mine])
+                except BaseException:
+                    self.claims.release(key, mine)
+                    raise
+                self._store(arm, results)
+            else:
+                time.sleep(self.claim_poll)
+                self._refresh_scores(arm)
+            missing = [i for i in missing if i not in self._scores[arm]]
+
+    def _refresh_scores(self, arm: int) -> None:
+        """Read scores other processes stored for this arm."""
+        trial = self.study._storage.get_trial(self._trial_ids[arm])  # noqa: SLF001
+        for name, value in trial.user_attrs.items():
+            if name.startswith(SCORE):
+                self._scores[arm].setdefault(int(name[len(SCORE):]), float(value))
+            elif name.startswith(ERROR):
+                self._errors[arm].setdefault(int(name[len(ERROR):]), str(value))
+        if trial.state.is_finished():
+            self._writable[arm] = False
+
     def _store(self, arm: int, results: Sequence[ExampleScore]) -> None:
-        trial_id = self._trial_ids[arm]
-        storage = self.study._storage  # noqa: SLF001 - Optuna's public Trial API needs a live trial object
         for result in results:
             self._scores[arm][result.index] = result.score
             if result.error:
                 self._errors[arm][result.index] = result.error
-            if self._writable[arm]:
-                storage.set_trial_user_attr(trial_id, SCORE + str(result.index), result.score)
-                if result.error:
-                    storage.set_trial_user_attr(trial_id, ERROR + str(result.index), result.error)
         self.evaluations += len(results)
         if self._writable[arm]:
-            trial = optuna.trial.Trial(self.study, trial_id)
-            scored = sorted(self._scores[arm])
-            reported = set(storage.get_trial(trial_id).intermediate_values)
-            total = 0.0
-            for step, index in enumerate(scored, start=1):
-                total += self._scores[arm][index]
-                if step not in reported:
-                    trial.report(total / step, step)
+            try:
+                self._write_trial(arm, results)
+            except (RuntimeError, ValueError):
+                if not self.study._storage.get_trial(self._trial_ids[arm]).state.is_finished():  # noqa: SLF001
+                    raise
+                self._writable[arm] = False  # another process closed the trial; keep the scores in memory
         if self._bar is not None:
             self._bar.update(len(results))
             best = max((self.mean(a) for a in range(len(self.candidates)) if self._scores[a]), default=0.0)
             self._bar.set_postfix(candidates=len(self.candidates), best=f"{best:.3f}", lm_calls=self.block.usage.model_calls)
 
     _bar: Any = None
+
+    def _write_trial(self, arm: int, results: Sequence[ExampleScore]) -> None:
+        """Each example's score as a trial attribute; the running mean after k examples at step k."""
+        trial_id = self._trial_ids[arm]
+        storage = self.study._storage  # noqa: SLF001 - Optuna's public Trial API needs a live trial object
+        for result in results:
+            storage.set_trial_user_attr(trial_id, SCORE + str(result.index), result.score)
+            if result.error:
+                storage.set_trial_user_attr(trial_id, ERROR + str(result.index), result.error)
+        trial = optuna.trial.Trial(self.study, trial_id)
+        scored = sorted(self._scores[arm])
+        reported = set(storage.get_trial(trial_id).intermediate_values)
+        total = 0.0
+        for step, index in enumerate(scored, start=1):
+            total += self._scores[arm][index]
+            if step not in reported:
+                trial.report(total / step, step)
 
     def trace(self, instructions: Mapping[str, str], example: dspy.Example) -> Any:
         """A traced run of one example (see :meth:`cuecard.evaluate.Evaluator.trace`), under the run's caps."""
@@ -363,14 +469,20 @@ class Engine:
         for arm, trial_id in enumerate(self._trial_ids):
             if not self._writable[arm]:
                 continue
-            trial = optuna.trial.Trial(self.study, trial_id)
-            if not self._scores[arm]:
-                self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            elif arm in pruned:
-                self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-            else:
-                self.study.tell(trial, self.mean(arm))
             self._writable[arm] = False
+            if self.study._storage.get_trial(trial_id).state.is_finished():  # noqa: SLF001 - another process closed it
+                continue
+            trial = optuna.trial.Trial(self.study, trial_id)
+            try:
+                if not self._scores[arm]:
+                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
+                elif arm in pruned:
+                    self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+                else:
+                    self.study.tell(trial, self.mean(arm))
+            except (RuntimeError, ValueError):
+                if not self.study._storage.get_trial(trial_id).state.is_finished():  # noqa: SLF001
+                    raise
 
 
 class _ArmsView:

@@ -237,3 +237,38 @@ def test_a_killed_run_resumes_without_redoing_finished_evaluations(tmp_path):
     assert len(before) + len(result["pairs"]) == len(scored_pairs(storage))
     assert result["best"] == uninterrupted["best"]
     assert result["ranking"] == uninterrupted["ranking"]
+
+
+# ---- two processes on one storage ----------------------------------------------------------------
+def test_two_processes_on_one_storage_share_the_work_without_evaluating_twice(tmp_path):
+    sys.path.insert(0, str(HERE))
+    import share_worker
+
+    alone = share_worker.run(":memory:", 0.0)
+    storage = f"sqlite:///{tmp_path / 'shared.db'}"
+    go = tmp_path / "go"
+    outs = [tmp_path / f"worker{i}.json" for i in range(2)]
+    workers = [subprocess.Popen([sys.executable, str(HERE / "share_worker.py"), storage, str(out), str(go), "0.02"])
+               for out in outs]
+    deadline = time.monotonic() + 120
+    while not all(Path(f"{out}.ready").exists() for out in outs) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    go.touch()  # both start together
+    for worker in workers:
+        assert worker.wait(timeout=300) == 0
+    first, second = (json.loads(out.read_text()) for out in outs)
+
+    mine, theirs = {tuple(p) for p in first["pairs"]}, {tuple(p) for p in second["pairs"]}
+    assert len(mine) == len(first["pairs"]) and len(theirs) == len(second["pairs"])
+    assert not mine & theirs, f"evaluated by both processes: {sorted(mine & theirs)[:5]}"
+    everything = {tuple(p) for p in alone["pairs"]}  # what one process alone evaluates
+    assert len(everything) == len(share_worker.ACCURACIES) * 20  # full evaluation: 20 examples each
+    assert mine | theirs == everything
+    assert mine and theirs, "one process did all the work"
+    # both see the same result, the one a single process gets alone
+    assert first["ranking"] == second["ranking"] == alone["ranking"]
+    assert first["means"] == second["means"] == alone["means"]
+    study = optuna.load_study(study_name="shared", storage=storage)
+    trials = [t for t in study.get_trials() if "cuecard.candidate" in t.user_attrs]
+    assert len(trials) == len(share_worker.ACCURACIES), "a candidate got two trials"
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)

@@ -1,0 +1,150 @@
+"""Work claims: how several processes on one storage split a run's evaluations without doing one twice.
+
+Before a process scores example ``i`` for a candidate (or creates a candidate's trial), it claims
+``(run, candidate key, i)`` with an ``INSERT`` into a ``cuecard_claims`` table in the same database as
+the Optuna study; the primary key makes the claim atomic, on SQLite as on PostgreSQL. A process that
+loses a claim waits for the winner's score to appear in the trial. A claim whose owner died (same
+host, process gone) is taken over at once; any other claim older than ``stale_after`` seconds too.
+
+Storages without a database (``:memory:``, journal files) get :class:`NoClaims`: one process only.
+
+Example:
+    >>> claims = open_claims("sqlite:///runs/demo/study.db", "demo")  # doctest: +SKIP
+    >>> claims.claim("candidate-key", 0)  # doctest: +SKIP
+    True
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import uuid
+from typing import Protocol
+
+CREATE = -1
+"""The example index under which a candidate's creation is claimed."""
+
+
+class Claims(Protocol):
+    shared: bool
+
+    def claim(self, key: str, index: int) -> bool:
+        """True if this process now owns ``(key, index)`` and must do the work."""
+
+    def release(self, key: str, indices: list[int]) -> None:
+        """Give back claims on work left undone."""
+
+
+class NoClaims:
+    """One process owns everything (in-memory and file-journal storages)."""
+
+    shared = False
+
+    def claim(self, key: str, index: int) -> bool:
+        return True
+
+    def release(self, key: str, indices: list[int]) -> None:
+        pass
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class SQLClaims:
+    """Claims in a ``cuecard_claims`` table next to the Optuna tables (any SQLAlchemy URL)."""
+
+    shared = True
+
+    def __init__(self, url: str, run: str, *, stale_after: float = 900.0) -> None:
+        import sqlalchemy as sa
+
+        self.run = run
+        self.stale_after = stale_after
+        self.host = socket.gethostname()
+        self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        self.engine = sa.create_engine(url, **kwargs)
+        metadata = sa.MetaData()
+        self.table = sa.Table(
+            "cuecard_claims",
+            metadata,
+            sa.Column("run", sa.String(512), primary_key=True),
+            sa.Column("candidate", sa.String(64), primary_key=True),
+            sa.Column("example", sa.Integer, primary_key=True),
+            sa.Column("owner", sa.String(256), nullable=False),
+            sa.Column("claimed_at", sa.Float, nullable=False),
+        )
+        metadata.create_all(self.engine, checkfirst=True)
+
+    def claim(self, key: str, index: int) -> bool:
+        import sqlalchemy as sa
+
+        now = time.time()
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(
+                    self.table.insert().values(run=self.run, candidate=key, example=index, owner=self.owner, claimed_at=now)
+                )
+            return True
+        except sa.exc.IntegrityError:
+            pass
+        with self.engine.begin() as connection:
+            row = connection.execute(
+                sa.select(self.table.c.owner, self.table.c.claimed_at).where(
+                    self.table.c.run == self.run, self.table.c.candidate == key, self.table.c.example == index
+                )
+            ).first()
+            if row is None or row.owner == self.owner:
+                return row is not None
+            if not self._abandoned(row.owner, row.claimed_at, now):
+                return False
+            taken = connection.execute(
+                self.table.update()
+                .where(
+                    self.table.c.run == self.run,
+                    self.table.c.candidate == key,
+                    self.table.c.example == index,
+                    self.table.c.owner == row.owner,
+                )
+                .values(owner=self.owner, claimed_at=now)
+            )
+            return taken.rowcount == 1
+
+    def release(self, key: str, indices: list[int]) -> None:
+        """Give back this process's claims on work it did not finish (an error or an interrupt)."""
+        if not indices:
+            return
+        with self.engine.begin() as connection:
+            connection.execute(
+                self.table.delete().where(
+                    self.table.c.run == self.run,
+                    self.table.c.candidate == key,
+                    self.table.c.example.in_(indices),
+                    self.table.c.owner == self.owner,
+                )
+            )
+
+    def _abandoned(self, owner: str, claimed_at: float, now: float) -> bool:
+        host, _, rest = owner.partition(":")
+        pid = rest.split(":", 1)[0]
+        if host == self.host and pid.isdigit() and not _process_alive(int(pid)):
+            return True
+        return now - claimed_at > self.stale_after
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def open_claims(storage_url: str, run: str, *, stale_after: float = 900.0) -> Claims:
+    """SQL claims for a database storage URL, :class:`NoClaims` for anything else."""
+    if storage_url in (":memory:", "sqlite:///:memory:") or "://" not in storage_url:
+        return NoClaims()
+    return SQLClaims(storage_url, run, stale_after=stale_after)
