@@ -55,7 +55,7 @@ def _strip_quotes(text: str) -> str:
     return text
 
 
-InstructionPosition = Literal["after_inputs", "before_inputs", "system"]
+InstructionPosition = Literal["after_inputs", "before_inputs", "system", "answer_start"]
 
 
 class PlainAdapter(dspy.Adapter):
@@ -67,6 +67,8 @@ class PlainAdapter(dspy.Adapter):
             see ``benchmarks/sentiment_instructions.py``). ``"before_inputs"``: the instruction, then
             the inputs and the first output's prefix (``Sentiment:``). ``"system"``: the instruction
             as the system message, the inputs and the output prefix as the user message.
+            ``"answer_start"``: the inputs, then the first output's prefix followed by the
+            instruction, which primes the answer (OPRO's "A_begin").
         multiline_fields: output fields kept whole; any other output field keeps only its first
             non-empty line (small models ramble after the answer).
         short_answer_tokens: cap on generated tokens when the only output is a short field (its
@@ -107,6 +109,8 @@ class PlainAdapter(dspy.Adapter):
             content = f"{self.format_inputs(signature, inputs, with_prefix=False)}\n\n{task}"
         elif self.instruction_position == "before_inputs":
             content = f"{task}\n\n{self.format_inputs(signature, inputs, with_prefix=True)}"
+        elif self.instruction_position == "answer_start":
+            content = f"{self.format_inputs(signature, inputs, with_prefix=True)} {task}"
         else:
             content = self.format_inputs(signature, inputs, with_prefix=True)
         messages.append({"role": "user", "content": content})

@@ -133,6 +133,8 @@ class Teleprompter(DSPyTeleprompter):
             the same name and storage resume a killed run.
         limits / max_evaluations: caps on LM calls, tokens, dollars and example evaluations.
         progress: show progress bars.
+        adapter: the DSPy adapter the program runs with while compiling (default: the one
+            :func:`cuecard.adapter_for` picks for the task LM).
     """
 
     name = "teleprompter"
@@ -152,6 +154,7 @@ class Teleprompter(DSPyTeleprompter):
         max_evaluations: int | None = None,
         progress: bool = True,
         num_threads: int = 8,
+        adapter: dspy.Adapter | None = None,
         **config: Any,
     ) -> None:
         super().__init__()
@@ -166,6 +169,7 @@ class Teleprompter(DSPyTeleprompter):
         self.max_evaluations = max_evaluations
         self.progress = progress
         self.num_threads = num_threads
+        self.adapter = adapter
         self.config = self.Config(**config)
 
     # ---- what a method implements --------------------------------------------------------------
@@ -175,6 +179,12 @@ class Teleprompter(DSPyTeleprompter):
 
     def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
         """Method-specific checks that must fail before any LM call."""
+
+    def task_adapter(self) -> dspy.Adapter:
+        """The adapter the program runs with while compiling."""
+        from cuecard.adapter import adapter_for
+
+        return self.adapter or adapter_for(self.task_lm)
 
     # ---- the skeleton ----------------------------------------------------------------------------
     def compile(
@@ -199,6 +209,7 @@ class Teleprompter(DSPyTeleprompter):
             student,
             self.metric,
             task_lm=self.task_lm,
+            adapter=self.task_adapter(),
             objective=self.config.objective,
             num_threads=self.num_threads,
         )
@@ -319,6 +330,33 @@ class Teleprompter(DSPyTeleprompter):
         options = sampling_kwargs(self.config.seed, index, temperature) if temperature > 0 else {"temperature": 0.0}
         outputs = self.prompt_lm(messages=messages, max_tokens=max_tokens, **options)
         return (outputs[0] if outputs else "") or ""
+
+    def rendered_prompt(
+        self, ctx: SearchContext, predictor_name: str, instruction: str, inputs: dict[str, Any], instructions: dict[str, str] | None = None
+    ) -> str:
+        """The prompt the task LM really receives for ``predictor_name`` with ``instruction`` and ``inputs``,
+        as rendered by the compile's adapter (several messages are shown with their roles)."""
+        program = apply_instructions(ctx.student, {**(instructions or get_instructions(ctx.student)), predictor_name: instruction})
+        predictor = dict(predictors(program))[predictor_name]
+        messages = ctx.engine.scorer.adapter.format(predictor.signature, [dict(d) for d in predictor.demos], inputs)
+        if len(messages) == 1:
+            return str(messages[0]["content"])
+        return "\n\n".join(f"({m['role']})\n{m['content']}" for m in messages)
+
+    def predictor_io(
+        self, ctx: SearchContext, predictor_name: str, example: dspy.Example, instructions: dict[str, str], output: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """What ``predictor_name`` saw and said on ``example``: for one predictor, the example's inputs and
+        the scored ``output``; for a pipeline, the predictor's own step in a traced re-run (None if it failed)."""
+        if len(predictors(ctx.student)) == 1:
+            return dict(example.inputs()), dict(output or {})
+        run = ctx.engine.trace(instructions, example)
+        if run.error is not None:
+            return None
+        for name, inputs, outputs in run.steps:
+            if name == predictor_name:
+                return dict(inputs), {key: str(value) for key, value in outputs.items()}
+        return None
 
     def format_demos(self, student: dspy.Module, examples: Sequence[dspy.Example], predictor_name: str | None = None) -> str:
         """Examples as ``Field: value`` blocks showing every input and output field by name."""

@@ -238,32 +238,20 @@ class ProTeGi(Teleprompter):
     def format_errors(self, ctx: SearchContext, predictor_name: str, group: list, instructions: dict[str, str]) -> str:
         """Each error with every input, the model's output and the gold output (for a pipeline: the
         predictor's own inputs and outputs from a traced re-run, and the gold final output)."""
-        named = dict(predictors(ctx.student))
-        signature = named[predictor_name].signature
+        signature = dict(predictors(ctx.student))[predictor_name].signature
         blocks = []
         for example, result in group:
-            if len(named) == 1:
-                lines = [f"{field_label(signature, n)}: {example[n]}" for n in signature.input_fields if n in example]
-                outputs = result.output or {}
-                for n in signature.output_fields:
-                    lines.append(f"Model's {field_label(signature, n).lower()}: {outputs.get(n, '')}")
-                    if n in example:
-                        lines.append(f"Correct {field_label(signature, n).lower()}: {example[n]}")
-            else:
-                lines = self.trace_lines(ctx, predictor_name, example, instructions)
+            seen = self.predictor_io(ctx, predictor_name, example, instructions, result.output)
+            if seen is None:
+                blocks.append("(the program failed on this example)")
+                continue
+            inputs, outputs = seen
+            lines = [f"{field_label(signature, n)}: {v}" for n, v in inputs.items() if n in signature.input_fields]
+            for n in signature.output_fields:
+                lines.append(f"Model's {field_label(signature, n).lower()}: {outputs.get(n, '')}")
+                if n in example:
+                    lines.append(f"Correct {field_label(signature, n).lower()}: {example[n]}")
+            if not any(n in example for n in signature.output_fields):
+                lines += [f"Correct final {k}: {v}" for k, v in example.labels().items()]
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks)
-
-    def trace_lines(
-        self, ctx: SearchContext, predictor_name: str, example: dspy.Example, instructions: dict[str, str]
-    ) -> list[str]:
-        run = ctx.engine.trace(instructions, example)
-        if run.error is not None:
-            return [f"(the program failed: {run.error})"]
-        lines = []
-        for name, inputs, outputs in run.steps:
-            if name == predictor_name:
-                lines += [f"{k}: {v}" for k, v in inputs.items()]
-                lines += [f"Model's {k}: {v}" for k, v in outputs.items()]
-        lines += [f"Correct final {k}: {v}" for k, v in example.labels().items()]
-        return lines
