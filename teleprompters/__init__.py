@@ -2,6 +2,20 @@
 
 from .ape import APE, APEConfig
 from .base import CompileReport, Teleprompter, TeleprompterConfig
+from .opro import OPRO, OPROConfig
+from .pe2 import PE2, PE2Config
 from .protegi import ProTeGi, ProTeGiConfig
 
-__all__ = ["APE", "APEConfig", "CompileReport", "ProTeGi", "ProTeGiConfig", "Teleprompter", "TeleprompterConfig"]
+__all__ = [
+    "APE",
+    "APEConfig",
+    "CompileReport",
+    "OPRO",
+    "OPROConfig",
+    "PE2",
+    "PE2Config",
+    "ProTeGi",
+    "ProTeGiConfig",
+    "Teleprompter",
+    "TeleprompterConfig",
+]

@@ -1,0 +1,302 @@
+"""OPRO (Yang et al., "Large Language Models as Optimizers", ICLR 2024).
+
+The prompt model is the optimiser. Each step it reads a meta-prompt holding the best instructions
+found so far with their scores (bucketed to 0-100, listed from lowest to highest), a few train
+exemplars showing where the instruction sits in the task model's prompt and the correct output,
+and a request for a new, better instruction between ``<INS>`` tags. Eight samples at temperature
+1.0 are cleaned, filtered (duplicates, over-long ones, ones leaking the tag or an exemplar's answer)
+and scored through the engine; their scores join the history. The search stops on the step budget,
+the LM-call cap, or when the best score has not improved for ``patience`` steps.
+
+Candidates are scored on the dev pool (every cuecard teleprompter scores through the engine's pool;
+the paper scores on its training split). Exemplars always come from the train split, so the
+meta-prompt never shows the examples that decide the winner.
+
+Example:
+    >>> from cuecard.teleprompters import OPRO
+    >>> opro = OPRO(metric=my_metric, task_lm=task_lm, prompt_lm=prompt_lm, steps=10)  # doctest: +SKIP
+    >>> compiled = opro.compile(program, trainset=train)  # doctest: +SKIP
+    >>> compiled.cuecard_report.history[-1]["best_score"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import dspy
+from cuecard.adapter import PlainAdapter, field_label
+from cuecard.errors import BudgetExhausted
+from cuecard.metrics import normalize_instruction_induction
+from cuecard.policies import Allocation, ArmEstimate, FullEvaluation
+from cuecard.program import get_instructions, predictors
+from pydantic import Field, model_validator
+
+from .base import SearchContext, Teleprompter, TeleprompterConfig, clean_instruction
+
+TAG = "<INS>"
+HISTORY = "[[HISTORY]]"
+EXEMPLARS = "[[EXEMPLARS]]"
+
+META_PROMPT = (
+    "You write instructions for a language model. Below are instructions tried so far, each with the "
+    "score it earned (0 to 100, higher is better), listed from the lowest score to the highest.\n\n"
+    f"{HISTORY}\n\n"
+    f"In each example below, {TAG} marks where the instruction is placed in what the model is given, "
+    "and the correct output follows.\n\n"
+    f"{EXEMPLARS}\n\n"
+    "Write one new instruction that is different from every instruction above and would earn a higher "
+    f"score. Keep it short and direct. Put it between {TAG} and </INS>."
+)
+
+POSITIONS = {"Q_begin": "before_inputs", "Q_end": "after_inputs", "A_begin": "answer_start"}
+"""OPRO's instruction positions and the :class:`~cuecard.PlainAdapter` layout each maps to."""
+
+_TAGGED = re.compile(r"<INS>(.*?)(?:</INS>|$)", re.IGNORECASE | re.DOTALL)
+
+
+def extract_instruction(reply: str) -> str:
+    """The text between ``<INS>`` and ``</INS>`` (lenient: an unclosed tag runs to the end; no tag, the reply)."""
+    found = [m.strip() for m in _TAGGED.findall(reply or "") if m.strip()]
+    return found[0] if found else (reply or "").strip()
+
+
+def bucket(score: float) -> int:
+    """A score in [0, 1] as the integer 0-100 the meta-prompt shows."""
+    return round(max(0.0, min(1.0, score)) * 100)
+
+
+class OPROConfig(TeleprompterConfig):
+    """OPRO's settings; defaults are the paper's (8 samples at 1.0, top 20 pairs, 3 exemplars), except
+    the step budget (200 in the paper)."""
+
+    steps: int = Field(20, ge=1)
+    instructions_per_step: int = Field(8, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    max_history: int = Field(20, ge=1, description="past (instruction, score) pairs shown in the meta-prompt")
+    history_threshold: float = Field(0.0, ge=0, le=1, description="pairs scoring below this are left out (0.3 for API scorers in the paper)")
+    num_exemplars: int = Field(3, ge=0)
+    exemplar_selection: Literal["random", "wrong"] = Field(
+        "random", description="'wrong': the train examples the best instructions so far most often got wrong"
+    )
+    position: Literal["Q_begin", "Q_end", "A_begin"] | None = Field(
+        None, description="where the instruction goes (a PlainAdapter layout); None: where the task LM's adapter puts it"
+    )
+    patience: int = Field(5, ge=1, description="steps without a better best score before stopping")
+    seed_instructions: list[str] = Field(default_factory=list)
+    meta_prompt: str = Field(META_PROMPT, description=f"the meta-prompt, with {HISTORY}, {EXEMPLARS} and the {TAG} tag")
+    max_proposal_tokens: int = Field(100, ge=8)
+
+    @model_validator(mode="after")
+    def _check_meta_prompt(self) -> OPROConfig:
+        missing = [marker for marker in (HISTORY, EXEMPLARS, TAG) if marker not in self.meta_prompt]
+        if missing:
+            raise ValueError(
+                f"The OPRO meta-prompt lacks {missing}: it needs the history marker {HISTORY}, the exemplars "
+                f"marker {EXEMPLARS} and the {TAG} tag the new instruction is asked for in"
+            )
+        return self
+
+
+class OPRO(Teleprompter):
+    """Optimisation by prompting: the prompt LM proposes instructions from a scored history."""
+
+    name = "opro"
+    Config = OPROConfig
+    config: OPROConfig
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("policy", FullEvaluation())
+        super().__init__(**kwargs)
+        if self.config.position is not None and self.adapter is None:
+            self.adapter = PlainAdapter(POSITIONS[self.config.position])
+
+    def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
+        if self.config.position is not None and not isinstance(self.task_adapter(), PlainAdapter):
+            raise ValueError(
+                f"position={self.config.position!r} is a PlainAdapter layout; the adapter given is {type(self.adapter).__name__}"
+            )
+
+    # ---- the optimisation loop -----------------------------------------------------------------
+    def search(self, ctx: SearchContext) -> Allocation:
+        engine = ctx.engine
+        seed = get_instructions(ctx.student)
+        names = list(seed)
+        for text in self.config.seed_instructions:
+            for name in names:
+                engine.add_candidate({**seed, name: text}, origin="user-seed")
+        ctx.allocate()
+        self.check_history(ctx, names)
+        wrong: Counter[int] = Counter()
+        counted: set[int] = set()
+        best = self.best_so_far(ctx)
+        stale = 0
+        for step in range(1, self.config.steps + 1):
+            name = names[(step - 1) % len(names)]
+            base = engine.candidates[best.arm].instructions
+            if self.config.exemplar_selection == "wrong" and best.arm not in counted:
+                counted.add(best.arm)
+                for result in engine.run_on(base, ctx.train):
+                    if result.score < 1.0:
+                        wrong[result.index] += 1
+            exemplars = self.choose_exemplars(ctx, wrong)
+            prompt = self.build_meta_prompt(ctx, name, base, exemplars)
+            try:
+                replies = [
+                    self.ask_prompt_lm(
+                        ctx,
+                        [{"role": "user", "content": prompt}],
+                        temperature=self.config.temperature,
+                        max_tokens=self.config.max_proposal_tokens,
+                    )
+                    for _ in range(self.config.instructions_per_step)
+                ]
+            except BudgetExhausted as exc:
+                ctx.note(f"step {step}: LM-call cap reached while proposing ({exc}); stopped")
+                break
+            new_arms = self.add_proposals(ctx, name, base, replies, exemplars, step, best.arm)
+            scored = ctx.allocate(new_arms) if new_arms else None
+            previous, best = best, self.best_so_far(ctx)
+            ctx.history.append(
+                {
+                    "step": step,
+                    "predictor": name,
+                    "proposed": len(replies),
+                    "kept": len(new_arms),
+                    "scored": [
+                        {"instruction": engine.candidates[e.arm].instructions[name], "score": e.mean, "n": e.n}
+                        for e in (scored.ranking if scored else [])
+                    ],
+                    "best_score": best.mean,
+                    "best": engine.candidates[best.arm].instructions,
+                }
+            )
+            if scored is not None and scored.stopped:
+                break
+            if best.mean > previous.mean:
+                stale = 0
+            else:
+                stale += 1
+                if stale >= self.config.patience:
+                    ctx.note(f"step {step}: best score {best.mean:.3f} did not improve for {stale} steps; stopped")
+                    break
+        ranking = engine.ranking(pruned=frozenset(ctx.pruned))
+        return Allocation(policy=self.policy.name, ranking=ranking, evaluations=engine.evaluations)
+
+    def best_so_far(self, ctx: SearchContext) -> ArmEstimate:
+        scored = [e for e in ctx.engine.ranking(pruned=frozenset(ctx.pruned)) if e.n > 0]
+        return scored[0]
+
+    # ---- the meta-prompt -----------------------------------------------------------------------
+    def history_pairs(self, ctx: SearchContext, name: str) -> list[tuple[str, float]]:
+        """The top ``max_history`` (instruction, score) pairs of one predictor, ascending, above the threshold."""
+        best: dict[str, float] = {}
+        for estimate in ctx.engine.ranking(pruned=frozenset(ctx.pruned)):
+            if estimate.n == 0:
+                continue
+            text = ctx.engine.candidates[estimate.arm].instructions[name]
+            best[text] = max(best.get(text, 0.0), estimate.mean)
+        kept = [(text, score) for text, score in best.items() if score >= self.config.history_threshold]
+        kept.sort(key=lambda pair: (-pair[1], pair[0]))
+        return sorted(kept[: self.config.max_history], key=lambda pair: (pair[1], pair[0]))
+
+    def check_history(self, ctx: SearchContext, names: list[str]) -> None:
+        for name in names:
+            if not self.history_pairs(ctx, name):
+                top = max(ctx.engine.mean(arm) for arm in range(len(ctx.engine.candidates)))
+                raise ValueError(
+                    f"history_threshold={self.config.history_threshold} drops every scored instruction of "
+                    f"predictor {name!r} (the best scored {top:.2f}): the meta-prompt would have no history. "
+                    "Lower the threshold."
+                )
+
+    def choose_exemplars(self, ctx: SearchContext, wrong: Counter[int]) -> list[dspy.Example]:
+        count = min(self.config.num_exemplars, len(ctx.train))
+        if self.config.exemplar_selection == "wrong" and wrong:
+            order = sorted(range(len(ctx.train)), key=lambda i: (-wrong[i], ctx.rng.random()))
+            return [ctx.train[i] for i in order[:count]]
+        return ctx.rng.sample(ctx.train, count)
+
+    def build_meta_prompt(
+        self, ctx: SearchContext, name: str, instructions: dict[str, str], exemplars: list[dspy.Example]
+    ) -> str:
+        history = "\n\n".join(
+            f"Instruction: {text}\nScore: {bucket(score)}" for text, score in self.history_pairs(ctx, name)
+        )
+        shown = "\n\n".join(self.render_exemplar(ctx, name, instructions, example) for example in exemplars)
+        return self.config.meta_prompt.replace(HISTORY, history).replace(EXEMPLARS, shown or "(no examples)")
+
+    def render_exemplar(self, ctx: SearchContext, name: str, instructions: dict[str, str], example: dspy.Example) -> str:
+        """The predictor's prompt with ``<INS>`` where the instruction goes, and the correct output.
+
+        For a pipeline, the predictor's inputs come from a traced run of the current best candidate."""
+        named = dict(predictors(ctx.student))
+        inputs = dict(example.inputs())
+        if len(named) > 1:
+            run = ctx.engine.trace(instructions, example)
+            inputs = next((seen for step, seen, _ in run.steps if step == name), inputs)
+        signature = named[name].signature
+        rendered = self.rendered_prompt(ctx, name, TAG, inputs, instructions)
+        labels = example.labels()
+        if labels and all(key in signature.output_fields for key in labels):
+            if len(labels) == 1:
+                answer = str(next(iter(labels.values())))
+            else:
+                answer = "\n".join(f"{field_label(signature, key)}: {value}" for key, value in labels.items())
+            return f"Input:\n{rendered}\nCorrect output:\n{answer}"
+        answer = "\n".join(f"{key}: {value}" for key, value in labels.items())
+        return f"Input:\n{rendered}\nCorrect final output of the program:\n{answer}"
+
+    # ---- filtering proposals -------------------------------------------------------------------
+    def add_proposals(
+        self,
+        ctx: SearchContext,
+        name: str,
+        base: dict[str, str],
+        replies: list[str],
+        exemplars: list[dspy.Example],
+        step: int,
+        parent: int,
+    ) -> list[int]:
+        engine = ctx.engine
+        label_counts = Counter(normalize_instruction_induction(str(v)) for e in ctx.train for v in e.labels().values())
+        secrets = [
+            normalize_instruction_induction(str(v))
+            for e in exemplars
+            for v in e.labels().values()
+            if label_counts[normalize_instruction_induction(str(v))] < 2 and len(str(v).strip()) >= 3
+        ]
+        copied = [str(v).lower() for e in exemplars for v in e.inputs().values() if len(str(v)) > 20]
+        arms: list[int] = []
+        for reply in replies:
+            raw = extract_instruction(reply)
+            if "ins>" in raw.lower():
+                ctx.drop("leaks the tag")
+                continue
+            text = clean_instruction(raw)
+            normalized = normalize_instruction_induction(text)
+            if not text:
+                ctx.drop("empty")
+            elif len(text) > self.config.max_instruction_chars:
+                ctx.drop("too long")
+            elif any(re.search(rf"\b{re.escape(answer)}\b", normalized) for answer in secrets if answer):
+                ctx.drop("leaks an exemplar's answer")
+            elif any(piece in text.lower() for piece in copied):
+                ctx.drop("copies an exemplar's input")
+            elif engine.arm_of({**base, name: text}) is not None or any(
+                engine.candidates[a].instructions[name] == text for a in arms
+            ):
+                ctx.drop("duplicate")
+            else:
+                arms.append(
+                    engine.add_candidate(
+                        {**base, name: text},
+                        parent=engine.candidates[parent].key,
+                        round=step,
+                        origin="opro",
+                        meta={"predictor": name, "step": step},
+                    )
+                )
+        return arms

