@@ -29,6 +29,7 @@ from .errors import (  # noqa: E402
 )
 from .lm import LM, CuecardLM, configure_cache, sampling_kwargs, score_logprob  # noqa: E402
 from .local import LlamaCppEngine, LogProb, embedded_model_path  # noqa: E402
+from .saving import SavedProgramError, load, read_block, save  # noqa: E402
 from .usage import Limits, Usage, UsageMeter, track  # noqa: E402
 
 __version__ = "0.1.0"
@@ -47,6 +48,7 @@ __all__ = [
     "ModelFileError",
     "ModelSpecError",
     "PlainAdapter",
+    "SavedProgramError",
     "ScoringUnsupportedError",
     "SignatureError",
     "Usage",
@@ -55,6 +57,9 @@ __all__ = [
     "configure",
     "configure_cache",
     "embedded_model_path",
+    "load",
+    "read_block",
+    "save",
     "sampling_kwargs",
     "score_logprob",
     "track",

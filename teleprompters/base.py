@@ -26,7 +26,7 @@ from cuecard.errors import ScoringUnsupportedError
 from cuecard.evaluate import Evaluator, Objective
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
-from cuecard.study import Engine
+from cuecard.study import Engine, data_fingerprint
 from cuecard.usage import Limits, Usage, track
 from dspy.teleprompt import Teleprompter as DSPyTeleprompter
 from pydantic import BaseModel, ConfigDict, Field
@@ -71,6 +71,9 @@ class CompileReport(BaseModel):
     dev_size: int
     seed_instructions: dict[str, str]
     seed_dev_score: float | None = None
+    task_model: str | None = None
+    prompt_model: str | None = None
+    data_fingerprint: str | None = Field(None, description="hash of the train and dev examples")
     best: CandidateSummary
     candidates: list[CandidateSummary]
     dropped: dict[str, int] = Field(default_factory=dict)
@@ -310,6 +313,9 @@ class Teleprompter(DSPyTeleprompter):
             dev_size=len(dev),
             seed_instructions=seed_instructions,
             seed_dev_score=seed_summary.dev_score if seed_summary else None,
+            task_model=self.task_lm.model,
+            prompt_model=self.prompt_lm.model,
+            data_fingerprint=data_fingerprint(train + dev),
             best=summaries[0],
             candidates=summaries,
             dropped=ctx.dropped,
