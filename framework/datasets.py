@@ -8,6 +8,11 @@ Example:
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
 import dspy
 
 SENTIMENT_INSTRUCTION = (
@@ -69,3 +74,70 @@ def reviews() -> list[dspy.Example]:
         rows.append(dspy.Example(review=positive, sentiment="positive").with_inputs("review"))
         rows.append(dspy.Example(review=negative, sentiment="negative").with_inputs("review"))
     return rows
+
+
+class DataFileError(ValueError):
+    """A data file that cannot be read as examples (names the file, the line or row, and the field)."""
+
+
+def load_examples(
+    path: str | os.PathLike[str],
+    inputs: Sequence[str],
+    *,
+    columns: Mapping[str, str] | None = None,
+    required: Sequence[str] = (),
+) -> list[dspy.Example]:
+    """Examples from a JSONL, JSON or CSV file with named columns.
+
+    JSON may be a list of objects, ``{"examples": [...]}``, or the Instruction Induction layout
+    ``{"examples": {"1": {...}, ...}}``. ``columns`` renames columns (``{"input": "review"}``);
+    ``inputs`` are the program's input fields; every row must hold them and the ``required`` ones.
+
+    Example:
+        >>> load_examples("train.jsonl", ["review"], required=["sentiment"])  # doctest: +SKIP
+    """
+    import csv
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataFileError(f"{path}: no such file")
+    rows: list[dict[str, Any]]
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".jsonl":
+            rows = []
+            for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise DataFileError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        elif suffix == ".json":
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as exc:
+                raise DataFileError(f"{path}: not valid JSON at line {exc.lineno} ({exc.msg})") from None
+            if isinstance(data, dict) and "examples" in data:
+                data = data["examples"]
+            rows = list(data.values()) if isinstance(data, dict) else data
+        elif suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                rows = list(csv.DictReader(handle))
+        else:
+            raise DataFileError(f"{path}: expected a .jsonl, .json or .csv file")
+    except UnicodeDecodeError as exc:
+        raise DataFileError(f"{path}: not UTF-8 text ({exc.reason})") from None
+    if not isinstance(rows, list) or not rows:
+        raise DataFileError(f"{path}: holds no examples")
+    renames = dict(columns or {})
+    examples = []
+    for number, row in enumerate(rows, start=1):
+        if not isinstance(row, dict):
+            raise DataFileError(f"{path}, example {number}: expected an object with named fields, got {type(row).__name__}")
+        row = {renames.get(key, key): value for key, value in row.items()}
+        missing = [name for name in [*inputs, *required] if name not in row or row[name] in (None, "")]
+        if missing:
+            raise DataFileError(f"{path}, example {number}: missing field(s) {missing} (it has {sorted(row)})")
+        examples.append(dspy.Example(**row).with_inputs(*inputs))
+    return examples

@@ -1,4 +1,4 @@
-"""Plots of a compile: every candidate's score against the round (or step) it was proposed in.
+"""Plots of a compile: every candidate's dev score in the order proposed, coloured by round or step.
 
 Example:
     >>> from cuecard.plots import plot_search  # doctest: +SKIP
@@ -13,7 +13,8 @@ from typing import Any
 
 
 def plot_search(report: Any, path: str | os.PathLike[str], *, title: str | None = None) -> Path:
-    """Write a PNG of ``report``'s candidates: dev score against round, pruned ones marked, the best so far as a line.
+    """Write a PNG of ``report``'s candidates: dev score against the order they were proposed in,
+    coloured by round (or step), pruned ones marked, the best so far as a line, the winner circled.
 
     Args:
         report: a :class:`~cuecard.teleprompters.CompileReport`.
@@ -27,25 +28,32 @@ def plot_search(report: Any, path: str | os.PathLike[str], *, title: str | None 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    kept = [c for c in report.candidates if not c.pruned]
-    pruned = [c for c in report.candidates if c.pruned]
-    figure, axes = plt.subplots(figsize=(7, 4.2), dpi=110)
+    candidates = sorted(report.candidates, key=lambda c: c.arm)
+    rounds = sorted({c.round for c in candidates})
+    colours = plt.get_cmap("viridis")(list(range(len(rounds))) if len(rounds) == 1 else [i / (len(rounds) - 1) for i in range(len(rounds))])
+    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=110)
     try:
-        axes.scatter([c.round for c in kept], [c.dev_score for c in kept], s=22, alpha=0.7, label="candidate")
-        if pruned:
-            axes.scatter([c.round for c in pruned], [c.dev_score for c in pruned], s=22, marker="x", color="grey", label="pruned")
-        rounds = sorted({c.round for c in report.candidates})
+        for round_, colour in zip(rounds, colours, strict=True):
+            kept = [c for c in candidates if c.round == round_ and not c.pruned]
+            pruned = [c for c in candidates if c.round == round_ and c.pruned]
+            label = f"round {round_}" if len(rounds) > 1 else "candidate"
+            axes.scatter([c.arm for c in kept], [c.dev_score for c in kept], s=26, color=colour, alpha=0.85, label=label)
+            axes.scatter([c.arm for c in pruned], [c.dev_score for c in pruned], s=30, marker="x", color=colour, alpha=0.85)
+        if any(c.pruned for c in candidates):
+            axes.scatter([], [], marker="x", color="grey", label="pruned (score on the examples it got)")
         best, line = float("-inf"), []
-        for round_ in rounds:
-            best = max([best] + [c.dev_score for c in kept if c.round == round_])
-            line.append(best)
-        axes.plot(rounds, line, color="black", linewidth=1.2, label="best so far")
-        axes.scatter([report.best.round], [report.best.dev_score], s=80, facecolors="none", edgecolors="red", label="winner")
-        axes.set_xlabel("round / step")
-        axes.set_ylabel("dev score")
+        for candidate in candidates:
+            if not candidate.pruned:
+                best = max(best, candidate.dev_score)
+            line.append(best if best > float("-inf") else None)
+        axes.step([c.arm for c in candidates], line, where="post", color="black", linewidth=1.1, label="best so far")
+        axes.scatter([report.best.arm], [report.best.dev_score], s=110, facecolors="none", edgecolors="red", linewidths=1.5, label="winner")
+        axes.set_xlabel("candidate, in the order proposed")
+        axes.set_ylabel(f"dev score ({report.dev_size} examples)")
+        axes.xaxis.get_major_locator().set_params(integer=True)
         axes.set_ylim(-0.03, 1.03)
         axes.set_title(title or f"{report.teleprompter}: {report.run_name}")
-        axes.legend(loc="lower right", fontsize=8)
+        axes.legend(loc="best", fontsize=8)
         axes.grid(alpha=0.3)
         figure.tight_layout()
         figure.savefig(path)

@@ -1,0 +1,376 @@
+"""The ``cuecard`` command: compile, evaluate and run programs, draw reports, list runs.
+
+    cuecard compile --program classify --signature "review -> sentiment" --labels positive,negative \\
+        --train train.jsonl --teleprompter ape --out sentiment.json
+    cuecard run sentiment.json --input reviews.jsonl          # JSONL in, JSONL out
+    cuecard evaluate sentiment.json --data test.jsonl
+    cuecard report sentiment.json --out-dir report/
+    cuecard runs
+
+Exit codes: 0 success, 1 a failure (bad file, model or budget problem: the message says which),
+2 bad command-line usage, 130 interrupted (the run is kept; the same command resumes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
+TELEPROMPTERS = ("ape", "protegi", "opro", "pe2")
+METRICS = ("exact_match", "token_f1", "contains")
+
+
+class UsageError(Exception):
+    """A command-line mistake found after parsing (exit code 2)."""
+
+
+# ---- building programs, metrics and data -----------------------------------------------------------
+def _labels(text: str | None) -> list[str] | None:
+    return [label.strip() for label in text.split(",") if label.strip()] if text else None
+
+
+def _program_file(path: str) -> Any:
+    """Execute a user's Python file given on the command line; it must define ``program`` (and may define ``metric``)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"--program {path}: no such file")
+    spec = importlib.util.spec_from_file_location(f"cuecard_user_{file.stem}", file)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(file.parent.resolve()))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.pop(0)
+    if not hasattr(module, "program"):
+        raise UsageError(f"--program {path} must define `program` (a dspy.Module instance)")
+    return module
+
+
+def build_program(args: argparse.Namespace) -> tuple[Any, Any]:
+    """(program, metric or None) from ``--program`` and its options."""
+    from cuecard.programs import PROGRAM_NAMES
+
+    if args.program.endswith(".py"):
+        module = _program_file(args.program)
+        return module.program, getattr(module, "metric", None)
+    if args.program not in PROGRAM_NAMES:
+        raise UsageError(f"--program {args.program!r}: not a built-in ({', '.join(PROGRAM_NAMES)}) nor a .py file")
+    cls = PROGRAM_NAMES[args.program]
+    kwargs: dict[str, Any] = {}
+    if args.instructions:
+        kwargs["instructions"] = args.instructions
+    if args.program in ("classify", "two-stage"):
+        if not args.labels:
+            raise UsageError(f"--program {args.program} needs --labels (comma-separated)")
+        kwargs["labels"] = _labels(args.labels)
+    if args.program == "extract":
+        if not args.fields:
+            raise UsageError('--program extract needs --fields, e.g. \'{"name": "str", "age": "int"}\'')
+        try:
+            kwargs["fields"] = json.loads(args.fields)
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"--fields is not JSON: {exc.msg}") from None
+    if args.program == "two-stage":
+        source, _, output = (args.signature or "text -> label").partition("->")
+        kwargs.update(source=source.strip(), output=output.strip())
+    elif args.program != "extract" and args.signature:
+        kwargs["signature"] = args.signature
+    try:
+        return cls(**kwargs), None
+    except ValueError as exc:
+        raise UsageError(f"--program {args.program}: {exc}") from None
+
+
+def output_fields(program: Any) -> list[str]:
+    from cuecard.program import predictors
+
+    last = predictors(program)[-1][1].signature
+    return [name for name in last.output_fields if name != "reasoning"]
+
+
+def build_metric(name: str, program: Any) -> Any:
+    from cuecard import metrics
+
+    fields = output_fields(program)
+    make = {"exact_match": metrics.exact_match, "token_f1": metrics.token_f1, "contains": metrics.contains}[name]
+    if len(fields) == 1:
+        return make(fields[0])
+    parts = [make(field) for field in fields]
+
+    def all_fields(example: Any, prediction: Any, trace: Any = None) -> float:
+        return sum(metrics.score_to_float(part(example, prediction, trace)) for part in parts) / len(parts)
+
+    all_fields.__name__ = f"{name}({', '.join(fields)})"
+    return all_fields
+
+
+def load_data(path: str, program: Any, columns: str | None, *, labelled: bool) -> list[Any]:
+    from cuecard.datasets import load_examples
+    from cuecard.program import required_inputs
+
+    renames = {}
+    for pair in (columns or "").split(","):
+        if pair.strip():
+            old, _, new = pair.partition("=")
+            if not new:
+                raise UsageError(f"--columns expects old=new pairs, got {pair!r}")
+            renames[old.strip()] = new.strip()
+    return load_examples(path, required_inputs(program), columns=renames, required=output_fields(program) if labelled else ())
+
+
+def _options(pairs: list[str]) -> dict[str, Any]:
+    options = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise UsageError(f"--set expects key=value, got {pair!r}")
+        try:
+            options[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key.strip()] = value
+    return options
+
+
+# ---- commands ---------------------------------------------------------------------------------------
+def cmd_compile(args: argparse.Namespace) -> int:
+    import cuecard
+    from cuecard.policies import make_policy
+    from cuecard.teleprompters import APE, OPRO, PE2, ProTeGi
+
+    program, file_metric = build_program(args)
+    metric = file_metric if file_metric is not None and not args.metric else build_metric(args.metric or "exact_match", program)
+    train = load_data(args.train, program, args.columns, labelled=True)
+    dev = load_data(args.dev, program, args.columns, labelled=True) if args.dev else None
+    task_lm = cuecard.LM(args.task_model)
+    prompt_lm = cuecard.LM(args.prompt_model) if args.prompt_model and args.prompt_model != args.task_model else task_lm
+    cls = {"ape": APE, "protegi": ProTeGi, "opro": OPRO, "pe2": PE2}[args.teleprompter]
+    kwargs: dict[str, Any] = dict(
+        metric=metric, task_lm=task_lm, prompt_lm=prompt_lm, storage=args.storage, progress=not args.quiet, seed=args.seed,
+        limits=cuecard.Limits(max_model_calls=args.max_calls) if args.max_calls else None,
+        max_evaluations=args.max_evaluations, **_options(args.set),
+    )
+    if args.policy:
+        kwargs["policy"] = make_policy(args.policy)
+    try:
+        teleprompter = cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"--teleprompter {args.teleprompter} options: {exc}") from None
+    teleprompter.run_name = args.run_name or teleprompter.default_run_name(program, train)
+    teleprompter.run_dir = Path(args.run_dir) / teleprompter.run_name
+    args.run_name = teleprompter.run_name
+    compiled = teleprompter.compile(program, trainset=train, valset=dev)
+    report = compiled.cuecard_report
+    path = cuecard.save(compiled, args.out)
+    print(f"compiled {args.teleprompter} -> {path}")
+    print(f"winner (dev {report.best.dev_score:.3f} on {report.best.dev_examples} examples; seed {report.seed_dev_score or 0:.3f}):")
+    for name, text in report.best.instructions.items():
+        print(f"  {name}: {text}")
+    print(f"run {report.run_name} in {report.storage}; LM calls {report.usage.calls} ({report.usage.model_calls} reached a model)")
+    for note in report.notes:
+        print(f"note: {note}")
+    return 0
+
+
+def _load_compiled(args: argparse.Namespace) -> Any:
+    import cuecard
+
+    user = _program_file(args.program).program if getattr(args, "program", None) else None
+    return cuecard.load(args.compiled, program=user)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    import cuecard
+    import dspy
+    from cuecard.program import required_inputs
+
+    program = _load_compiled(args)
+    lm = cuecard.LM(args.task_model)
+    fields = required_inputs(program)
+    source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8")  # noqa: SIM115
+    with source, dspy.context(lm=lm, adapter=cuecard.adapter_for(lm)):
+        for number, line in enumerate(source, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise cuecard.CuecardError(f"{args.input or 'stdin'}, line {number}: not valid JSON ({exc.msg})") from None
+            missing = [name for name in fields if name not in row]
+            if missing:
+                raise cuecard.CuecardError(f"{args.input or 'stdin'}, line {number}: missing input field(s) {missing}")
+            prediction = program(**{name: row[name] for name in fields})
+            print(json.dumps({**row, **{k: _jsonable(v) for k, v in prediction.items()}}, ensure_ascii=False), flush=True)
+    return 0
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    return value if isinstance(value, (str, int, float, bool, list, dict, type(None))) else str(value)
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    import cuecard
+    import dspy
+
+    program = _load_compiled(args)
+    data = load_data(args.data, program, args.columns, labelled=True)
+    metric = build_metric(args.metric, program)
+    lm = cuecard.LM(args.task_model)
+    results = []
+    from tqdm.auto import tqdm
+
+    with dspy.context(lm=lm, adapter=cuecard.adapter_for(lm)):
+        for example in tqdm(data, desc="evaluate", unit="ex", disable=args.quiet):
+            prediction = program(**example.inputs())
+            score = cuecard.metrics.score_to_float(metric(example, prediction, None))
+            results.append({**dict(example.items()), **{f"predicted_{k}": _jsonable(v) for k, v in prediction.items()}, "score": score})
+    mean = sum(r["score"] for r in results) / len(results)
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as handle:
+            for row in results:
+                handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    print(json.dumps({"examples": len(results), "score": round(mean, 4), "metric": getattr(metric, "__name__", args.metric)}))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    import cuecard
+    from cuecard.report import write_report
+
+    program = _load_compiled(args)
+    report = getattr(program, "cuecard_report", None)
+    if report is None:
+        raise cuecard.CuecardError(f"{args.compiled} holds no compile report (it was not saved by a cuecard compile)")
+    out_dir = Path(args.out_dir or Path(args.compiled).with_suffix(""))
+    png, page = write_report(report, out_dir)
+    print(f"wrote {png} and {page}")
+    return 0
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    import optuna
+
+    root = Path(args.run_dir)
+    databases = sorted(root.glob("*/study.db")) if root.is_dir() else []
+    if not databases:
+        print(f"no runs under {root}/")
+        return 0
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    print(f"{'run':40} {'candidates':>10} {'open':>5} {'best':>6}  storage")
+    for database in databases:
+        url = f"sqlite:///{database.resolve()}"
+        for summary in optuna.get_all_study_summaries(url):
+            study = optuna.load_study(study_name=summary.study_name, storage=url)
+            trials = [t for t in study.get_trials(deepcopy=False) if "cuecard.candidate" in t.user_attrs]
+            open_ = sum(1 for t in trials if not t.state.is_finished())
+            values = [t.value for t in trials if t.value is not None]
+            best = f"{max(values):.3f}" if values else "-"
+            print(f"{summary.study_name:40} {len(trials):>10} {open_:>5} {best:>6}  {url}")
+    print("\nA run with open candidates was interrupted: the same `cuecard compile` command resumes it.")
+    return 0
+
+
+# ---- the parser -------------------------------------------------------------------------------------
+def _program_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--program", required=required, metavar="NAME|FILE.py",
+                        help="a built-in program (classify, qa, extract, rewrite-answer, two-stage) or a Python file "
+                             "defining `program` (and optionally `metric`)")
+    parser.add_argument("--signature", help='the task signature, e.g. "review -> sentiment"')
+    parser.add_argument("--labels", help="comma-separated labels (classify, two-stage)")
+    parser.add_argument("--fields", help='extract: JSON of field -> type, e.g. \'{"name": "str", "age": "int"}\'')
+    parser.add_argument("--instructions", help="the starting instruction")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="cuecard", description="Compile DSPy programs with automatic prompt engineering (APE, ProTeGi, OPRO, PE2).",
+        epilog="Run `cuecard COMMAND --help` for each command's options.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    compile_ = commands.add_parser("compile", help="optimise a program's instructions on a trainset and save it",
+                                   description="Optimise a program's instructions with a teleprompter and save the "
+                                               "compiled program as JSON (plain dspy loads it). Interrupted runs resume "
+                                               "when the same command is run again.")
+    _program_options(compile_, required=True)
+    compile_.add_argument("--train", required=True, help="training examples: .jsonl, .json or .csv with named columns")
+    compile_.add_argument("--dev", help="dev examples (default: part of --train)")
+    compile_.add_argument("--columns", help="rename columns, e.g. input=review,output=sentiment")
+    compile_.add_argument("--metric", choices=METRICS, help="metric on the output field(s) (default exact_match, "
+                                                             "or the `metric` of a program file)")
+    compile_.add_argument("--teleprompter", choices=TELEPROMPTERS, default="ape")
+    compile_.add_argument("--set", action="append", metavar="KEY=VALUE", help="a teleprompter option (JSON value), repeatable")
+    compile_.add_argument("--policy", help="how candidates are scored: full, multistage, ucb, ucb-e, "
+                                           "successive-rejects, successive-halving, wilcoxon")
+    compile_.add_argument("--task-model", default="local", help="the model the program runs on (default: the embedded model)")
+    compile_.add_argument("--prompt-model", help="the model that writes instructions (default: the task model)")
+    compile_.add_argument("--max-calls", type=int, help="cap on LM calls that reach a model")
+    compile_.add_argument("--max-evaluations", type=int, help="cap on example evaluations")
+    compile_.add_argument("--seed", type=int, default=0)
+    compile_.add_argument("--run-name", help="the run's name (default: derived from the settings and data)")
+    compile_.add_argument("--run-dir", default="runs", help="where runs live (default: runs/)")
+    compile_.add_argument("--storage", help="an Optuna storage URL (default: runs/<name>/study.db)")
+    compile_.add_argument("--out", required=True, help="the compiled program's .json file")
+    compile_.add_argument("--quiet", action="store_true", help="no progress bars")
+    compile_.set_defaults(handler=cmd_compile)
+
+    run = commands.add_parser("run", help="answer JSONL inputs with a compiled program (JSONL out)",
+                              description="Read one JSON object per line (the program's input fields) and print each "
+                                          "with the program's outputs added.")
+    run.add_argument("compiled", help="a compiled program .json")
+    run.add_argument("--input", help="a .jsonl file (default: stdin)")
+    run.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
+    run.add_argument("--task-model", default="local")
+    run.set_defaults(handler=cmd_run)
+
+    evaluate = commands.add_parser("evaluate", help="score a compiled program on labelled examples")
+    evaluate.add_argument("compiled", help="a compiled program .json")
+    evaluate.add_argument("--data", required=True, help="labelled examples: .jsonl, .json or .csv")
+    evaluate.add_argument("--columns", help="rename columns, e.g. input=review,output=sentiment")
+    evaluate.add_argument("--metric", choices=METRICS, default="exact_match")
+    evaluate.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
+    evaluate.add_argument("--task-model", default="local")
+    evaluate.add_argument("--out", help="write per-example results as JSONL here")
+    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.set_defaults(handler=cmd_evaluate)
+
+    report = commands.add_parser("report", help="draw a compiled program's search: PNG plot and HTML page")
+    report.add_argument("compiled", help="a compiled program .json saved by `cuecard compile` or cuecard.save")
+    report.add_argument("--out-dir", help="where report.png and report.html go (default: next to the file)")
+    report.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
+    report.set_defaults(handler=cmd_report)
+
+    runs = commands.add_parser("runs", help="list runs (studies) and whether they finished")
+    runs.add_argument("--run-dir", default="runs")
+    runs.set_defaults(handler=cmd_runs)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from cuecard.datasets import DataFileError
+    from cuecard.errors import CuecardError
+
+    try:
+        return args.handler(args)
+    except UsageError as exc:
+        parser.exit(EXIT_USAGE, f"cuecard {args.command}: error: {exc}\n")
+    except KeyboardInterrupt:
+        where = f" (run {args.run_name!r})" if getattr(args, "run_name", None) else ""
+        print(f"\ninterrupted{where}: finished evaluations are stored; run the same command again to resume.", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (CuecardError, DataFileError, OSError, ValueError) as exc:
+        print(f"cuecard {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
