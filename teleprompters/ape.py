@@ -25,7 +25,7 @@ from cuecard.policies import Allocation
 from cuecard.program import get_instructions, predictors
 from pydantic import Field, model_validator
 
-from .base import SearchContext, Teleprompter, TeleprompterConfig, clean_instruction
+from .base import SearchContext, Teleprompter, TeleprompterConfig
 
 DEMOS = "[[DEMOS]]"
 BLANK = "[[INSTRUCTION]]"
@@ -93,9 +93,7 @@ class APE(Teleprompter):
         engine = ctx.engine
         seed = get_instructions(ctx.student)
         names = list(seed)
-        for text in self.config.seed_instructions:
-            for name in names:
-                engine.add_candidate({**seed, name: text}, origin="user-seed")
+        self.add_seed_instructions(ctx, self.config.seed_instructions)
         pools = {name: self.induce(ctx, name) for name in names}
         for candidate in self.combine(ctx, seed, pools):
             engine.add_candidate(candidate, origin=f"induced-{self.config.mode}")
@@ -159,12 +157,8 @@ class APE(Teleprompter):
 
     def hygiene(self, ctx: SearchContext, raw: str, demo_texts: Sequence[str]) -> str | None:
         """Clean a proposal, or drop it (counted by reason): empty, over-long, or copying training text."""
-        text = clean_instruction(raw)
-        if not text:
-            ctx.drop("empty")
-            return None
-        if len(text) > self.config.max_instruction_chars:
-            ctx.drop("too long")
+        text = self.screen(ctx, raw)
+        if text is None:
             return None
         lowered = text.lower()
         if any(len(demo) > 20 and demo.lower() in lowered for demo in demo_texts):

@@ -328,6 +328,24 @@ class Teleprompter(DSPyTeleprompter):
         )
 
     # ---- helpers methods share ------------------------------------------------------------------
+    def add_seed_instructions(self, ctx: SearchContext, texts: Sequence[str]) -> None:
+        """User-given instructions compete as candidates (each predictor's in turn, the others kept)."""
+        seed = get_instructions(ctx.student)
+        for text in texts:
+            for name in seed:
+                ctx.engine.add_candidate({**seed, name: text}, origin="user-seed")
+
+    def screen(self, ctx: SearchContext, raw: str) -> str | None:
+        """A proposal cleaned (:func:`clean_instruction`), or None when empty or over-long (counted in the report)."""
+        text = clean_instruction(raw)
+        if not text:
+            ctx.drop("empty")
+            return None
+        if len(text) > self.config.max_instruction_chars:
+            ctx.drop("too long")
+            return None
+        return text
+
     def ask_prompt_lm(self, ctx: SearchContext, messages: list[dict[str, str]], *, temperature: float, max_tokens: int = 200) -> str:
         """One sample from the prompt LM (own rollout id and seed, so samples differ and cache one by one)."""
         from cuecard.lm import sampling_kwargs

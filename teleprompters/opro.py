@@ -34,7 +34,7 @@ from cuecard.policies import Allocation, ArmEstimate, FullEvaluation
 from cuecard.program import get_instructions, predictors
 from pydantic import Field, model_validator
 
-from .base import SearchContext, Teleprompter, TeleprompterConfig, clean_instruction
+from .base import SearchContext, Teleprompter, TeleprompterConfig
 
 TAG = "<INS>"
 HISTORY = "[[HISTORY]]"
@@ -122,11 +122,8 @@ class OPRO(Teleprompter):
     # ---- the optimisation loop -----------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Allocation:
         engine = ctx.engine
-        seed = get_instructions(ctx.student)
-        names = list(seed)
-        for text in self.config.seed_instructions:
-            for name in names:
-                engine.add_candidate({**seed, name: text}, origin="user-seed")
+        names = list(get_instructions(ctx.student))
+        self.add_seed_instructions(ctx, self.config.seed_instructions)
         ctx.allocate()
         self.check_history(ctx, names)
         wrong: Counter[int] = Counter()
@@ -275,13 +272,11 @@ class OPRO(Teleprompter):
             if "ins>" in raw.lower():
                 ctx.drop("leaks the tag")
                 continue
-            text = clean_instruction(raw)
+            text = self.screen(ctx, raw)
+            if text is None:
+                continue
             normalized = normalize_instruction_induction(text)
-            if not text:
-                ctx.drop("empty")
-            elif len(text) > self.config.max_instruction_chars:
-                ctx.drop("too long")
-            elif any(re.search(rf"\b{re.escape(answer)}\b", normalized) for answer in secrets if answer):
+            if any(re.search(rf"\b{re.escape(answer)}\b", normalized) for answer in secrets if answer):
                 ctx.drop("leaks an exemplar's answer")
             elif any(piece in text.lower() for piece in copied):
                 ctx.drop("copies an exemplar's input")

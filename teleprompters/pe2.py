@@ -196,11 +196,11 @@ class PE2(Teleprompter):
         summary = re.search(r"(?im)^\s*(?:edit\s+)?summary\s*:\s*(.+)$", reply or "")
         if summary:
             text = clean_instruction(re.split(r"(?im)^\s*(?:edit\s+)?summary\s*:", text)[0])
-        if not text:
-            ctx.drop("empty")
-            return None
-        if len(text) > self.config.max_instruction_chars:
-            ctx.drop("too long")
+        text, echoed = self.cut_example_echo(ctx, name, text)
+        if echoed:
+            ctx.drop("example echo cut off")
+        text = self.screen(ctx, text)
+        if text is None:
             return None
         if self.config.max_words is not None and len(text.split()) > self.config.max_words:
             ctx.drop("over the length cap")
@@ -217,6 +217,17 @@ class PE2(Teleprompter):
             "words_changed": words_changed(record.instructions[name], text),
         }
         return engine.add_candidate(candidate, parent=record.key, round=step, origin="pe2", meta=meta)
+
+    def cut_example_echo(self, ctx: SearchContext, name: str, text: str) -> tuple[str, bool]:
+        """Cut a new prompt where it runs on into the examples' format ("Input ...:", "Review:", "Label:")."""
+        signature = dict(predictors(ctx.student))[name].signature
+        labels = [field_label(signature, field) for field in signature.fields] + ["Input", "Output", "Label", "Example", "Score"]
+        echo = re.compile(r"^\s*[#*]*\s*(?:" + "|".join(re.escape(label) for label in labels) + r")\b[^:\n]{0,30}:", re.IGNORECASE)
+        lines = text.splitlines()
+        for position, line in enumerate(lines[1:], start=1):
+            if echo.match(line):
+                return "\n".join(lines[:position]).strip(), True
+        return text, False
 
     # ---- the meta-prompt -------------------------------------------------------------------------
     def analysis_request(

@@ -69,3 +69,20 @@ def shared_data():
     if not SHARED_DATA.is_dir():
         pytest.skip(f"benchmark data not found at {SHARED_DATA} (it lives outside the repo, in ../shared/data)")
     return SHARED_DATA
+
+
+@pytest.fixture
+def same_answers_after_reload(answers_after_reload, local_lm):
+    """Save a compiled one-predictor sentiment program, reload it with plain dspy in a new process,
+    and check it answers ``inputs`` exactly as the compiled program does here."""
+    import cuecard
+    import dspy
+
+    def check(compiled, path, inputs):
+        compiled.save(str(path))
+        with dspy.context(lm=local_lm, adapter=cuecard.adapter_for(local_lm)):
+            expected = [compiled(**row).sentiment for row in inputs]
+        reloaded = answers_after_reload(path, "review -> sentiment", inputs)
+        assert [answer["sentiment"] for answer in reloaded] == expected
+
+    return check

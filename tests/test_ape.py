@@ -10,20 +10,13 @@ from cuecard.policies import FullEvaluation
 from cuecard.teleprompters import APE
 from cuecard.teleprompters.ape import BLANK, DEMOS
 from cuecard.testing import scripted_lm
-
-
-def sentiment_program(instruction="Classify the sentiment."):
-    return dspy.Predict(dspy.Signature("review -> sentiment", instruction))
+from sentiment_cases import Pipeline, load_ii, sentiment_program
 
 
 def toy_train(n=12):
     return cuecard.datasets.reviews()[:n]
 
 
-def load_ii(shared_data, split, limit=None):
-    path = shared_data / "instruction_induction" / split / "sentiment.json"
-    rows = list(json.loads(path.read_text())["examples"].values())[:limit]
-    return [dspy.Example(review=r["input"], sentiment=r["output"]).with_inputs("review") for r in rows]
 
 
 # ---- logic, with a scripted prompt model --------------------------------------------------------
@@ -117,7 +110,7 @@ def test_each_mode_induces_candidates_with_the_real_model(local_lm, mode):
 
 @pytest.mark.model
 def test_ape_beats_the_seed_on_held_out_sentiment_and_reruns_from_cache(
-    shared_data, local_lm, fresh_cache, tmp_path, answers_after_reload
+    shared_data, local_lm, fresh_cache, tmp_path, same_answers_after_reload
 ):
     train = load_ii(shared_data, "induce", 40)
     test = load_ii(shared_data, "execute")
@@ -146,23 +139,9 @@ def test_ape_beats_the_seed_on_held_out_sentiment_and_reruns_from_cache(
           f"(full: {full_cost}); LM calls {report.usage.model_calls}")
     assert best_score >= seed_score + 25
 
-    path = tmp_path / "ape.json"
-    first.save(str(path))
-    reviews = [example.review for example in test[:5]]
-    with dspy.context(lm=local_lm, adapter=cuecard.adapter_for(local_lm)):
-        expected = [first(review=r).sentiment for r in reviews]
-    reloaded = answers_after_reload(path, "review -> sentiment", [{"review": r} for r in reviews])
-    assert [answer["sentiment"] for answer in reloaded] == expected
+    same_answers_after_reload(first, tmp_path / "ape.json", [{"review": e.review} for e in test[:5]])
 
 
-class SummarizeThenLabel(dspy.Module):
-    def __init__(self):
-        super().__init__()
-        self.summarize = dspy.Predict(dspy.Signature("review -> summary", "Summarize."))
-        self.label = dspy.Predict(dspy.Signature("summary -> sentiment", "Label."))
-
-    def forward(self, review):
-        return self.label(summary=self.summarize(review=review).summary)
 
 
 def test_pipeline_predictors_are_induced_from_their_own_traces():
@@ -176,7 +155,7 @@ def test_pipeline_predictors_are_induced_from_their_own_traces():
     task = scripted_lm(task_reply)
     ape = APE(metric=exact_match("sentiment"), task_lm=task, prompt_lm=proposer, num_subsamples=1, num_demos=2,
               num_prompts_per_subsample=2, storage=":memory:", progress=False, policy=FullEvaluation())
-    report = ape.compile(SummarizeThenLabel(), trainset=toy_train(12)).cuecard_report
+    report = ape.compile(Pipeline(), trainset=toy_train(12)).cuecard_report
     prompts = [r[-1]["content"] for r in proposer.engine.requests]
     summarize_prompt = next(p for p in prompts if "Summary: short" in p and "Review: " in p)
     label_prompt = next(p for p in prompts if "Summary: short" in p and "Review: " not in p)

@@ -1,35 +1,16 @@
 """OPRO: meta-prompt contents, filtering, positions, stops, bad input; real-model compile and save/load."""
 
 import itertools
-import json
 import re
 
 import cuecard
 import dspy
 import pytest
-from cuecard.datasets import reviews
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import OPRO
 from cuecard.teleprompters.opro import EXEMPLARS, HISTORY, bucket, extract_instruction
 from cuecard.testing import scripted_lm
-
-REVIEWS = reviews()
-GOLD = {example.review: example.sentiment for example in REVIEWS}
-ORDER = {example.review: i for i, example in enumerate(REVIEWS)}
-
-
-def sentiment_program(instruction="Classify the sentiment."):
-    return dspy.Predict(dspy.Signature("review -> sentiment", instruction))
-
-
-def level_task(messages):
-    """A task model that gets review i right when the instruction says "Level N" and i % 10 < N."""
-    text = messages[-1]["content"]
-    review = re.search(r"Review: (.*)", text).group(1)
-    level = re.search(r"Level (\d+)", text)
-    if level and ORDER[review] % 10 < int(level.group(1)):
-        return GOLD[review]
-    return "neutral"
+from sentiment_cases import GOLD, ORDER, REVIEWS, Pipeline, level_task, load_ii, sentiment_program
 
 
 class LevelProposer:
@@ -160,14 +141,6 @@ def test_patience_and_the_lm_call_cap_stop_the_search():
     assert any("cap" in note or "limit" in note.lower() or "stopped" in note for note in report.notes)
 
 
-class Pipeline(dspy.Module):
-    def __init__(self):
-        super().__init__()
-        self.summarize = dspy.Predict(dspy.Signature("review -> summary", "Summarize."))
-        self.label = dspy.Predict(dspy.Signature("summary -> sentiment", "Label."))
-
-    def forward(self, review):
-        return self.label(summary=self.summarize(review=review).summary)
 
 
 def test_a_pipeline_gets_one_history_per_predictor_in_turn():
@@ -207,15 +180,11 @@ def test_bad_input_fails_before_any_lm_call():
 
 
 # ---- the real model ------------------------------------------------------------------------------
-def load_ii(shared_data, split, limit=None):
-    path = shared_data / "instruction_induction" / split / "sentiment.json"
-    rows = list(json.loads(path.read_text())["examples"].values())[:limit]
-    return [dspy.Example(review=r["input"], sentiment=r["output"]).with_inputs("review") for r in rows]
 
 
 @pytest.mark.model
 def test_opro_end_to_end_on_held_out_sentiment_with_the_embedded_model(
-    shared_data, local_lm, tmp_path, answers_after_reload
+    shared_data, local_lm, tmp_path, same_answers_after_reload
 ):
     """The whole path on the real model: proposals, scoring, history plot, warm rerun, save/load.
     The issue's target (held-out accuracy above the seed's) is checked last; when SmolLM2-135M as
@@ -242,13 +211,7 @@ def test_opro_end_to_end_on_held_out_sentiment_with_the_embedded_model(
     assert (local_lm.meter.usage - before).model_calls == 0
     assert again.best.instructions == report.best.instructions and again.history == report.history
 
-    saved = tmp_path / "opro.json"
-    compiled.save(str(saved))
-    reviews_ = [example.review for example in test[:4]]
-    with dspy.context(lm=local_lm, adapter=cuecard.adapter_for(local_lm)):
-        expected = [compiled(review=r).sentiment for r in reviews_]
-    reloaded = answers_after_reload(saved, "review -> sentiment", [{"review": r} for r in reviews_])
-    assert [answer["sentiment"] for answer in reloaded] == expected
+    same_answers_after_reload(compiled, tmp_path / "opro.json", [{"review": e.review} for e in test[:4]])
 
     evaluate = dspy.Evaluate(devset=test, metric=metric, num_threads=1, display_progress=False)
     with dspy.context(lm=local_lm, adapter=cuecard.adapter_for(local_lm)):

@@ -2,33 +2,16 @@
 ablations, bad input; real-model compile and save/load."""
 
 import itertools
-import json
 import re
 
 import cuecard
 import dspy
 import pytest
-from cuecard.datasets import reviews
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import PE2
 from cuecard.teleprompters.pe2 import PROMPT_SLOT, words_changed
 from cuecard.testing import scripted_lm
-
-REVIEWS = reviews()
-GOLD = {example.review: example.sentiment for example in REVIEWS}
-ORDER = {example.review: i for i, example in enumerate(REVIEWS)}
-
-
-def sentiment_program(instruction="Classify the sentiment."):
-    return dspy.Predict(dspy.Signature("review -> sentiment", instruction))
-
-
-def level_task(messages):
-    """Review i is answered right when the instruction says "Level N" and i % 10 < N."""
-    text = messages[-1]["content"]
-    review = re.search(r"Review: (.*)", text).group(1)
-    level = re.search(r"Level (\d+)", text)
-    return GOLD[review] if level and ORDER[review] % 10 < int(level.group(1)) else "neutral"
+from sentiment_cases import GOLD, REVIEWS, Pipeline, level_task, load_ii, sentiment_program
 
 
 class Engineer:
@@ -123,6 +106,15 @@ def test_options_step_size_length_cap_and_history():
     assert report.dropped == {"over the length cap": 1}
 
 
+def test_a_new_prompt_running_on_into_the_examples_is_cut():
+    engineer = Engineer(["3 answer.\nInput Review: I Spy is so anemic.\nLabel (sentiment): negative"])
+    report = pe2(scripted_lm(level_task), engineer, steps=1, beam=1, proposals_per_prompt=1).compile(
+        sentiment_program(), trainset=REVIEWS).cuecard_report
+    child = next(c for c in report.candidates if c.origin == "pe2")
+    assert child.instructions["self"] == "Level 3 answer."
+    assert report.dropped == {"example echo cut off": 1}
+
+
 @pytest.mark.parametrize("switch,gone", [
     ("two_step_description", "Step 2:"),
     ("context_specification", "How the prompt is used"),
@@ -162,14 +154,6 @@ def test_bad_input_is_handled_and_reported():
     assert 1 <= first.count("### Example") < 5
 
 
-class Pipeline(dspy.Module):
-    def __init__(self):
-        super().__init__()
-        self.summarize = dspy.Predict(dspy.Signature("review -> summary", "Summarize."))
-        self.label = dspy.Predict(dspy.Signature("summary -> sentiment", "Label."))
-
-    def forward(self, review):
-        return self.label(summary=self.summarize(review=review).summary)
 
 
 def test_a_pipeline_context_shows_every_step_and_marks_the_one_edited():
@@ -204,15 +188,11 @@ def test_starting_prompts_can_be_induced_with_ape():
 
 
 # ---- the real model ------------------------------------------------------------------------------
-def load_ii(shared_data, split, limit=None):
-    path = shared_data / "instruction_induction" / split / "sentiment.json"
-    rows = list(json.loads(path.read_text())["examples"].values())[:limit]
-    return [dspy.Example(review=r["input"], sentiment=r["output"]).with_inputs("review") for r in rows]
 
 
 @pytest.mark.model
 def test_pe2_end_to_end_on_held_out_sentiment_with_the_embedded_model(
-    shared_data, local_lm, tmp_path, answers_after_reload
+    shared_data, local_lm, tmp_path, same_answers_after_reload
 ):
     """The whole path on the real model: hard negatives, the two-turn chat, scoring, save/load. The
     issue's target (held-out accuracy above the seed's) is checked last; when SmolLM2-135M as the
@@ -232,13 +212,7 @@ def test_pe2_end_to_end_on_held_out_sentiment_with_the_embedded_model(
     assert report.best.dev_score >= report.seed_dev_score
     assert report.task_usage.model_calls > 0
 
-    saved = tmp_path / "pe2.json"
-    compiled.save(str(saved))
-    reviews_ = [example.review for example in test[:4]]
-    with dspy.context(lm=local_lm, adapter=cuecard.adapter_for(local_lm)):
-        expected = [compiled(review=r).sentiment for r in reviews_]
-    reloaded = answers_after_reload(saved, "review -> sentiment", [{"review": r} for r in reviews_])
-    assert [answer["sentiment"] for answer in reloaded] == expected
+    same_answers_after_reload(compiled, tmp_path / "pe2.json", [{"review": e.review} for e in test[:4]])
 
     evaluate = dspy.Evaluate(devset=test, metric=metric, num_threads=1, display_progress=False)
     with dspy.context(lm=local_lm, adapter=cuecard.adapter_for(local_lm)):

@@ -118,7 +118,7 @@ def test_a_budget_too_small_for_one_round_is_refused_before_any_call():
 
 @pytest.mark.model
 def test_protegi_end_to_end_on_held_out_sentiment_with_the_embedded_model(
-    shared_data, local_lm, tmp_path, answers_after_reload
+    shared_data, local_lm, tmp_path, same_answers_after_reload
 ):
     """The whole path on the real model. The issue's target (held-out accuracy above the seed's) is
     not asserted: with SmolLM2-135M as proposer no edit has beaten the seed here (measured 0% -> 0%,
@@ -151,13 +151,7 @@ def test_protegi_end_to_end_on_held_out_sentiment_with_the_embedded_model(
     assert any(c.origin == "edit" and c.meta.get("gradient") for c in report.candidates)
     assert report.best.dev_score >= report.seed_dev_score
 
-    saved = tmp_path / "protegi.json"
-    compiled.save(str(saved))
-    reviews_ = [example.review for example in test[:4]]
-    with dspy.context(lm=local_lm, adapter=cuecard.adapter_for(local_lm)):
-        expected = [compiled(review=r).sentiment for r in reviews_]
-    reloaded = answers_after_reload(saved, "review -> sentiment", [{"review": r} for r in reviews_])
-    assert [answer["sentiment"] for answer in reloaded] == expected
+    same_answers_after_reload(compiled, tmp_path / "protegi.json", [{"review": e.review} for e in test[:4]])
 
 
 def test_full_evaluation_is_the_brute_force_selection():
