@@ -10,6 +10,7 @@ machinery; give them a stronger ``prompt_lm`` (a GGUF path or a litellm model) f
 A few minutes each on a laptop CPU.
 """
 
+import random
 import sys
 
 import cuecard
@@ -33,7 +34,8 @@ SMALL = {
 def main(method: str) -> None:
     lm = cuecard.LM("local")
     data = reviews()
-    train, held_out = data[::2], data[1::2]
+    random.Random(0).shuffle(data)  # the packaged list alternates labels: shuffle before splitting
+    train, held_out = data[:20], data[20:]
     metric = exact_match("sentiment")
     program = Classify("review -> sentiment", labels=["positive", "negative"], instructions="Classify the sentiment.")
     cls, settings = SMALL[method]
