@@ -27,7 +27,9 @@ from dspy.adapters.utils import parse_value
 from .errors import SignatureError
 from .usage import record_parse_failure
 
-DEFAULT_MULTILINE_FIELDS = frozenset({"reasoning", "rationale", "explanation", "analysis", "thoughts", "steps"})
+DEFAULT_MULTILINE_FIELDS = frozenset(
+    {"reasoning", "rationale", "explanation", "analysis", "thoughts", "steps", "response", "rewritten"}
+)
 _QUOTE_PAIRS = {'"': '"', "'": "'", "`": "`", "“": "”", "‘": "’", "*": "*"}
 
 

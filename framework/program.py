@@ -2,7 +2,9 @@
 
 A *candidate* is a full assignment of instructions to the program's predictors, keyed by the
 predictor names DSPy gives (``named_predictors()``: ``"predict"`` for a ``ChainOfThought``'s inner
-predictor is ``"predict"``, a module attribute ``classify`` is ``"classify"``...).
+predictor is ``"predict"``, a module attribute ``classify`` is ``"classify"``...). A candidate may
+also set a predictor's demonstrations under ``"<name>.demos"`` (a JSON list of objects, see
+:func:`demos_key`); predictors it does not mention keep theirs.
 
 Example:
     >>> import dspy
@@ -25,6 +27,17 @@ from typing import Any
 import dspy
 
 Candidate = dict[str, str]
+DEMOS_SUFFIX = ".demos"
+
+
+def demos_key(name: str) -> str:
+    """The candidate key that carries predictor ``name``'s demonstrations."""
+    return name + DEMOS_SUFFIX
+
+
+def encode_demos(demos: Sequence[Mapping[str, Any]]) -> str:
+    """Demonstrations as the JSON text a candidate carries."""
+    return json.dumps([dict(demo) for demo in demos], ensure_ascii=False, sort_keys=True)
 
 
 def predictors(program: dspy.Module) -> list[tuple[str, dspy.Predict]]:
@@ -43,8 +56,11 @@ def get_instructions(program: dspy.Module) -> Candidate:
 def check_candidate(program: dspy.Module, candidate: Mapping[str, str]) -> None:
     """Raise ``ValueError`` naming the predictors a candidate misses or does not know."""
     names = {name for name, _ in predictors(program)}
-    unknown = sorted(set(candidate) - names)
-    missing = sorted(names - set(candidate))
+    instructions = {key for key in candidate if not key.endswith(DEMOS_SUFFIX)}
+    unknown = sorted(instructions - names) + sorted(
+        key for key in candidate if key.endswith(DEMOS_SUFFIX) and key[: -len(DEMOS_SUFFIX)] not in names
+    )
+    missing = sorted(names - instructions)
     if unknown or missing:
         parts = []
         if unknown:
@@ -52,17 +68,26 @@ def check_candidate(program: dspy.Module, candidate: Mapping[str, str]) -> None:
         if missing:
             parts.append(f"no instruction for {missing}")
         raise ValueError(f"Candidate does not fit {type(program).__name__} ({', '.join(parts)}); it has {sorted(names)}")
-    empty = sorted(name for name, text in candidate.items() if not isinstance(text, str) or not text.strip())
+    empty = sorted(name for name in instructions if not isinstance(candidate[name], str) or not candidate[name].strip())
     if empty:
         raise ValueError(f"Candidate has an empty instruction for {empty}")
+    for key in candidate.keys() - instructions:
+        try:
+            demos = json.loads(candidate[key])
+        except (TypeError, json.JSONDecodeError):
+            demos = None
+        if not isinstance(demos, list) or not all(isinstance(d, dict) for d in demos):
+            raise ValueError(f"Candidate key {key!r} must hold a JSON list of demonstration objects")
 
 
 def apply_instructions(program: dspy.Module, candidate: Mapping[str, str]) -> dspy.Module:
-    """A deep copy of ``program`` carrying ``candidate``'s instructions; ``program`` is not changed."""
+    """A deep copy of ``program`` carrying ``candidate``'s instructions (and demos); ``program`` is not changed."""
     check_candidate(program, candidate)
     copy = program.deepcopy()
     for name, predictor in copy.named_predictors():
         predictor.signature = predictor.signature.with_instructions(candidate[name])
+        if demos_key(name) in candidate:
+            predictor.demos = [dspy.Example(**demo) for demo in json.loads(candidate[demos_key(name)])]
     return copy
 
 

@@ -168,12 +168,138 @@ class SummarizeThenClassify(dspy.Module, _Spec):
         return self.classify(summary=summary)
 
 
+@builtin
+class Respond(dspy.Module, _Spec):
+    """An open-ended assistant: answers a request in free text (the target program BPO aligns).
+
+    Example:
+        >>> list(Respond().respond.signature.output_fields)
+        ['response']
+    """
+
+    def __init__(self, signature: str = "request -> response", instructions: str = "Answer the request helpfully.") -> None:
+        super().__init__()
+        self._remember(signature=signature, instructions=instructions)
+        self.respond = dspy.Predict(dspy.Signature(signature, instructions))
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        return self.respond(**inputs)
+
+
+REWRITE_INSTRUCTIONS = (
+    "Rewrite the user's request so that an assistant will give a more helpful, correct and harmless answer. "
+    "Keep every piece of information in it, add no answer, and reply with the rewritten request only."
+)
+
+
+@builtin
+class Rewritten(dspy.Module, _Spec):
+    """Any program with a rewriting stage in front: each of ``fields`` is rewritten (``passes`` times),
+    then the untouched program answers. BPO compiles the rewriter's instruction and demonstrations.
+
+    Args:
+        program: the program to put a rewriter in front of, or a built-in program's spec
+            (``{"class": "Respond", "kwargs": {...}}``, as saved files hold it).
+        fields: the input fields to rewrite (default: the program's only input field).
+        passes: iterative rewriting (the paper saw gains up to 4 passes).
+        template: send each rewrite as this one user message (``{prompt}`` is the text) to the
+            rewriter LM directly, for a fine-tuned rewriter model, instead of the rewrite predictor.
+
+    Runtime settings (not saved): ``rewriter_lm`` (default: the LM in context) and ``judge``, a
+    :class:`~cuecard.judge.PairwiseJudge` for ``samples`` > 1 ("aggressive" mode: several rewrites at
+    temperature 0.9, each answered, the judge keeps the best answer). ``kept_original`` counts
+    rewrites that came back empty (the original text is used).
+
+    Example:
+        >>> program = Rewritten(Respond())
+        >>> [name for name, _ in program.named_predictors()]
+        ['rewrite_request', 'program.respond']
+    """
+
+    def __init__(
+        self,
+        program: dspy.Module | dict[str, Any],
+        fields: list[str] | None = None,
+        passes: int = 1,
+        samples: int = 1,
+        template: str | None = None,
+        instructions: str = REWRITE_INSTRUCTIONS,
+    ) -> None:
+        super().__init__()
+        if isinstance(program, dict):
+            spec = program
+            program = BUILTIN[spec["class"]](**spec.get("kwargs", {}))
+        from cuecard.program import required_inputs
+
+        fields = list(fields or required_inputs(program))
+        if not fields:
+            raise ValueError(f"Rewritten: say which input field(s) of {type(program).__name__} to rewrite")
+        if passes < 1 or samples < 1:
+            raise ValueError(f"Rewritten needs passes >= 1 and samples >= 1, got {passes} and {samples}")
+        if template is not None and "{prompt}" not in template:
+            raise ValueError("Rewritten: the rewriter template needs a {prompt} slot")
+        inner = getattr(program, "cuecard_spec", None)
+        if inner is not None:
+            self._remember(program=inner, fields=fields, passes=passes, samples=samples, template=template, instructions=instructions)
+        for field in fields:
+            setattr(self, f"rewrite_{field}", dspy.Predict(dspy.Signature(f"{field} -> rewritten", instructions)))
+        self.program = program
+        self.fields = fields
+        self.passes = passes
+        self.samples = samples
+        self.template = template
+        self.rewriter_lm: Any = None
+        self.judge: Any = None
+        self.kept_original = 0
+
+    def rewrite(self, field: str, text: str, *, sample: int | None = None) -> str:
+        """One rewrite of ``text`` (``sample``: a distinct sample at temperature 0.9)."""
+        options: dict[str, Any] = {} if sample is None else {"temperature": 0.9, "rollout_id": sample}
+        context = dspy.context(lm=self.rewriter_lm) if self.rewriter_lm is not None else dspy.context()
+        with context:
+            if self.template is not None:
+                lm = self.rewriter_lm or dspy.settings.lm
+                replies = lm(messages=[{"role": "user", "content": self.template.format(prompt=text)}], **options)
+                result = (replies or [""])[0] or ""
+            else:
+                result = getattr(self, f"rewrite_{field}")(**{field: text}, config=options).rewritten or ""
+        result = str(result).strip()
+        if not result:
+            self.kept_original += 1
+            return text
+        return result
+
+    def forward(self, **inputs: Any) -> dspy.Prediction:
+        if self.samples > 1 and self.judge is not None:
+            return self._aggressive(inputs)
+        rewritten = dict(inputs)
+        for field in self.fields:
+            for _ in range(self.passes):
+                rewritten[field] = self.rewrite(field, rewritten[field])
+        return self.program(**rewritten)
+
+    def _aggressive(self, inputs: dict[str, Any]) -> dspy.Prediction:
+        answers = []
+        for sample in range(self.samples):
+            rewritten = {**inputs, **{f: self.rewrite(f, inputs[f], sample=sample) for f in self.fields}}
+            answers.append(self.program(**rewritten))
+        output = next(name for name in answers[0].keys() if name != "reasoning")
+        question = "\n".join(str(inputs[f]) for f in self.fields)
+        best = answers[0]
+        for index, challenger in enumerate(answers[1:], start=1):
+            verdict = self.judge.compare(question, str(challenger[output]), str(best[output]), item=f"{question}#{index}")
+            if verdict.outcome == "win":
+                best = challenger
+        return best
+
+
 PROGRAM_NAMES = {
     "classify": Classify,
     "qa": AnswerWithReasoning,
     "extract": Extract,
     "rewrite-answer": RewriteThenAnswer,
     "two-stage": SummarizeThenClassify,
+    "respond": Respond,
 }
 """The names the ``cuecard`` command knows the built-in programs by."""
 
@@ -183,6 +309,8 @@ __all__ = [
     "AnswerWithReasoning",
     "Classify",
     "Extract",
+    "Respond",
+    "Rewritten",
     "RewriteThenAnswer",
     "SummarizeThenClassify",
 ]

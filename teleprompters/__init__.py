@@ -2,6 +2,7 @@
 
 from .ape import APE, APEConfig
 from .base import CompileReport, Teleprompter, TeleprompterConfig
+from .bpo import BPO, BPOConfig
 from .opro import OPRO, OPROConfig
 from .pe2 import PE2, PE2Config
 from .protegi import ProTeGi, ProTeGiConfig
@@ -9,6 +10,8 @@ from .protegi import ProTeGi, ProTeGiConfig
 __all__ = [
     "APE",
     "APEConfig",
+    "BPO",
+    "BPOConfig",
     "CompileReport",
     "OPRO",
     "OPROConfig",

@@ -1,0 +1,73 @@
+"""BPO's evaluation: win / tie / lose and delta-WR of a BPO-compiled rewriter against the original prompts.
+
+Compiles ``Respond`` with BPO on the first N prompts of ../shared/data/bpo/vicuna_eval.jsonl (rewriter
+demonstrations constructed from bpo_test.json records), then judges the compiled program's answers
+against the untouched program's answers on the same N prompts. Every model is configurable: the
+embedded model by default, or "local:/path/model.gguf", or a litellm model string.
+
+    .venv/bin/python benchmarks/bpo_winrate.py --prompts 20
+    .venv/bin/python benchmarks/bpo_winrate.py --judge-model local:/path/qwen2.5-0.5b-instruct.gguf
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import cuecard
+import dspy
+from cuecard.programs import Respond
+from cuecard.teleprompters import BPO
+from cuecard.teleprompters.bpo import win_rate
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bpo"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--prompts", type=int, default=20, help="vicuna prompts to compile on and judge")
+    parser.add_argument("--records", type=int, default=4, help="preference records for data construction")
+    parser.add_argument("--target-model", default="local")
+    parser.add_argument("--rewriter-model", default="local")
+    parser.add_argument("--judge-model", default="local")
+    parser.add_argument("--max-tokens", type=int, default=64, help="cap on every generated reply")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if not DATA.is_dir():
+        print(f"benchmark data not found at {DATA}", file=sys.stderr)
+        return 2
+    models: dict[str, dspy.LM] = {}
+
+    def model(spec: str) -> dspy.LM:
+        if spec not in models:
+            models[spec] = cuecard.LM(spec, max_tokens=args.max_tokens)
+        return models[spec]
+
+    target, rewriter, judge_lm = model(args.target_model), model(args.rewriter_model), model(args.judge_model)
+    rows = [json.loads(line) for line in (DATA / "vicuna_eval.jsonl").read_text().splitlines()][: args.prompts]
+    requests = [dspy.Example(request=row["text"]).with_inputs("request") for row in rows]
+    records = json.loads((DATA / "bpo_test.json").read_text())[: args.records]
+    started = time.perf_counter()
+    bpo = BPO(task_lm=target, prompt_lm=rewriter, judge_lm=judge_lm, preferences=records, storage=":memory:",
+              seed=args.seed, demo_sets=2, demos_per_set=1, max_construction_tokens=args.max_tokens * 2,
+              judge_max_tokens=args.max_tokens)
+    compiled = bpo.compile(Respond(), trainset=requests)
+    report = compiled.cuecard_report
+    compile_seconds = time.perf_counter() - started
+    rate = win_rate(compiled, Respond(), requests, bpo.judge, question="request", answer="response", lm=target)
+    step = report.history[-1]
+    print(f"target {args.target_model}, rewriter {args.rewriter_model}, judge {args.judge_model}; {len(requests)} prompts")
+    print(f"constructed pairs: {step['usable_pairs']} of {len(records)} records; candidates {len(report.candidates)}; "
+          f"winner: {report.best.instructions[next(k for k in report.best.instructions if k.startswith('rewrite_'))][:80]!r} "
+          f"with {report.best.meta.get('demos', 0)} demos")
+    print(f"compile: {report.usage.calls} LM calls ({report.usage.model_calls} reached a model), {compile_seconds:.0f} s")
+    print(f"on all {rate.n} prompts vs the original prompts: {rate}")
+    print(f"judge verdicts unreadable overall: {sum(not v.parsed for v in bpo.judge.verdicts)} of {len(bpo.judge.verdicts)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
