@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-TELEPROMPTERS = ("ape", "protegi", "opro", "pe2")
+TELEPROMPTERS = ("ape", "protegi", "opro", "pe2", "bpo")
 METRICS = ("exact_match", "token_f1", "contains")
 
 
@@ -123,6 +123,23 @@ def load_data(path: str, program: Any, columns: str | None, *, labelled: bool) -
     return load_examples(path, required_inputs(program), columns=renames, required=output_fields(program) if labelled else ())
 
 
+def _preferences(path: str) -> list[dict[str, Any]]:
+    """Preference records (``prompt``, optionally ``good_res``/``bad_res``) from a JSON list or JSONL file."""
+    from cuecard.datasets import DataFileError
+
+    file = Path(path)
+    if not file.is_file():
+        raise DataFileError(f"{path}: no such file")
+    text = file.read_text(encoding="utf-8")
+    try:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()] if file.suffix == ".jsonl" else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFileError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DataFileError(f"{path}: expected a list of objects with a 'prompt' field")
+    return records
+
+
 def _options(pairs: list[str]) -> dict[str, Any]:
     options = {}
     for pair in pairs or []:
@@ -140,17 +157,25 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 def cmd_compile(args: argparse.Namespace) -> int:
     import cuecard
     from cuecard.policies import make_policy
-    from cuecard.teleprompters import APE, OPRO, PE2, ProTeGi
+    from cuecard.teleprompters import APE, BPO, OPRO, PE2, ProTeGi
 
     program, file_metric = build_program(args)
-    metric = file_metric if file_metric is not None and not args.metric else build_metric(args.metric or "exact_match", program)
-    train = load_data(args.train, program, args.columns, labelled=True)
-    dev = load_data(args.dev, program, args.columns, labelled=True) if args.dev else None
+    labelled = args.teleprompter != "bpo"  # BPO needs prompts only: a judge compares answers
+    train = load_data(args.train, program, args.columns, labelled=labelled)
+    dev = load_data(args.dev, program, args.columns, labelled=labelled) if args.dev else None
     task_lm = cuecard.LM(args.task_model)
     prompt_lm = cuecard.LM(args.prompt_model) if args.prompt_model and args.prompt_model != args.task_model else task_lm
-    cls = {"ape": APE, "protegi": ProTeGi, "opro": OPRO, "pe2": PE2}[args.teleprompter]
-    kwargs: dict[str, Any] = dict(
-        metric=metric, task_lm=task_lm, prompt_lm=prompt_lm, storage=args.storage, progress=not args.quiet, seed=args.seed,
+    cls = {"ape": APE, "protegi": ProTeGi, "opro": OPRO, "pe2": PE2, "bpo": BPO}[args.teleprompter]
+    kwargs: dict[str, Any] = dict(task_lm=task_lm, prompt_lm=prompt_lm)
+    if args.teleprompter == "bpo":
+        kwargs["judge_lm"] = cuecard.LM(args.judge_model) if args.judge_model else task_lm
+        kwargs["preferences"] = _preferences(args.preferences) if args.preferences else []
+    else:
+        if args.preferences or args.judge_model:
+            raise UsageError("--preferences and --judge-model are for --teleprompter bpo")
+        kwargs["metric"] = file_metric if file_metric is not None and not args.metric else build_metric(args.metric or "exact_match", program)
+    kwargs.update(
+        storage=args.storage, progress=not args.quiet, seed=args.seed,
         limits=cuecard.Limits(max_model_calls=args.max_calls) if args.max_calls else None,
         max_evaluations=args.max_evaluations, **_options(args.set),
     )
@@ -169,7 +194,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     print(f"compiled {args.teleprompter} -> {path}")
     print(f"winner (dev {report.best.dev_score:.3f} on {report.best.dev_examples} examples; seed {report.seed_dev_score or 0:.3f}):")
     for name, text in report.best.instructions.items():
-        print(f"  {name}: {text}")
+        print(f"  {name}: {text if len(text) <= 300 else text[:300] + '...'}")
     print(f"run {report.run_name} in {report.storage}; LM calls {report.usage.calls} ({report.usage.model_calls} reached a model)")
     for note in report.notes:
         print(f"note: {note}")
@@ -279,7 +304,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
 # ---- the parser -------------------------------------------------------------------------------------
 def _program_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
     parser.add_argument("--program", required=required, metavar="NAME|FILE.py",
-                        help="a built-in program (classify, qa, extract, rewrite-answer, two-stage) or a Python file "
+                        help="a built-in program (classify, qa, extract, rewrite-answer, two-stage, respond) or a Python file "
                              "defining `program` (and optionally `metric`)")
     parser.add_argument("--signature", help='the task signature, e.g. "review -> sentiment"')
     parser.add_argument("--labels", help="comma-separated labels (classify, two-stage)")
@@ -289,7 +314,7 @@ def _program_options(parser: argparse.ArgumentParser, *, required: bool) -> None
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="cuecard", description="Compile DSPy programs with automatic prompt engineering (APE, ProTeGi, OPRO, PE2).",
+        prog="cuecard", description="Compile DSPy programs with automatic prompt engineering (APE, ProTeGi, OPRO, PE2, BPO).",
         epilog="Run `cuecard COMMAND --help` for each command's options.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -308,6 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--set", action="append", metavar="KEY=VALUE", help="a teleprompter option (JSON value), repeatable")
     compile_.add_argument("--policy", help="how candidates are scored: full, multistage, ucb, ucb-e, "
                                            "successive-rejects, successive-halving, wilcoxon")
+    compile_.add_argument("--preferences", help="bpo: preference records (.json list or .jsonl) with prompt, good_res, bad_res")
+    compile_.add_argument("--judge-model", help="bpo: the pairwise judge (default: the task model)")
     compile_.add_argument("--task-model", default="local", help="the model the program runs on (default: the embedded model)")
     compile_.add_argument("--prompt-model", help="the model that writes instructions (default: the task model)")
     compile_.add_argument("--max-calls", type=int, help="cap on LM calls that reach a model")

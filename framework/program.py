@@ -98,7 +98,11 @@ def candidate_key(candidate: Mapping[str, str]) -> str:
 
 
 def required_inputs(program: dspy.Module) -> list[str]:
-    """The input names a program needs: its ``forward`` parameters, or its only predictor's input fields."""
+    """The input names a program needs: its ``cuecard_inputs`` attribute, its ``forward`` parameters,
+    or its only predictor's input fields."""
+    declared = getattr(program, "cuecard_inputs", None)
+    if declared:
+        return list(declared)
     forward = getattr(type(program), "forward", None)
     if forward is not None:
         parameters = [

@@ -128,6 +128,7 @@ class RewriteThenAnswer(dspy.Module, _Spec):
         self._remember(signature=signature, rewrite_instructions=rewrite_instructions, instructions=instructions)
         base = dspy.Signature(signature, instructions)
         self.field = _one(base.input_fields, "input", signature)
+        self.cuecard_inputs = list(base.input_fields)
         self.rewrite = dspy.Predict(dspy.Signature(f"{self.field} -> rewritten", rewrite_instructions))
         self.answer = dspy.Predict(base)
 
@@ -159,6 +160,7 @@ class SummarizeThenClassify(dspy.Module, _Spec):
             raise ValueError(f"SummarizeThenClassify needs at least two distinct labels, got {labels!r}")
         self._remember(labels=list(labels), source=source, output=output, summary_instructions=summary_instructions, instructions=instructions)
         self.source = source
+        self.cuecard_inputs = [source]
         self.summarize = dspy.Predict(dspy.Signature(f"{source} -> summary", summary_instructions))
         classify = dspy.Signature(f"summary -> {output}", instructions)
         self.classify = dspy.Predict(classify.with_updated_fields(output, type_=Literal[tuple(labels)]))
@@ -244,6 +246,7 @@ class Rewritten(dspy.Module, _Spec):
         for field in fields:
             setattr(self, f"rewrite_{field}", dspy.Predict(dspy.Signature(f"{field} -> rewritten", instructions)))
         self.program = program
+        self.cuecard_inputs = required_inputs(program)
         self.fields = fields
         self.passes = passes
         self.samples = samples

@@ -144,6 +144,7 @@ class BPO(Teleprompter):
         self.metric = PairwiseMetric(self.judge, question=fields[0], answer=output, baseline=baseline)
         compiled = super().compile(wrapper, trainset=trainset, valset=valset, **kwargs)
         compiled.rewriter_lm = self.prompt_lm
+        compiled.cuecard_report.notes.append(f"judge model: {self.judge_lm.model}")
         return compiled
 
     def check_preferences(self) -> None:

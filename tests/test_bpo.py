@@ -131,7 +131,7 @@ def test_bpo_constructs_pairs_and_picks_the_rewriter_that_wins(tmp_path):
     dev = [e for e in prompts() if e.request in {p for p in PROMPTS}][: report.dev_size]
     step = report.history[-1]
     assert step["winner_lose"] == 0 and step["winner_win"] >= report.dev_size - 1
-    assert "delta-WR" in report.notes[-1]
+    assert any("delta-WR" in note for note in report.notes)
     # the compiled program: the rewriter in front, the target program untouched
     assert isinstance(compiled, Rewritten)
     assert compiled.program.respond.signature.instructions == Respond().respond.signature.instructions

@@ -155,3 +155,34 @@ def test_the_whole_command_line_path_on_the_embedded_model(tmp_path):
     assert "data:image/png;base64," in page and winner.replace("'", "&#x27;") in page
     listing = cuecard_cmd("runs")
     assert saved["cuecard"]["report"]["run_name"] in listing
+
+
+def test_bpo_compiles_from_unlabelled_prompts_and_preference_records(tmp_path, monkeypatch, capsys):
+    def reply(messages):
+        text = messages[-1]["content"]
+        if "Good response:" in text:
+            return "Comparison: the good one is complete.\nOptimized prompt: Explain tides in three clear steps.\n[END]"
+        if messages[0]["role"] == "system" and "[[A]]" in messages[0]["content"]:
+            return "[[C]]"
+        if text.startswith("Request: ") and "Rewrite" in text:
+            return text.split("\n")[0][len("Request: "):] + " Please be thorough."
+        return "An answer."
+
+    monkeypatch.setattr(cuecard, "LM", lambda spec, **kw: scripted_lm(reply, name=f"scripted/{spec}"))
+    monkeypatch.chdir(tmp_path)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"request": f"Question {i}?"}) + "\n" for i in range(6)))
+    records = tmp_path / "records.json"
+    records.write_text(json.dumps([{"prompt": "Explain tides.", "good_res": "Tides: 1) ... 2) ... 3) ...", "bad_res": "Moon."}]))
+    code, stdout, err = run_main(["compile", "--program", "respond", "--train", str(prompts), "--teleprompter", "bpo",
+                                  "--preferences", str(records), "--judge-model", "judge", "--quiet", "--out", "bpo.json"], capsys)
+    assert code == 0, err
+    saved = json.loads((tmp_path / "bpo.json").read_text())
+    assert saved["cuecard"]["program"]["class"] == "Rewritten" and saved["cuecard"]["teleprompter"] == "bpo"
+    assert saved["cuecard"]["prompt_model"] == "scripted/local"
+    assert "judge model: scripted/judge" in saved["cuecard"]["report"]["notes"]
+    code, stdout, _ = run_main(["run", "bpo.json", "--input", str(prompts)], capsys)
+    assert code == 0 and len(stdout.splitlines()) == 6
+    with pytest.raises(SystemExit) as exit_:
+        main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--judge-model", "x", "--out", "y.json"])
+    assert exit_.value.code == 2 and "are for --teleprompter bpo" in capsys.readouterr().err
