@@ -18,14 +18,27 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE_ROOT, ignore_errors=True)
 
 
+class FreshCache:
+    """A new, empty DSPy cache (``path``); ``restore()`` goes back to the session's shared cache early."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def restore(self):
+        import cuecard
+
+        cuecard.configure_cache(_CACHE_ROOT)
+
+
 @pytest.fixture
 def fresh_cache(tmp_path):
     """A new, empty DSPy cache for one test; the session cache is restored afterwards."""
     import cuecard
 
-    cuecard.configure_cache(tmp_path / "dspy-cache")
-    yield tmp_path / "dspy-cache"
-    cuecard.configure_cache(_CACHE_ROOT)
+    cache = FreshCache(tmp_path / "dspy-cache")
+    cuecard.configure_cache(cache.path)
+    yield cache
+    cache.restore()
 
 
 @pytest.fixture(scope="session")

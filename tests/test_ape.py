@@ -130,6 +130,7 @@ def test_ape_beats_the_seed_on_held_out_sentiment_and_reruns_from_cache(
     assert second.cuecard_report.best.instructions == report.best.instructions
     assert rerun.model_calls == 0, rerun
 
+    fresh_cache.restore()  # held-out answers go to the session cache, which the other teleprompter tests share
     evaluate = dspy.Evaluate(devset=test, metric=metric, num_threads=1, display_progress=False)
     with dspy.context(lm=local_lm, adapter=cuecard.adapter_for(local_lm)):
         seed_score = evaluate(sentiment_program()).score
@@ -140,8 +141,6 @@ def test_ape_beats_the_seed_on_held_out_sentiment_and_reruns_from_cache(
     assert best_score >= seed_score + 25
 
     same_answers_after_reload(first, tmp_path / "ape.json", [{"review": e.review} for e in test[:5]])
-
-
 
 
 def test_pipeline_predictors_are_induced_from_their_own_traces():
