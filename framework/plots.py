@@ -28,10 +28,10 @@ def plot_search(report: Any, path: str | os.PathLike[str], *, title: str | None 
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    candidates = sorted(report.candidates, key=lambda c: c.arm)
+    candidates = sorted((c for c in report.candidates if c.dev_examples > 0), key=lambda c: c.arm)  # scored ones
     rounds = sorted({c.round for c in candidates})
     colours = plt.get_cmap("viridis")(list(range(len(rounds))) if len(rounds) == 1 else [i / (len(rounds) - 1) for i in range(len(rounds))])
-    figure, axes = plt.subplots(figsize=(8, 4.5), dpi=110)
+    figure, axes = plt.subplots(figsize=(9.5, 4.5), dpi=110)
     try:
         for round_, colour in zip(rounds, colours, strict=True):
             kept = [c for c in candidates if c.round == round_ and not c.pruned]
@@ -43,9 +43,8 @@ def plot_search(report: Any, path: str | os.PathLike[str], *, title: str | None 
             axes.scatter([], [], marker="x", color="grey", label="pruned (score on the examples it got)")
         best, line = float("-inf"), []
         for candidate in candidates:
-            if not candidate.pruned:
-                best = max(best, candidate.dev_score)
-            line.append(best if best > float("-inf") else None)
+            best = max(best, candidate.dev_score)
+            line.append(best)
         axes.step([c.arm for c in candidates], line, where="post", color="black", linewidth=1.1, label="best so far")
         axes.scatter([report.best.arm], [report.best.dev_score], s=110, facecolors="none", edgecolors="red", linewidths=1.5, label="winner")
         axes.set_xlabel("candidate, in the order proposed")
@@ -53,7 +52,7 @@ def plot_search(report: Any, path: str | os.PathLike[str], *, title: str | None 
         axes.xaxis.get_major_locator().set_params(integer=True)
         axes.set_ylim(-0.03, 1.03)
         axes.set_title(title or f"{report.teleprompter}: {report.run_name}")
-        axes.legend(loc="best", fontsize=8)
+        axes.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), fontsize=8, borderaxespad=0)  # outside: hides no point
         axes.grid(alpha=0.3)
         figure.tight_layout()
         figure.savefig(path)
