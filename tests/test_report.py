@@ -23,7 +23,7 @@ def test_report_png_and_html_show_the_search_lineage_and_cost(tmp_path):
     html = page.read_text()
     chain = lineage(report)
     assert chain[0] == report.best and chain[-1].parent is None
-    assert all(child.parent == parent.key for child, parent in zip(chain, chain[1:]))
+    assert all(child.parent == parent.key for child, parent in zip(chain, chain[1:], strict=False))
     listed = re.search(r"<ol>(.*?)</ol>", html, re.S).group(1)
     assert listed.count("<li>") == len(chain)
     assert "gradient: Reason" in listed  # why the winner changed
