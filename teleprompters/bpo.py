@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from cuecard.judge import PairwiseJudge, PairwiseMetric, WinRate
+from cuecard.judge import JUDGE_SYSTEM, JUDGE_USER, PairwiseJudge, PairwiseMetric, WinRate
 from cuecard.policies import Allocation, FullEvaluation
 from cuecard.program import demos_key, encode_demos, get_instructions, predictors, required_inputs
 from pydantic import Field, model_validator
@@ -81,6 +81,8 @@ class BPOConfig(TeleprompterConfig):
     passes: int = Field(1, ge=1, description="iterative rewriting at inference")
     samples: int = Field(1, ge=1, description="'aggressive' inference: rewrites sampled, the judge keeps the best answer")
     judge_max_tokens: int = Field(160, ge=1)
+    judge_system: str = Field(JUDGE_SYSTEM, description="the pairwise judge's system prompt")
+    judge_user: str = Field(JUDGE_USER, description="the judge's user prompt, with {question}, {a} and {b}")
     export_pairs: str | None = Field(None, description="write the constructed (prompt, optimized prompt) pairs here as JSONL")
 
     @model_validator(mode="after")
@@ -90,6 +92,9 @@ class BPOConfig(TeleprompterConfig):
         missing = [slot for slot in ("{prompt}", "{good}", "{bad}") if slot not in self.construction_prompt]
         if missing:
             raise ValueError(f"The construction prompt lacks {missing}")
+        missing = [slot for slot in ("{question}", "{a}", "{b}") if slot not in self.judge_user]
+        if missing:
+            raise ValueError(f"The judge's user prompt lacks {missing}")
         return self
 
 
@@ -131,7 +136,8 @@ class BPO(Teleprompter):
         wrapper = Rewritten(student, fields=fields, passes=self.config.passes, samples=self.config.samples, template=self.rewriter_template)
         wrapper.rewriter_lm = self.prompt_lm
         output = next(name for name in predictors(student)[-1][1].signature.output_fields if name != "reasoning")
-        self.judge = PairwiseJudge(self.judge_lm, seed=self.config.seed, max_tokens=self.config.judge_max_tokens)
+        self.judge = PairwiseJudge(self.judge_lm, seed=self.config.seed, max_tokens=self.config.judge_max_tokens,
+                                   system=self.config.judge_system, user=self.config.judge_user)
         baselines: dict[str, str] = {}
 
         def baseline(example: dspy.Example) -> str:

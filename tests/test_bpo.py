@@ -175,6 +175,8 @@ def test_bad_input_and_empty_rewrites():
         bpo(preferences=[{"prompt": "ok", "good_res": "a"}]).compile(Respond(), trainset=prompts())
     with pytest.raises(ValueError, match="min_length_ratio"):
         bpo(min_length_ratio=3, max_length_ratio=2)
+    with pytest.raises(ValueError, match=r"judge's user prompt lacks \['\{b\}'\]"):
+        bpo(judge_user="Q: {question} A: {a}")
 
     program = Rewritten(Respond())
     program.rewriter_lm = scripted_lm(lambda m: "   ", name="scripted/silent")
