@@ -115,6 +115,14 @@ class SearchContext:
         self.sample_counter += 1
         return self.sample_counter
 
+    def ranking(self) -> list[Any]:
+        """Every candidate of the run, best first, with the ones this search pruned marked."""
+        return self.engine.ranking(pruned=frozenset(self.pruned))
+
+    def ranking_so_far(self) -> Allocation:
+        """The whole run's ranking as the search's final answer (no new evaluation)."""
+        return Allocation(policy=self.teleprompter.policy.name, ranking=self.ranking(), evaluations=self.engine.evaluations)
+
     def allocate(self, arms: Sequence[int] | None = None, budget: int | None = None) -> Allocation:
         allocation = self.engine.allocate(self.teleprompter.policy, arms, budget)
         self.pruned.update(e.arm for e in allocation.ranking if e.pruned)

@@ -179,18 +179,17 @@ class OPRO(Teleprompter):
                 if stale >= self.config.patience:
                     ctx.note(f"step {step}: best score {best.mean:.3f} did not improve for {stale} steps; stopped")
                     break
-        ranking = engine.ranking(pruned=frozenset(ctx.pruned))
-        return Allocation(policy=self.policy.name, ranking=ranking, evaluations=engine.evaluations)
+        return ctx.ranking_so_far()
 
     def best_so_far(self, ctx: SearchContext) -> ArmEstimate:
-        scored = [e for e in ctx.engine.ranking(pruned=frozenset(ctx.pruned)) if e.n > 0]
+        scored = [e for e in ctx.ranking() if e.n > 0]
         return scored[0]
 
     # ---- the meta-prompt -----------------------------------------------------------------------
     def history_pairs(self, ctx: SearchContext, name: str) -> list[tuple[str, float]]:
         """The top ``max_history`` (instruction, score) pairs of one predictor, ascending, above the threshold."""
         best: dict[str, float] = {}
-        for estimate in ctx.engine.ranking(pruned=frozenset(ctx.pruned)):
+        for estimate in ctx.ranking():
             if estimate.n == 0:
                 continue
             text = ctx.engine.candidates[estimate.arm].instructions[name]

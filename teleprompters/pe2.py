@@ -109,7 +109,7 @@ class PE2(Teleprompter):
         for step in range(1, self.config.steps + 1):
             if not self.config.beam or not self.config.proposals_per_prompt:
                 break
-            ranking = [e for e in engine.ranking(pruned=frozenset(ctx.pruned)) if e.n > 0 and not e.pruned]
+            ranking = [e for e in ctx.ranking() if e.n > 0 and not e.pruned]
             parents = [e.arm for e in ranking[: self.config.beam]]
             children: list[int] = []
             try:
@@ -121,7 +121,7 @@ class PE2(Teleprompter):
                     ctx.allocate(children)
                 break
             scored = ctx.allocate(children) if children else None
-            best = engine.ranking(pruned=frozenset(ctx.pruned))[0]
+            best = ctx.ranking()[0]
             ctx.history.append(
                 {
                     "step": step,
@@ -136,7 +136,7 @@ class PE2(Teleprompter):
                 break
             if scored is not None and scored.stopped:
                 break
-        return Allocation(policy=self.policy.name, ranking=engine.ranking(pruned=frozenset(ctx.pruned)), evaluations=engine.evaluations)
+        return ctx.ranking_so_far()
 
     def induce_starting_prompts(self, ctx: SearchContext, seed: dict[str, str]) -> None:
         """``n_init`` prompts per predictor induced with APE's forward induction (APE's own code)."""
