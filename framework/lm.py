@@ -63,14 +63,14 @@ class CuecardLM(dspy.LM):
 
         call = prepare(self, prompt, messages, kwargs)
         warn_openai_messages(self, messages)
-        self._before_call()
+        self._before_call(_completions(call))
         start = time.perf_counter()
         try:
             result = execute(self, call)
         except Exception:
             record(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
-        self._record(result, time.perf_counter() - start)
+        self._record(result, time.perf_counter() - start, _completions(call))
         return finalize(self, call, result)
 
     @with_callbacks
@@ -82,28 +82,29 @@ class CuecardLM(dspy.LM):
 
         call = await asyncio.to_thread(prepare, self, prompt, messages, kwargs, asynchronous=True)
         warn_openai_messages(self, messages)
-        self._before_call()
+        self._before_call(_completions(call))
         start = time.perf_counter()
         try:
             result = await aexecute(self, call)
         except Exception:
             record(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
-        self._record(result, time.perf_counter() - start)
+        self._record(result, time.perf_counter() - start, _completions(call))
         return finalize(self, call, result)
 
-    def _before_call(self) -> None:
-        check_limits()
+    def _before_call(self, completions: int = 1) -> None:
+        check_limits(completions)
         if not self._credentials_checked:
             check_credentials(self.model, self.kwargs)
             self._credentials_checked = True
 
-    def _record(self, result: Any, seconds: float) -> None:
+    def _record(self, result: Any, seconds: float, completions: int = 1) -> None:
         usage = result.usage or {}
         record(
             self.meter,
             CallRecord(
                 model=self.model,
+                requests=completions,
                 cache_hit=bool(result.cache_hit),
                 prompt_tokens=0 if result.cache_hit else int(usage.get("prompt_tokens") or 0),
                 completion_tokens=0 if result.cache_hit else int(usage.get("completion_tokens") or 0),
@@ -111,6 +112,11 @@ class CuecardLM(dspy.LM):
                 cost=0.0 if result.cache_hit or self.is_local else float(result.cost or 0.0),
             ),
         )
+
+
+def _completions(call: Any) -> int:
+    """How many completions a DSPy call asks for (``n``); each is one request to an in-process engine."""
+    return max(1, int(getattr(call, "n", 1) or 1))
 
 
 def LM(  # noqa: N802 - a factory that reads like the class it returns, as dspy.LM does
@@ -126,7 +132,7 @@ def LM(  # noqa: N802 - a factory that reads like the class it returns, as dspy.
 
     Args:
         spec: ``"local"`` (the embedded SmolLM2-135M-Instruct), ``"local:/path/to/model.gguf"`` (any
-            GGUF file, with its own chat template), or a litellm model string such as
+            GGUF file, with its own chat template; a bare path ending in ``.gguf`` works too), or a litellm model string such as
             ``"openai/gpt-4o-mini"`` or ``"hosted_vllm/my-model"`` (with ``api_base=``).
         temperature: default sampling temperature (0 gives the same answer every time).
         max_tokens: default cap on generated tokens.
@@ -146,6 +152,8 @@ def LM(  # noqa: N802 - a factory that reads like the class it returns, as dspy.
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(f"A model spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
+    if spec.lower().endswith(".gguf") and not spec.startswith(LOCAL_PREFIX + ":"):
+        spec = f"{LOCAL_PREFIX}:{spec}"  # a bare path to a GGUF file
     if spec == LOCAL_PREFIX or spec.startswith(LOCAL_PREFIX + ":"):
         path = spec[len(LOCAL_PREFIX) + 1 :].strip() if ":" in spec else ""
         if path:

@@ -182,11 +182,11 @@ class Engine:
         self.limits = limits or Limits()
         if max_evaluations is not None and max_evaluations < 1:
             raise ValueError(f"max_evaluations={max_evaluations} is smaller than one example evaluation")
-        if self.limits.max_model_calls is not None and self.limits.max_model_calls < calls_per_example:
-            raise ValueError(
-                f"An LM-call cap of {self.limits.max_model_calls} is smaller than one example evaluation "
-                f"({calls_per_example} call(s))"
-            )
+        for cap in (self.limits.max_model_calls, self.limits.max_calls):
+            if cap is not None and cap < calls_per_example:
+                raise ValueError(
+                    f"An LM-call cap of {cap} is smaller than one example evaluation ({calls_per_example} call(s))"
+                )
         self.scorer = scorer
         self.examples = list(examples)
         self.name = name

@@ -57,6 +57,7 @@ class CallRecord(BaseModel):
     """One LM request as the meter sees it."""
 
     model: str
+    requests: int = Field(1, ge=1, description="completions asked for (a call with n=3 asks for 3)")
     cache_hit: bool = False
     error: bool = False
     prompt_tokens: int = 0
@@ -67,9 +68,9 @@ class CallRecord(BaseModel):
     def as_usage(self) -> Usage:
         reached = not self.cache_hit and not self.error
         return Usage(
-            calls=1,
-            cache_hits=int(self.cache_hit),
-            model_calls=int(reached),
+            calls=self.requests,
+            cache_hits=self.requests if self.cache_hit else 0,
+            model_calls=self.requests if reached else 0,
             errors=int(self.error),
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
@@ -120,16 +121,23 @@ class UsageMeter:
 
 
 class Limits(BaseModel):
-    """Caps on a block of work. ``None`` means no cap. LM calls count requests that reached a model."""
+    """Caps on a block of work. ``None`` means no cap.
+
+    ``max_model_calls`` counts requests that reached a model; ``max_calls`` counts every request asked
+    for, cached or not, so a run stops at the same point whether its cache was warm or cold.
+    """
 
     max_model_calls: int | None = Field(default=None, ge=0)
+    max_calls: int | None = Field(default=None, ge=0)
     max_tokens: int | None = Field(default=None, ge=0)
     max_cost: float | None = Field(default=None, ge=0)
 
-    def exceeded_by(self, usage: Usage) -> str | None:
-        """Which cap ``usage`` has reached, or None."""
-        if self.max_model_calls is not None and usage.model_calls >= self.max_model_calls:
+    def exceeded_by(self, usage: Usage, upcoming: int = 1) -> str | None:
+        """Which cap ``usage`` plus ``upcoming`` more requests would pass, or None."""
+        if self.max_model_calls is not None and usage.model_calls + upcoming > self.max_model_calls:
             return f"LM-call cap of {self.max_model_calls} reached"
+        if self.max_calls is not None and usage.calls + upcoming > self.max_calls:
+            return f"cap of {self.max_calls} LM requests (cached or not) reached or about to be passed"
         if self.max_tokens is not None and usage.total_tokens >= self.max_tokens:
             return f"token cap of {self.max_tokens} reached"
         if self.max_cost is not None and usage.cost >= self.max_cost:
@@ -144,9 +152,9 @@ class Block(UsageMeter):
         super().__init__(name)
         self.limits = limits or Limits()
 
-    def check(self) -> None:
-        """Raise :class:`BudgetExhausted` when a cap of this block has been reached."""
-        reason = self.limits.exceeded_by(self.usage)
+    def check(self, upcoming: int = 1) -> None:
+        """Raise :class:`BudgetExhausted` when ``upcoming`` more requests would pass a cap of this block."""
+        reason = self.limits.exceeded_by(self.usage, upcoming)
         if reason:
             raise BudgetExhausted(f"{self.name or 'block'}: {reason}")
 
@@ -185,10 +193,10 @@ def active_blocks() -> tuple[Block, ...]:
     return _active_blocks.get()
 
 
-def check_limits() -> None:
-    """Raise when any open block has reached one of its caps."""
+def check_limits(upcoming: int = 1) -> None:
+    """Raise when ``upcoming`` more requests would pass a cap of any open block."""
     for block in _active_blocks.get():
-        block.check()
+        block.check(upcoming)
 
 
 def record(meter: UsageMeter | None, call: CallRecord) -> None:

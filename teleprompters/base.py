@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from cuecard.errors import ScoringUnsupportedError
+from cuecard.errors import BudgetExhausted, ScoringUnsupportedError
 from cuecard.evaluate import Evaluator, Objective
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
@@ -240,9 +240,13 @@ class Teleprompter(DSPyTeleprompter):
         )
         ctx = SearchContext(self, student, engine, train)
         seed_instructions = get_instructions(student)
-        with track(f"{self.name}-compile") as block, engine.session():
+        with track(f"{self.name}-compile", self.limits) as block, engine.session():
             engine.add_candidate(seed_instructions, origin="program")
-            final = self.search(ctx)
+            try:
+                final = self.search(ctx)
+            except BudgetExhausted as exc:
+                ctx.note(f"search stopped: {exc}; the best candidate scored so far wins")
+                final = ctx.ranking_so_far()
         engine.finish(sorted(ctx.pruned))
         report = self.build_report(ctx, final, seed_instructions, train, dev, block)
         compiled = apply_instructions(student, report.best.instructions)

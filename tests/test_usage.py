@@ -91,3 +91,14 @@ def test_parse_failures_reach_open_blocks():
     with track() as block, dspy.context(lm=lm, adapter=PlainAdapter()):
         dspy.Predict("q -> a")(q="?")
     assert block.usage.parse_failures == 1
+
+
+def test_a_call_asking_for_n_completions_counts_n_requests_and_is_refused_when_they_would_pass_a_cap():
+    lm = scripted_lm(lambda messages: "x")
+    with track("n", Limits(max_calls=4)) as block:
+        assert len(lm("first", n=3)) == 3
+        with pytest.raises(BudgetExhausted, match="cap of 4 LM requests"):
+            lm("second", n=2)
+        lm("third")
+    assert (block.usage.calls, block.usage.model_calls) == (4, 4)
+    assert len(lm.engine.requests) == 4
