@@ -10,7 +10,7 @@ from cuecard.policies import FullEvaluation
 from cuecard.teleprompters import APE
 from cuecard.teleprompters.ape import BLANK, DEMOS
 from cuecard.testing import scripted_lm
-from sentiment_cases import Pipeline, load_ii, sentiment_program
+from sentiment_cases import REVIEWS, Pipeline, level_task, load_ii, sentiment_program
 
 
 def toy_train(n=12):
@@ -161,3 +161,16 @@ def test_pipeline_predictors_are_induced_from_their_own_traces():
     assert "Sentiment: positive" in label_prompt and "Sentiment" not in summarize_prompt
     assert all(set(c.instructions) == {"summarize", "label"} for c in report.candidates)
     assert any(c.origin == "induced-forward" for c in report.candidates)
+
+
+def test_a_cap_reached_while_proposing_ends_the_compile_with_the_best_so_far_and_says_why():
+    task = scripted_lm(level_task, name="scripted/task")
+    proposer = scripted_lm(lambda messages: "Level 7 please.", name="scripted/proposer")
+    compiled = APE(
+        metric=exact_match("sentiment"), task_lm=task, prompt_lm=proposer, storage=":memory:", progress=False,
+        limits=cuecard.Limits(max_calls=12), num_subsamples=2, num_prompts_per_subsample=30,
+    ).compile(sentiment_program(), trainset=REVIEWS[:20])
+    report = compiled.cuecard_report
+    assert report.usage.calls == 12 == len(proposer.engine.requests)
+    assert any("search stopped" in note and "cap of 12 LM requests" in note for note in report.notes)
+    assert compiled.signature.instructions == "Classify the sentiment."

@@ -69,3 +69,12 @@ def test_sampling_kwargs_give_distinct_reproducible_seeds():
     assert a == b
     assert len({kw["seed"] for kw in a}) == 5
     assert cuecard.sampling_kwargs(8, 0, 0.9)["seed"] != a[0]["seed"]
+
+
+def test_a_bare_gguf_path_is_a_local_model(tmp_path):
+    from cuecard.local import embedded_model_path
+
+    lm = cuecard.LM(str(embedded_model_path()))
+    assert lm.is_local and lm.spec == f"local:{embedded_model_path()}"
+    with pytest.raises(ModelFileError, match="missing.gguf"):
+        cuecard.LM(str(tmp_path / "missing.gguf"))
