@@ -76,6 +76,12 @@ _models_lock = threading.Lock()
 
 
 def _default_threads() -> int:
+    """``CUECARD_THREADS`` if set (e.g. 1 per process when several processes share the cores), else every core."""
+    value = os.environ.get("CUECARD_THREADS", "").strip()
+    if value:
+        if not value.isdigit() or int(value) < 1:
+            raise ValueError(f"CUECARD_THREADS must be a positive whole number, got {value!r}")
+        return int(value)
     return max(1, os.cpu_count() or 1)
 
 

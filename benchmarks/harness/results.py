@@ -1,0 +1,198 @@
+"""Results of a harness run: one JSON file per (task, method, seed) cell, the summary table and the plot."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cuecard.usage import Usage
+from pydantic import BaseModel, Field
+
+
+class CellResult(BaseModel):
+    """One method on one task with one seed.
+
+    ``usage`` counts every LM request the method asked for, cached or not (``usage.calls``: the cost
+    as if its cache had been cold) and, beside it, the ones that reached a model (``usage.model_calls``).
+    """
+
+    task: str
+    method: str
+    seed: int | None
+    fingerprint: str = Field(description="hash of the settings the cell ran with; a rerun with others recomputes it")
+    test_accuracy: float | None = None
+    dev_accuracy: float | None = None
+    test_size: int = 0
+    instructions: dict[str, str] = Field(default_factory=dict)
+    usage: Usage = Field(default_factory=Usage)
+    task_usage: Usage = Field(default_factory=Usage)
+    prompt_usage: Usage = Field(default_factory=Usage)
+    seconds: float = 0.0
+    knobs: dict[str, Any] = Field(default_factory=dict)
+    planned_calls: int | None = None
+    notes: list[str] = Field(default_factory=list)
+    error: str | None = Field(None, description="why the method gave no program (one line)")
+    human_accuracies: list[float] = Field(default_factory=list, description="human baseline: each annotation's test accuracy")
+
+
+class SummaryRow(BaseModel):
+    """One table row: a method on a task, over seeds."""
+
+    task: str
+    method: str
+    seeds: int
+    test_mean: float | None
+    test_sd: float | None
+    dev_mean: float | None
+    calls: float
+    task_calls: float
+    prompt_calls: float
+    model_calls: float
+    tokens: float
+    seconds: float
+    note: str = ""
+
+
+class CellStore:
+    """Cells as JSON files under ``root/cells``; written atomically, so a killed run loses at most the cell it was in."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.dir = Path(root) / "cells"
+        self.dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, task: str, method: str, seed: int | None) -> Path:
+        return self.dir / f"{task}__{method}__{'all' if seed is None else f'seed{seed}'}.json"
+
+    def get(self, task: str, method: str, seed: int | None, fingerprint: str) -> CellResult | None:
+        path = self.path(task, method, seed)
+        if not path.is_file():
+            return None
+        try:
+            cell = CellResult.model_validate_json(path.read_text(encoding="utf-8"))
+        except ValueError:
+            return None  # a file from an older harness or cut short: recompute the cell
+        return cell if cell.fingerprint == fingerprint else None
+
+    def put(self, cell: CellResult) -> None:
+        path = self.path(cell.task, cell.method, cell.seed)
+        handle, temp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
+        try:
+            with os.fdopen(handle, "w", encoding="utf-8") as stream:
+                stream.write(cell.model_dump_json(indent=1))
+            os.replace(temp, path)
+        except BaseException:
+            Path(temp).unlink(missing_ok=True)
+            raise
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def summarize(cells: Sequence[CellResult]) -> list[SummaryRow]:
+    """Table rows in the order cells came; the human baseline gives two rows (mean and best annotation)."""
+    groups: dict[tuple[str, str], list[CellResult]] = {}
+    for cell in cells:
+        groups.setdefault((cell.task, cell.method), []).append(cell)
+    rows = []
+    for (task, method), group in groups.items():
+        if method == "human":
+            accuracies = group[0].human_accuracies
+            for label, value in (("human (mean)", _mean(accuracies)), ("human (best on test)", max(accuracies, default=None))):
+                rows.append(SummaryRow(task=task, method=label, seeds=0, test_mean=value, test_sd=None, dev_mean=None,
+                                       calls=0, task_calls=0, prompt_calls=0, model_calls=0, tokens=0, seconds=0,
+                                       note=f"{len(accuracies)} annotations" if accuracies else "no annotations"))
+            continue
+        scored = [c for c in group if c.test_accuracy is not None]
+        tests = [c.test_accuracy for c in scored]
+        devs = [c.dev_accuracy for c in scored if c.dev_accuracy is not None]
+        errors = sorted({c.error for c in group if c.error})
+        notes = sorted({n for c in group for n in c.notes if n.startswith(("stopped", "search stopped", "reached"))})
+        rows.append(
+            SummaryRow(
+                task=task,
+                method=method,
+                seeds=len(scored),
+                test_mean=_mean(tests),
+                test_sd=statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
+                dev_mean=_mean(devs),
+                calls=statistics.fmean(c.usage.calls for c in group),
+                task_calls=statistics.fmean(c.task_usage.calls for c in group),
+                prompt_calls=statistics.fmean(c.prompt_usage.calls for c in group),
+                model_calls=statistics.fmean(c.usage.model_calls for c in group),
+                tokens=statistics.fmean(c.usage.total_tokens for c in group),
+                seconds=statistics.fmean(c.seconds for c in group),
+                note="; ".join([*(f"failed: {e}" for e in errors), *notes])[:300],
+            )
+        )
+    return rows
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.1f}"
+
+
+def markdown_table(rows: Sequence[SummaryRow]) -> str:
+    """The summary as a Markdown table (accuracies in %, costs averaged over seeds)."""
+    lines = [
+        "| task | method | test % (mean ± sd) | seeds | dev % | LM calls, cold (task / prompt) | reached a model | tokens | wall s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        test = _pct(r.test_mean) if r.test_sd is None else f"{_pct(r.test_mean)} ± {_pct(r.test_sd)}"
+        lines.append(
+            f"| {r.task} | {r.method} | {test} | {r.seeds} | {_pct(r.dev_mean)} | "
+            f"{r.calls:.0f} ({r.task_calls:.0f} / {r.prompt_calls:.0f}) | {r.model_calls:.0f} | {r.tokens:.0f} | "
+            f"{r.seconds:.0f} | {r.note.replace('|', '/')} |"
+        )
+    return "\n".join(lines)
+
+
+def plot_accuracy_vs_calls(rows: Sequence[SummaryRow], path: str | os.PathLike[str]) -> Path:
+    """One panel per task: test accuracy (mean, sd bars) against LM calls as if cold; baselines as lines."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks = list(dict.fromkeys(r.task for r in rows))
+    figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
+    for axis, task in zip(axes[0], tasks, strict=True):
+        for row in (r for r in rows if r.task == task and r.test_mean is not None):
+            if row.calls == 0:
+                axis.axhline(100 * row.test_mean, linestyle="--", linewidth=1, color="grey")
+                axis.annotate(row.method, (0, 100 * row.test_mean), fontsize=7, color="grey", va="bottom")
+                continue
+            axis.errorbar(row.calls, 100 * row.test_mean, yerr=100 * (row.test_sd or 0), fmt="o", capsize=3, label=row.method)
+        axis.set_title(task)
+        axis.set_xlabel("LM calls per compile (as if the cache were cold)")
+        axis.set_ylabel("test accuracy %")
+        axis.set_ylim(-5, 105)
+        axis.set_xlim(left=-5)
+        if axis.get_legend_handles_labels()[0]:
+            axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def write_outputs(root: str | os.PathLike[str], config: dict[str, Any], cells: Sequence[CellResult]) -> dict[str, Path]:
+    """``results.json`` (config, cells, summary), ``results.md`` and ``accuracy_vs_calls.png`` under ``root``."""
+    root = Path(root)
+    rows = summarize(cells)
+    payload = {
+        "config": config,
+        "summary": [r.model_dump() for r in rows],
+        "cells": [c.model_dump() for c in cells],
+    }
+    json_path, md_path = root / "results.json", root / "results.md"
+    json_path.write_text(json.dumps(payload, indent=1), encoding="utf-8")
+    md_path.write_text(markdown_table(rows) + "\n", encoding="utf-8")
+    return {"json": json_path, "markdown": md_path, "plot": plot_accuracy_vs_calls(rows, root / "accuracy_vs_calls.png")}

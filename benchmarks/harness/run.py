@@ -1,0 +1,228 @@
+"""The harness run: tasks x methods x seeds under one LM-call cap, resumable, written as JSON/Markdown/PNG."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import cuecard
+import dspy
+from cuecard.adapter import adapter_for
+from cuecard.errors import BudgetExhausted
+from cuecard.evaluate import Evaluator
+from cuecard.program import get_instructions
+from cuecard.tasks import Task, bbh, instruction_induction, jsonl_task
+from cuecard.usage import Limits, Usage, track
+from pydantic import BaseModel, Field, field_validator
+
+from .methods import METHOD_NAMES, MethodRun, runners_for
+from .results import CellResult, CellStore, write_outputs
+
+logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)  # "response was truncated": answers are capped on purpose
+
+HARNESS_VERSION = 1
+DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
+DEFAULT_TASKS = ("ii:sentiment", "ii:larger_animal", "bbh:boolean_expressions")
+
+
+class HarnessConfig(BaseModel):
+    """Settings of one harness run (every cell's fingerprint is derived from them)."""
+
+    tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS), description="ii:NAME, bbh:NAME or jsonl:PATH:INPUT[,INPUT]:OUTPUT")
+    methods: list[str] = Field(default_factory=lambda: list(METHOD_NAMES))
+    seeds: int = Field(3, ge=1)
+    cap: int = Field(80, ge=1, description="LM requests (task + prompt, cached or not) each compile may make")
+    n_train: int = Field(20, ge=1)
+    n_dev: int = Field(10, ge=1)
+    n_test: int = Field(30, ge=1)
+    task_model: str = "local"
+    prompt_model: str = "local"
+    max_tokens: int = Field(32, ge=1, description="cap on the task model's answer tokens")
+    prompt_max_tokens: int = Field(200, ge=8, description="default cap on the prompt model's tokens")
+    data: str = str(DEFAULT_DATA)
+    out: str = "runs/bench"
+
+    @field_validator("methods")
+    @classmethod
+    def _known_methods(cls, methods: list[str]) -> list[str]:
+        unknown = [m for m in methods if m not in METHOD_NAMES]
+        if unknown:
+            raise ValueError(f"unknown method(s) {unknown}; choose from {list(METHOD_NAMES)}")
+        return methods
+
+    @field_validator("tasks")
+    @classmethod
+    def _known_task_kinds(cls, tasks: list[str]) -> list[str]:
+        for spec in tasks:
+            kind = spec.split(":", 1)[0]
+            if kind not in ("ii", "bbh", "jsonl") or ":" not in spec:
+                raise ValueError(f"task {spec!r}: expected ii:NAME, bbh:NAME or jsonl:PATH:INPUT[,INPUT]:OUTPUT")
+        return tasks
+
+
+def load_task(spec: str, data: str | Path) -> Task:
+    """A task from its spec string (see :class:`HarnessConfig`); data files are read in place under ``data``."""
+    kind, rest = spec.split(":", 1)
+    if kind == "ii":
+        return instruction_induction(rest, Path(data) / "instruction_induction")
+    if kind == "bbh":
+        return bbh(rest, Path(data) / "bbh")
+    path, inputs, output = rest.rsplit(":", 2)
+    return jsonl_task(path, inputs=inputs.split(","), output=output)
+
+
+class Models:
+    """The task and prompt LMs as two objects, so their meters split a run's calls even when both are one model."""
+
+    def __init__(self, task: dspy.LM, prompt: dspy.LM) -> None:
+        if task is prompt:
+            raise ValueError("give the task and prompt models as two objects (their meters split the calls)")
+        self.task, self.prompt = task, prompt
+
+    @classmethod
+    def from_config(cls, config: HarnessConfig) -> Models:
+        return cls(
+            cuecard.LM(config.task_model, max_tokens=config.max_tokens),
+            cuecard.LM(config.prompt_model, max_tokens=config.prompt_max_tokens),
+        )
+
+
+def accuracy(program: dspy.Module, examples: Sequence[dspy.Example], metric: Callable[..., Any], task_lm: dspy.LM) -> float:
+    """Mean metric of ``program`` on ``examples`` through cuecard's evaluator (a failed example scores 0)."""
+    evaluator = Evaluator(program, metric, task_lm=task_lm, adapter=adapter_for(task_lm), max_failure_share=1.0)
+    scores = evaluator.run(get_instructions(program), list(enumerate(examples)))
+    return sum(s.score for s in scores) / len(scores)
+
+
+def fingerprint(config: HarnessConfig, task: str, method: str, seed: int | None) -> str:
+    settings = config.model_dump(exclude={"tasks", "methods", "seeds", "out", "data"})
+    blob = json.dumps([HARNESS_VERSION, settings, task, method, seed], sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _one_line(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:240]
+
+
+def run_method(
+    method: str,
+    task: Task,
+    seed: int,
+    config: HarnessConfig,
+    models: Models,
+    workdir: Path,
+    runner: Callable[..., tuple[dspy.Module, MethodRun]],
+) -> CellResult:
+    """Compile with one method under the cap, then score the result on dev and test (outside the cap)."""
+    splits = task.splits(seed, config.n_train, config.n_dev, config.n_test)
+    cell = CellResult(task=task.name, method=method, seed=seed, fingerprint=fingerprint(config, task.name, method, seed))
+    task_before, prompt_before = models.task.meter.usage, models.prompt.meter.usage
+    started = time.perf_counter()
+    compiled = None
+    with track(f"{task.name}/{method}/seed{seed}", Limits(max_calls=config.cap)) as block:
+        try:
+            with dspy.context(lm=models.task, adapter=adapter_for(models.task)):
+                compiled, info = runner(
+                    task.program(), train=splits.train, dev=splits.dev, metric=task.metric, task_lm=models.task,
+                    prompt_lm=models.prompt, cap=config.cap, seed=seed, workdir=workdir,
+                )
+            cell.knobs, cell.planned_calls, cell.notes = info.knobs, info.planned_calls, info.notes
+        except BudgetExhausted as exc:
+            cell.error = f"stopped by the harness cap before it finished ({_one_line(exc)})"
+        except Exception as exc:  # a method that cannot run on this model gets its reason in the table
+            cell.error = _one_line(exc)
+    cell.seconds = time.perf_counter() - started
+    cell.usage = block.usage
+    cell.task_usage = models.task.meter.usage - task_before
+    cell.prompt_usage = models.prompt.meter.usage - prompt_before
+    if cell.usage.calls >= config.cap and compiled is not None:
+        cell.notes.append(f"reached the cap of {config.cap} calls: requests beyond it were refused")
+    if compiled is not None:
+        cell.instructions = get_instructions(compiled)
+        cell.dev_accuracy = accuracy(compiled, splits.dev, task.metric, models.task)
+        cell.test_accuracy = accuracy(compiled, splits.test, task.metric, models.task)
+        cell.test_size = len(splits.test)
+    return cell
+
+
+def run_human(task: Task, config: HarnessConfig, models: Models) -> CellResult:
+    """Each human-written instruction scored on the task's test split (shared by all seeds)."""
+    test = task.splits(0, config.n_train, config.n_dev, config.n_test).test
+    cell = CellResult(task=task.name, method="human", seed=None, fingerprint=fingerprint(config, task.name, "human", None))
+    started = time.perf_counter()
+    cell.human_accuracies = [accuracy(task.program(text), test, task.metric, models.task) for text in task.human_instructions]
+    cell.seconds, cell.test_size = time.perf_counter() - started, len(test)
+    if not task.human_instructions:
+        cell.notes.append("this task has no human-written instructions")
+    return cell
+
+
+def run(
+    config: HarnessConfig,
+    *,
+    log: Callable[[str], None] = print,
+    tasks: Sequence[Task] | None = None,
+    models: Models | None = None,
+) -> dict[str, Path]:
+    """Run every (task, method, seed) cell not already stored under ``config.out``; write the outputs.
+
+    ``tasks`` and ``models`` replace the ones ``config`` names (tasks built in code, LMs built by the caller);
+    otherwise the LM cache goes to ``<out>/lm-cache``, shared by every method of the run.
+
+    Example:
+        >>> run(HarnessConfig(tasks=["ii:sentiment"], methods=["seed", "ape"], seeds=1, cap=40))  # doctest: +SKIP
+    """
+    out = Path(config.out)
+    store = CellStore(out)
+    if models is None:
+        cuecard.configure_cache(out / "lm-cache")
+        models = Models.from_config(config)
+    tasks = list(tasks) if tasks is not None else [load_task(spec, config.data) for spec in config.tasks]
+    runners = runners_for(config.methods)
+    plan: list[tuple[Task, str, int | None]] = []  # seed by seed, so a run cut short has whole seeds of every method
+    for seed in range(config.seeds):
+        for task in tasks:
+            for method in config.methods:
+                if method != "human":
+                    plan.append((task, method, seed))
+                elif seed == 0:
+                    plan.append((task, method, None))
+    cells: list[CellResult] = []
+    paths: dict[str, Path] = {}
+    try:
+        for number, (task, method, seed) in enumerate(plan, start=1):
+            label = f"[{number}/{len(plan)}] {task.name} / {method}" + ("" if seed is None else f" / seed {seed}")
+            cell = store.get(task.name, method, seed, fingerprint(config, task.name, method, seed))
+            if cell is None:
+                if method == "human":
+                    cell = run_human(task, config, models)
+                else:
+                    workdir = out / "runs" / f"{task.name}__{method}__seed{seed}"
+                    cell = run_method(method, task, seed, config, models, workdir, runners[method])
+                store.put(cell)
+                log(f"{label}: {describe(cell)}")
+            else:
+                log(f"{label}: stored ({describe(cell)})")
+            cells.append(cell)
+    finally:
+        if cells:
+            paths = write_outputs(out, config.model_dump(), cells)
+    return paths
+
+
+def describe(cell: CellResult) -> str:
+    if cell.method == "human":
+        accs = cell.human_accuracies
+        return f"{len(accs)} annotations, mean {100 * sum(accs) / len(accs):.1f}%" if accs else "no annotations"
+    if cell.error:
+        return f"failed after {cell.usage.calls} calls: {cell.error}"
+    usage: Usage = cell.usage
+    return (
+        f"test {100 * (cell.test_accuracy or 0):.1f}%, dev {100 * (cell.dev_accuracy or 0):.1f}%, "
+        f"{usage.calls} calls ({usage.model_calls} reached a model), {cell.seconds:.0f} s"
+    )

@@ -1,0 +1,223 @@
+"""The benchmark harness (benchmarks/harness) and the task loaders it reads data with (cuecard.tasks).
+
+Task loaders run on the shared benchmark data (skipped with a message when it is absent). The
+harness's bookkeeping (cap, cold-cost accounting, resume, outputs) is checked with scripted models;
+one test runs the real command on the embedded model, given as a bare GGUF path.
+"""
+
+import json
+import random
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import dspy
+import pytest
+from cuecard.errors import BudgetExhausted
+from cuecard.metrics import exact_match
+from cuecard.tasks import Task, bbh, bbh_exact_match, instruction_induction, jsonl_task, normalize_target
+from cuecard.testing import scripted_lm
+from cuecard.usage import Limits, track
+from sentiment_cases import GOLD, REVIEWS
+
+from benchmarks.harness import HarnessConfig, markdown_table, run, summarize
+from benchmarks.harness.run import Models
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---- task loaders -------------------------------------------------------------------------------
+def test_instruction_induction_task_reads_induce_execute_and_annotations(shared_data):
+    root = shared_data / "instruction_induction"
+    task = instruction_induction("word_in_context", root)
+    raw_execute = json.loads((root / "execute" / "word_in_context.json").read_text())["examples"]
+    raw_annotations = json.loads((root / "annotations" / "word_in_context.json").read_text())["annotations"]
+    assert len(task.test_pool) == len(raw_execute)
+    assert task.human_instructions == raw_annotations
+    first = next(iter(raw_execute.values()))
+    example = task.test_pool[0]
+    assert example.input == first["input"] and set(example.inputs().keys()) == {"input"}
+    # every possible output counts as a gold answer, after the papers' normalisation
+    for answer in first["possible_outputs"]:
+        assert task.metric(example, dspy.Prediction(output=f"{answer.upper()}.\nBecause..."))
+    assert not task.metric(example, dspy.Prediction(output="banana"))
+
+
+def test_bbh_task_splits_keep_one_test_for_every_seed_and_draw_train_dev_by_seed(shared_data):
+    task = bbh("navigate", shared_data / "bbh")
+    a, b = task.splits(0, 20, 10, 30), task.splits(1, 20, 10, 30)
+    question = lambda examples: [e.question for e in examples]  # noqa: E731
+    assert question(a.test) == question(b.test)
+    assert question(a.train) != question(b.train)
+    for splits in (a, b):
+        used = question(splits.train) + question(splits.dev)
+        assert len(set(used)) == 30 and not set(used) & set(question(splits.test))
+    with pytest.raises(ValueError, match="navigate.*asked for 200\\+100"):
+        task.splits(0, 200, 100, 30)
+
+
+def test_bbh_metric_is_exact_match_of_the_whole_answer():
+    metric = bbh_exact_match()
+    gold = dspy.Example(answer="(A)")
+    assert metric(gold, dspy.Prediction(answer=" (A). "))
+    assert not metric(gold, dspy.Prediction(answer="The answer is (A)"))
+    assert normalize_target('"Yes."') == "yes"
+
+
+def test_jsonl_task_reads_the_shipped_reviews_and_names_the_missing_column(tmp_path):
+    task = jsonl_task(REPO / "examples" / "data" / "reviews.jsonl", inputs=["review"], output="sentiment")
+    assert task.name == "reviews" and task.signature == "review -> sentiment" and len(task.pool) == len(REVIEWS)
+    assert task.program().signature.instructions == task.seed_instruction
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"review": "fine"}\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl, example 1: missing field\(s\) \['sentiment'\]"):
+        jsonl_task(bad, inputs=["review"], output="sentiment")
+
+
+# ---- the cold-request cap -----------------------------------------------------------------------
+def test_request_cap_counts_cached_calls_so_a_warm_rerun_stops_at_the_same_point(fresh_cache):
+    lm = scripted_lm(lambda messages: "ok", cache=True)
+
+    def calls_until_cap():
+        made = 0
+        with track("capped", Limits(max_calls=3)) as block:
+            with pytest.raises(BudgetExhausted, match="cap of 3 LM requests"):
+                for i in range(10):
+                    lm(f"question {i}")
+                    made += 1
+        return made, block.usage
+
+    cold_made, cold = calls_until_cap()
+    warm_made, warm = calls_until_cap()
+    assert cold_made == warm_made == 3
+    assert (cold.model_calls, cold.cache_hits) == (3, 0)
+    assert (warm.model_calls, warm.cache_hits) == (0, 3)
+
+
+# ---- the harness on scripted models -------------------------------------------------------------
+def level_reply(messages):
+    """Task model: right on review i when the instruction says "Level N" and i % 10 < N."""
+    text = messages[-1]["content"] if len(messages) == 1 else "\n".join(m["content"] for m in messages)
+    review = re.search(r"Review: (.*)", text).group(1)
+    level = re.search(r"Level (\d+)", text)
+    order = next(i for i, e in enumerate(REVIEWS) if e.review == review)
+    return GOLD[review] if level and order % 10 < int(level.group(1)) else "neutral"
+
+
+def proposer_reply(messages):
+    return f"Level {random.Random(messages[-1]['content']).randint(3, 9)}: label the review."
+
+
+def scripted_task(human=("Level 2 reviews.", "Level 6 reviews.")):
+    return Task(
+        name="levels",
+        signature="review -> sentiment",
+        metric=exact_match("sentiment"),
+        pool=REVIEWS,
+        seed_instruction="Classify the sentiment.",
+        human_instructions=list(human),
+        test_seed=0,
+    )
+
+
+def scripted_models():
+    return Models(scripted_lm(level_reply, name="scripted/task", cache=True), scripted_lm(proposer_reply, name="scripted/prompt", cache=True))
+
+
+def config(tmp_path, **overrides):
+    settings = dict(tasks=["ii:levels"], methods=["seed", "human", "ape", "opro"], seeds=2, cap=40, n_train=12, n_dev=8, n_test=12, out=str(tmp_path / "bench"))
+    return HarnessConfig(**{**settings, **overrides})
+
+
+def test_harness_caps_each_method_scores_test_and_writes_json_markdown_and_plot(tmp_path, fresh_cache):
+    lines = []
+    paths = run(config(tmp_path), log=lines.append, tasks=[scripted_task()], models=scripted_models())
+    payload = json.loads(paths["json"].read_text())
+    cells = payload["cells"]
+    assert len(cells) == 1 + 3 * 2 and len(lines) == len(cells)
+    for cell in cells:
+        assert cell["usage"]["calls"] <= 40
+        if cell["method"] in ("ape", "opro"):
+            assert cell["usage"]["calls"] == cell["task_usage"]["calls"] + cell["prompt_usage"]["calls"]
+            assert cell["prompt_usage"]["calls"] > 0 and cell["error"] is None
+    # the seed instruction has no "Level": wrong on every test example; a winner "Level N" gets N/10 right
+    seed_cells = [c for c in cells if c["method"] == "seed"]
+    assert all(c["test_accuracy"] == 0 and c["usage"]["calls"] == 0 for c in seed_cells)
+    for cell in (c for c in cells if c["method"] in ("ape", "opro")):
+        level = re.search(r"Level (\d+)", cell["instructions"]["self"])
+        if level:
+            assert cell["test_accuracy"] > 0
+    human = next(c for c in cells if c["method"] == "human")
+    assert len(human["human_accuracies"]) == 2 and human["human_accuracies"][0] < human["human_accuracies"][1]
+    table = paths["markdown"].read_text()
+    assert "| levels | human (best on test) |" in table and "| levels | opro |" in table
+    assert paths["plot"].stat().st_size > 10_000
+
+
+def test_harness_resumes_from_stored_cells_and_recomputes_when_the_settings_change(tmp_path, fresh_cache):
+    models = scripted_models()
+    run(config(tmp_path, methods=["seed", "ape"]), log=lambda line: None, tasks=[scripted_task()], models=models)
+    asked = models.task.meter.usage.calls + models.prompt.meter.usage.calls
+    lines = []
+    run(config(tmp_path, methods=["seed", "ape"]), log=lines.append, tasks=[scripted_task()], models=models)
+    assert models.task.meter.usage.calls + models.prompt.meter.usage.calls == asked
+    assert all(": stored (" in line for line in lines)
+    lines.clear()
+    run(config(tmp_path, methods=["seed", "ape"], cap=30), log=lines.append, tasks=[scripted_task()], models=models)
+    assert not any(": stored (" in line for line in lines)
+
+
+def test_cost_is_reported_as_if_cold_beside_the_calls_that_reached_a_model(tmp_path, fresh_cache):
+    models = scripted_models()
+    first = json.loads(run(config(tmp_path, methods=["ape"], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=models)["json"].read_text())
+    again = json.loads(run(config(tmp_path / "again", methods=["ape"], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=models)["json"].read_text())
+    cold, warm = first["cells"][0], again["cells"][0]
+    assert warm["usage"]["calls"] == cold["usage"]["calls"] > 0
+    assert cold["usage"]["model_calls"] > 0 and warm["usage"]["model_calls"] == 0
+    assert warm["instructions"] == cold["instructions"] and warm["test_accuracy"] == cold["test_accuracy"]
+
+
+def test_a_method_that_fails_gets_its_reason_in_its_row(tmp_path, fresh_cache, monkeypatch):
+    from benchmarks.harness import methods
+
+    def broken(program, **kw):
+        raise RuntimeError("the proposer wrote nothing usable\non two lines")
+
+    monkeypatch.setitem(methods.CUECARD_METHODS, "pe2", broken)
+    paths = run(config(tmp_path, methods=["seed", "pe2"], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=scripted_models())
+    table = paths["markdown"].read_text()
+    assert "| levels | pe2 | — |" in table
+    assert "failed: RuntimeError: the proposer wrote nothing usable on two lines" in table
+
+
+def test_bad_settings_are_refused_with_the_field_named(tmp_path):
+    with pytest.raises(ValueError, match="unknown method"):
+        HarnessConfig(methods=["ape", "dspy-magic"])
+    with pytest.raises(ValueError, match="expected ii:NAME"):
+        HarnessConfig(tasks=["sentiment"])
+    with pytest.raises(ValueError, match="cap"):
+        HarnessConfig(cap=0)
+    assert markdown_table(summarize([])).count("\n") == 1  # the header alone
+
+
+# ---- the real command on the embedded model ---------------------------------------------------------
+@pytest.mark.model
+def test_harness_command_runs_on_the_embedded_model_given_as_a_gguf_path(tmp_path):
+    from cuecard.local import embedded_model_path
+
+    out = tmp_path / "bench"
+    command = [
+        sys.executable, "-m", "benchmarks.harness", "--task", f"jsonl:{REPO / 'examples' / 'data' / 'reviews.jsonl'}:review:sentiment",
+        "--methods", "seed,ape,copro", "--seeds", "1", "--cap", "16", "--train", "6", "--dev", "4", "--test", "6",
+        "--task-model", str(embedded_model_path()), "--out", str(out),
+    ]
+    done = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "| reviews | ape |" in done.stdout and "| reviews | copro |" in done.stdout
+    cells = {c["method"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
+    for method in ("ape", "copro"):
+        assert cells[method]["usage"]["calls"] <= 16
+        assert cells[method]["error"] or cells[method]["test_accuracy"] is not None
+    assert cells["ape"]["prompt_usage"]["calls"] > 0 and cells["ape"]["task_usage"]["calls"] > 0
+    assert (out / "accuracy_vs_calls.png").is_file()
