@@ -221,3 +221,12 @@ def test_harness_command_runs_on_the_embedded_model_given_as_a_gguf_path(tmp_pat
         assert cells[method]["error"] or cells[method]["test_accuracy"] is not None
     assert cells["ape"]["prompt_usage"]["calls"] > 0 and cells["ape"]["task_usage"]["calls"] > 0
     assert (out / "accuracy_vs_calls.png").is_file()
+
+
+def test_task_docstring_examples_hold():
+    import doctest
+
+    import cuecard.tasks
+
+    failures, tried = doctest.testmod(cuecard.tasks, raise_on_error=False)
+    assert tried > 0 and failures == 0

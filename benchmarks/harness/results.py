@@ -146,7 +146,7 @@ def markdown_table(rows: Sequence[SummaryRow]) -> str:
     for r in rows:
         test = _pct(r.test_mean) if r.test_sd is None else f"{_pct(r.test_mean)} ± {_pct(r.test_sd)}"
         lines.append(
-            f"| {r.task} | {r.method} | {test} | {r.seeds} | {_pct(r.dev_mean)} | "
+            f"| {r.task} | {r.method} | {test} | {r.seeds if r.seeds else '—'} | {_pct(r.dev_mean)} | "
             f"{r.calls:.0f} ({r.task_calls:.0f} / {r.prompt_calls:.0f}) | {r.model_calls:.0f} | {r.tokens:.0f} | "
             f"{r.seconds:.0f} | {r.note.replace('|', '/')} |"
         )
