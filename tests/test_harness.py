@@ -6,10 +6,13 @@ one test runs the real command on the embedded model, given as a bare GGUF path.
 """
 
 import json
+import os
 import random
 import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import dspy
@@ -191,6 +194,29 @@ def test_a_method_that_fails_gets_its_reason_in_its_row(tmp_path, fresh_cache, m
     assert "failed: RuntimeError: the proposer wrote nothing usable on two lines" in table
 
 
+@pytest.mark.parametrize("ablation, component", [
+    ("pe2-no-reasoning", "reasoning_template"),
+    ("pe2-no-context", "context_specification"),
+    ("pe2-no-description", "two_step_description"),
+])
+def test_pe2_ablations_run_as_methods_with_their_component_left_out_of_the_meta_prompt(tmp_path, fresh_cache, ablation, component):
+    from cuecard.teleprompters.pe2 import REASONING_TEMPLATE, TASK_DESCRIPTION
+
+    marks = {"reasoning_template": REASONING_TEMPLATE.splitlines()[0], "two_step_description": TASK_DESCRIPTION.splitlines()[0],
+             "context_specification": "<<review>>"}  # the template's input slot
+    shown = {}
+    for method in ("pe2", ablation):
+        models = scripted_models()
+        paths = run(config(tmp_path / method, methods=[method], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=models)
+        cell = json.loads(paths["json"].read_text())["cells"][0]
+        assert cell["error"] is None and cell["usage"]["calls"] <= 40
+        prompts = ["\n".join(m["content"] for m in request) for request in models.prompt.engine.requests]
+        assert prompts, "PE2 asked the prompt model nothing"
+        shown[method] = [marks[component] in prompt for prompt in prompts]
+    assert cell["knobs"][component] is False
+    assert any(shown["pe2"]) and not any(shown[ablation])
+
+
 def test_bad_settings_are_refused_with_the_field_named(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         HarnessConfig(methods=["ape", "dspy-magic"])
@@ -199,6 +225,36 @@ def test_bad_settings_are_refused_with_the_field_named(tmp_path):
     with pytest.raises(ValueError, match="cap"):
         HarnessConfig(cap=0)
     assert markdown_table(summarize([])).count("\n") == 1  # the header alone
+
+
+def _worker_command(args):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    return dict(args=[sys.executable, str(REPO / "tests" / "harness_worker.py"), *args], cwd=REPO, env=env, text=True)
+
+
+def test_ctrl_c_stops_the_command_with_exit_130_and_keeps_the_finished_cells(tmp_path):
+    args = ["--task", "ii:levels", "--methods", "seed,ape,opro", "--seeds", "40", "--cap", "40",
+            "--train", "12", "--dev", "8", "--test", "12", "--out", str(tmp_path / "bench")]
+    # SIGINT as a terminal delivers it (a shell may start background jobs with SIGINT ignored)
+    worker = subprocess.Popen(**_worker_command(args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        for line in worker.stdout:
+            if " / opro / seed 1: " in line:  # some cells are stored; the next compile has started
+                break
+        time.sleep(0.3)
+        worker.send_signal(signal.SIGINT)
+        _, stderr = worker.communicate(timeout=60)
+    finally:
+        worker.kill()
+    assert worker.returncode == 130, stderr[-2000:]
+    assert "interrupted: finished cells are stored" in stderr
+    stored = list((tmp_path / "bench" / "cells").glob("*.json"))
+    assert 5 <= len(stored) < 1 + 2 * 40
+    report = subprocess.run(**_worker_command([*args, "--report-only"]), capture_output=True, timeout=120)
+    assert report.returncode == 0, report.stderr[-2000:]
+    assert report.stdout.count(": stored (") == len(stored) and ": missing (not run yet" in report.stdout
+    assert "| levels | opro |" in report.stdout
 
 
 # ---- the real command on the embedded model ---------------------------------------------------------

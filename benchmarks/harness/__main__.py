@@ -7,8 +7,27 @@ import sys
 
 from pydantic import ValidationError
 
-from .methods import METHOD_NAMES
-from .run import DEFAULT_DATA, DEFAULT_TASKS, HarnessConfig, run
+from .methods import DEFAULT_METHODS, METHOD_NAMES, PE2_ABLATIONS
+from .run import DEFAULT_TASKS, HarnessConfig, run
+
+# flag -> config field, for the flags that map one to one (help and default come from the field)
+FIELD_FLAGS = {
+    "--seeds": "seeds",
+    "--cap": "cap",
+    "--train": "n_train",
+    "--dev": "n_dev",
+    "--test": "n_test",
+    "--task-model": "task_model",
+    "--max-tokens": "max_tokens",
+    "--data": "data",
+    "--out": "out",
+}
+
+
+def _field_flag(parser: argparse.ArgumentParser, flag: str, field: str) -> None:
+    info = HarnessConfig.model_fields[field]
+    kind = int if info.annotation is int else str
+    parser.add_argument(flag, dest=field, type=kind, default=info.default, metavar="N" if kind is int else None, help=f"{info.description} (default: {info.default})")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -18,23 +37,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "Compile one program per task with each method (cuecard's APE, ProTeGi, OPRO, PE2 and DSPy's "
             "COPRO, MIPROv2, GEPA) under the same cap on LM calls, score each result on a held-out test split, "
             "and write results.json, results.md and accuracy_vs_calls.png to --out. Cells already stored "
-            "there with the same settings are reused, so a killed run resumes."
+            "there with the same settings are reused, so a killed run resumes: rerun the same command."
         ),
-        epilog="Example: python -m benchmarks.harness --seeds 3 --cap 80 --task-model local:/path/qwen.gguf",
+        epilog="Example: python -m benchmarks.harness --seeds 3 --cap 80 --task-model /path/to/qwen.gguf",
     )
     parser.add_argument("--task", dest="tasks", action="append", metavar="SPEC",
                         help=f"ii:NAME, bbh:NAME or jsonl:PATH:INPUT[,INPUT]:OUTPUT; repeatable (default: {' '.join(DEFAULT_TASKS)})")
-    parser.add_argument("--methods", default=",".join(METHOD_NAMES), help=f"comma-separated subset of {','.join(METHOD_NAMES)}")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
-    parser.add_argument("--cap", type=int, default=80, help="LM requests per compile, task + prompt, cached or not (default 80)")
-    parser.add_argument("--train", type=int, default=20, dest="n_train", help="train examples per seed (default 20)")
-    parser.add_argument("--dev", type=int, default=10, dest="n_dev", help="dev examples per seed (default 10)")
-    parser.add_argument("--test", type=int, default=30, dest="n_test", help="test examples, the same for every seed (default 30)")
-    parser.add_argument("--task-model", default="local", help="'local' (embedded), a .gguf path, or a litellm model string")
+    parser.add_argument("--methods", default=",".join(DEFAULT_METHODS),
+                        help=f"comma-separated, from {','.join(METHOD_NAMES)} (default: all but the PE2 ablations "
+                             f"{', '.join(PE2_ABLATIONS)}, which switch one meta-prompt component off each)")
+    for flag, field in FIELD_FLAGS.items():
+        _field_flag(parser, flag, field)
     parser.add_argument("--prompt-model", default=None, help="the model that writes instructions (default: the task model)")
-    parser.add_argument("--max-tokens", type=int, default=32, help="cap on the task model's answer tokens (default 32)")
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="the shared benchmark data folder")
-    parser.add_argument("--out", default="runs/bench", help="where cells, the LM cache and the outputs go (default runs/bench)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="make no LM call: rewrite the outputs from the cells stored in --out and name the missing ones")
     return parser.parse_args(argv)
 
 
@@ -44,28 +60,24 @@ def main(argv: list[str] | None = None) -> int:
         config = HarnessConfig(
             tasks=args.tasks or list(DEFAULT_TASKS),
             methods=[m.strip() for m in args.methods.split(",") if m.strip()],
-            seeds=args.seeds,
-            cap=args.cap,
-            n_train=args.n_train,
-            n_dev=args.n_dev,
-            n_test=args.n_test,
-            task_model=args.task_model,
             prompt_model=args.prompt_model or args.task_model,
-            max_tokens=args.max_tokens,
-            data=args.data,
-            out=args.out,
+            **{field: getattr(args, field) for field in FIELD_FLAGS.values()},
         )
     except ValidationError as exc:
-        print(f"error: {exc.errors()[0]['msg']}", file=sys.stderr)
+        error = exc.errors()[0]
+        print(f"error: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
         return 2
     try:
-        paths = run(config, log=lambda line: print(line, flush=True))
+        paths = run(config, log=lambda line: print(line, flush=True), report_only=args.report_only)
     except KeyboardInterrupt:
         print("interrupted: finished cells are stored; rerun the same command to resume", file=sys.stderr)
         return 130
     except (OSError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if not paths:
+        print("no cell stored yet: nothing to report", file=sys.stderr)
+        return 1
     print()
     print(paths["markdown"].read_text(encoding="utf-8"))
     print(f"written: {', '.join(str(p) for p in paths.values())}")

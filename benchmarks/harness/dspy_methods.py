@@ -56,6 +56,8 @@ from cuecard.errors import BudgetExhausted
 from cuecard.usage import Block, Limits, Usage, activate
 from dspy.utils.callback import BaseCallback
 
+from .results import one_line
+
 __all__ = ["DSPY_METHODS", "DSPyMethodError", "DSPyRun", "feedback_metric", "run_copro", "run_gepa", "run_mipro"]
 
 
@@ -89,11 +91,6 @@ class DSPyMethodError(RuntimeError):
 # ---------------------------------------------------------------------------------------------
 
 
-def _one_line(text: object, limit: int = 300) -> str:
-    line = " ".join(str(text).split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
-
-
 _NOTABLE = re.compile(r"\b(ERROR|WARNING|Error|Exception|failed|Failed|cancelled)\b")
 _NOISE = re.compile(r"ExperimentalWarning|warnings\.warn|Traceback|^File |^\s*$")
 _PROGRESS = re.compile(r"^.*\|\s*\d+/\d+ \[[^\]]*\]")  # a tqdm bar written before the message
@@ -107,7 +104,7 @@ def _log_notes(log: str, name: str, limit: int = 3) -> list[str]:
         line = _TIMESTAMP.sub("", _PROGRESS.sub("", raw).strip())
         if not _NOTABLE.search(line) or _NOISE.search(line):
             continue
-        key = _one_line(line, 200)
+        key = one_line(line, 200)
         seen[key] = seen.get(key, 0) + 1
     ranked = sorted(seen.items(), key=lambda item: (not item[0].startswith("ERROR"), -item[1]))
     notes = [f"{name} log ({count}x): {key}" for key, count in ranked[:limit]]
@@ -169,15 +166,15 @@ def _session(name: str, cap: int, planned: int, task_lm: dspy.LM) -> Iterator[tu
     usage = guard.usage
     if observer.refused:
         raise DSPyMethodError(
-            f"{name}: stopped by a usage cap ({_one_line(observer.first_refusal, 120)}) after {usage.calls} "
+            f"{name}: stopped by a usage cap ({one_line(observer.first_refusal, 120)}) after {usage.calls} "
             f"LM calls, {planned} planned; {observer.refused} request(s) refused, the run is void"
         ) from failure
     if failure is not None:
-        raise DSPyMethodError(f"{name} failed: {type(failure).__name__}: {_one_line(failure)}") from failure
+        raise DSPyMethodError(f"{name} failed: {one_line(failure, 300)}") from failure
     if observer.failed and observer.failed >= usage.calls - usage.errors:
         raise DSPyMethodError(
             f"{name}: {observer.failed} LM request(s) raised and only {usage.calls - usage.errors} succeeded "
-            f"(first: {_one_line(observer.first_failure, 150)}); the optimizer swallowed them, the run is void"
+            f"(first: {one_line(observer.first_failure, 150)}); the optimizer swallowed them, the run is void"
         )
 
 
@@ -200,7 +197,7 @@ def _tried(pairs: list[tuple[str, float]], limit: int = 4) -> str:
     for text, score in pairs:
         best[text] = max(score, best.get(text, score))
     ranked = sorted(best.items(), key=lambda item: -item[1])
-    shown = "; ".join(f"{_one_line(text, 90)!r} ({score:.2f})" for text, score in ranked[:limit])
+    shown = "; ".join(f"{one_line(text, 90)!r} ({score:.2f})" for text, score in ranked[:limit])
     return shown + (f"; {len(ranked) - limit} more" if len(ranked) > limit else "")
 
 
@@ -305,7 +302,7 @@ def _copro_result_notes(compiled: dspy.Module, seed_instructions: dict[str, str]
             "COPRO candidates (dev score): " + _tried([(c["instruction"], c["score"]) for c in candidates])
         )
     if _prefixes(compiled) != seed_prefixes:
-        changed = "; ".join(f"{k}: {_one_line(v, 80)!r}" for k, v in _prefixes(compiled).items())
+        changed = "; ".join(f"{k}: {one_line(v, 80)!r}" for k, v in _prefixes(compiled).items())
         notes.append(f"COPRO also rewrote the output field's prefix ({changed})")
     return notes
 
@@ -839,7 +836,7 @@ def run_gepa(
         accepted = len(re.findall(r"Iteration \d+: Accepted candidate", captured))
         line = f"GEPA ran {iterations} reflective iteration(s): {len(proposals)} proposal(s), {accepted} accepted"
         if proposals:
-            line += "; proposals begin: " + "; ".join(repr(_one_line(p, 70)) for p in proposals[:3])
+            line += "; proposals begin: " + "; ".join(repr(one_line(p, 70)) for p in proposals[:3])
         notes.append(line)
     if "All subsample scores perfect" in captured:
         notes.append("GEPA skipped reflection on minibatches the parent already solved (skip_perfect_score)")

@@ -8,6 +8,7 @@ each method also sets its own knobs from ``cap`` so that it plans to finish unde
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -94,10 +95,21 @@ def run_opro(program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
     return _compile(OPRO, knobs, program, **kw)
 
 
-def run_pe2(program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
-    """PE2: beam 2, 2 proposals per prompt (2 prompt calls each: reasoning, then the new prompt)."""
+def run_pe2(program: dspy.Module, *, ablation: dict[str, bool] | None = None, **kw: Any) -> tuple[dspy.Module, MethodRun]:
+    """PE2: beam 2, 2 proposals per prompt (2 prompt calls each: reasoning, then the new prompt).
+
+    ``ablation`` switches meta-prompt components off (see :data:`PE2_ABLATIONS`).
+    """
     knobs = dict(steps=3, beam=2, proposals_per_prompt=2, batch_size=2, max_reasoning_tokens=200, max_proposal_tokens=60)
-    return _compile(PE2, knobs, program, **kw)
+    return _compile(PE2, knobs | (ablation or {}), program, **kw)
+
+
+PE2_ABLATIONS: dict[str, dict[str, bool]] = {
+    "pe2-no-description": {"two_step_description": False},
+    "pe2-no-context": {"context_specification": False},
+    "pe2-no-reasoning": {"reasoning_template": False},
+}
+"""PE2 with one meta-prompt component switched off each: the paper's ablations, run as methods of their own."""
 
 
 def run_seed(program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
@@ -105,7 +117,13 @@ def run_seed(program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
     return program, MethodRun(planned_calls=0)
 
 
-CUECARD_METHODS: dict[str, Runner] = {"ape": run_ape, "protegi": run_protegi, "opro": run_opro, "pe2": run_pe2}
+CUECARD_METHODS: dict[str, Runner] = {
+    "ape": run_ape,
+    "protegi": run_protegi,
+    "opro": run_opro,
+    "pe2": run_pe2,
+    **{name: functools.partial(run_pe2, ablation=switches) for name, switches in PE2_ABLATIONS.items()},
+}
 BASELINES = ("seed", "human")
 
 
@@ -132,4 +150,7 @@ def runners_for(names: list[str]) -> dict[str, Runner]:
 DSPY_METHOD_NAMES = ("copro", "miprov2", "gepa")
 
 
-METHOD_NAMES = ("seed", "human", "ape", "protegi", "opro", "pe2", "copro", "miprov2", "gepa")
+DEFAULT_METHODS = ("seed", "human", "ape", "protegi", "opro", "pe2", "copro", "miprov2", "gepa")
+"""What a run compares unless told otherwise: every method once, without the ablations."""
+METHOD_NAMES = (*DEFAULT_METHODS, *PE2_ABLATIONS)
+"""Every method the harness knows."""

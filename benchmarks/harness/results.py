@@ -14,6 +14,13 @@ from cuecard.usage import Usage
 from pydantic import BaseModel, Field
 
 
+def one_line(value: object, limit: int = 240) -> str:
+    """``value`` as one line of at most ``limit`` characters; an exception is named by its type first."""
+    text = f"{type(value).__name__}: {value}" if isinstance(value, BaseException) else str(value)
+    line = " ".join(text.split())
+    return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
 class CellResult(BaseModel):
     """One method on one task with one seed.
 

@@ -20,8 +20,8 @@ from cuecard.tasks import Task, bbh, instruction_induction, jsonl_task
 from cuecard.usage import Limits, Usage, track
 from pydantic import BaseModel, Field, field_validator
 
-from .methods import METHOD_NAMES, MethodRun, runners_for
-from .results import CellResult, CellStore, write_outputs
+from .methods import DEFAULT_METHODS, METHOD_NAMES, MethodRun, runners_for
+from .results import CellResult, CellStore, one_line, write_outputs
 
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)  # "response was truncated": answers are capped on purpose
 
@@ -34,18 +34,18 @@ class HarnessConfig(BaseModel):
     """Settings of one harness run (every cell's fingerprint is derived from them)."""
 
     tasks: list[str] = Field(default_factory=lambda: list(DEFAULT_TASKS), description="ii:NAME, bbh:NAME or jsonl:PATH:INPUT[,INPUT]:OUTPUT")
-    methods: list[str] = Field(default_factory=lambda: list(METHOD_NAMES))
-    seeds: int = Field(3, ge=1)
+    methods: list[str] = Field(default_factory=lambda: list(DEFAULT_METHODS))
+    seeds: int = Field(3, ge=1, description="seeds 0..N-1")
     cap: int = Field(80, ge=1, description="LM requests (task + prompt, cached or not) each compile may make")
-    n_train: int = Field(20, ge=1)
-    n_dev: int = Field(10, ge=1)
-    n_test: int = Field(30, ge=1)
-    task_model: str = "local"
-    prompt_model: str = "local"
+    n_train: int = Field(20, ge=1, description="train examples per seed")
+    n_dev: int = Field(10, ge=1, description="dev examples per seed")
+    n_test: int = Field(30, ge=1, description="test examples, the same for every seed")
+    task_model: str = Field("local", description="'local' (the embedded model), a .gguf path, or a litellm model string")
+    prompt_model: str = Field("local", description="the model that writes instructions")
     max_tokens: int = Field(32, ge=1, description="cap on the task model's answer tokens")
     prompt_max_tokens: int = Field(200, ge=8, description="default cap on the prompt model's tokens")
-    data: str = str(DEFAULT_DATA)
-    out: str = "runs/bench"
+    data: str = Field(str(DEFAULT_DATA), description="the shared benchmark data folder")
+    out: str = Field("runs/bench", description="where cells, the LM cache and the outputs go")
 
     @field_validator("methods")
     @classmethod
@@ -105,10 +105,6 @@ def fingerprint(config: HarnessConfig, task: str, method: str, seed: int | None)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _one_line(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"[:240]
-
-
 def run_method(
     method: str,
     task: Task,
@@ -133,9 +129,9 @@ def run_method(
                 )
             cell.knobs, cell.planned_calls, cell.notes = info.knobs, info.planned_calls, info.notes
         except BudgetExhausted as exc:
-            cell.error = f"stopped by the harness cap before it finished ({_one_line(exc)})"
+            cell.error = f"stopped by the harness cap before it finished ({one_line(exc)})"
         except Exception as exc:  # a method that cannot run on this model gets its reason in the table
-            cell.error = _one_line(exc)
+            cell.error = one_line(exc)
     cell.seconds = time.perf_counter() - started
     cell.usage = block.usage
     cell.task_usage = models.task.meter.usage - task_before
@@ -168,51 +164,73 @@ def run(
     log: Callable[[str], None] = print,
     tasks: Sequence[Task] | None = None,
     models: Models | None = None,
+    report_only: bool = False,
 ) -> dict[str, Path]:
     """Run every (task, method, seed) cell not already stored under ``config.out``; write the outputs.
 
     ``tasks`` and ``models`` replace the ones ``config`` names (tasks built in code, LMs built by the caller);
-    otherwise the LM cache goes to ``<out>/lm-cache``, shared by every method of the run.
+    otherwise the LM cache goes to ``<out>/lm-cache``, shared by every method of the run. With
+    ``report_only`` no LM is loaded: the outputs are rewritten from the stored cells and missing ones are
+    logged. Returns the written paths (empty when no cell is stored).
 
     Example:
         >>> run(HarnessConfig(tasks=["ii:sentiment"], methods=["seed", "ape"], seeds=1, cap=40))  # doctest: +SKIP
     """
     out = Path(config.out)
     store = CellStore(out)
-    if models is None:
+    tasks = list(tasks) if tasks is not None else [load_task(spec, config.data) for spec in config.tasks]
+    if models is None and not report_only:
         cuecard.configure_cache(out / "lm-cache")
         models = Models.from_config(config)
-    tasks = list(tasks) if tasks is not None else [load_task(spec, config.data) for spec in config.tasks]
-    runners = runners_for(config.methods)
-    plan: list[tuple[Task, str, int | None]] = []  # seed by seed, so a run cut short has whole seeds of every method
-    for seed in range(config.seeds):
-        for task in tasks:
-            for method in config.methods:
-                if method != "human":
-                    plan.append((task, method, seed))
-                elif seed == 0:
-                    plan.append((task, method, None))
+    runners = {} if report_only else runners_for(config.methods)
+    plan = cell_plan(tasks, config.methods, config.seeds)
     cells: list[CellResult] = []
     paths: dict[str, Path] = {}
     try:
         for number, (task, method, seed) in enumerate(plan, start=1):
             label = f"[{number}/{len(plan)}] {task.name} / {method}" + ("" if seed is None else f" / seed {seed}")
             cell = store.get(task.name, method, seed, fingerprint(config, task.name, method, seed))
-            if cell is None:
+            if cell is not None:
+                log(f"{label}: stored ({describe(cell)})")
+            elif report_only:
+                log(f"{label}: missing (not run yet with these settings)")
+                continue
+            else:
+                assert models is not None
                 if method == "human":
                     cell = run_human(task, config, models)
                 else:
                     workdir = out / "runs" / f"{task.name}__{method}__seed{seed}"
+                    interrupted_before = workdir.exists()
                     cell = run_method(method, task, seed, config, models, workdir, runners[method])
+                    if interrupted_before:
+                        cell.notes.append(
+                            "resumed a compile that was interrupted: scores it had stored were reused, so the "
+                            "calls spent before the interruption are not counted and the total may pass the cap"
+                        )
                 store.put(cell)
                 log(f"{label}: {describe(cell)}")
-            else:
-                log(f"{label}: stored ({describe(cell)})")
             cells.append(cell)
     finally:
         if cells:
             paths = write_outputs(out, config.model_dump(), cells)
     return paths
+
+
+def cell_plan(tasks: Sequence[Task], methods: Sequence[str], seeds: int) -> list[tuple[Task, str, int | None]]:
+    """The cells in run order: seed by seed, so a run cut short has whole seeds of every method.
+
+    The human baseline does not depend on the seed: it is one cell per task, in the first seed.
+    """
+    plan: list[tuple[Task, str, int | None]] = []
+    for seed in range(seeds):
+        for task in tasks:
+            for method in methods:
+                if method != "human":
+                    plan.append((task, method, seed))
+                elif seed == 0:
+                    plan.append((task, method, None))
+    return plan
 
 
 def describe(cell: CellResult) -> str:
