@@ -28,13 +28,13 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "bpo"
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--prompts", type=int, default=20, help="vicuna prompts to compile on and judge")
-    parser.add_argument("--records", type=int, default=4, help="preference records for data construction")
-    parser.add_argument("--target-model", default="local")
-    parser.add_argument("--rewriter-model", default="local")
-    parser.add_argument("--judge-model", default="local")
-    parser.add_argument("--max-tokens", type=int, default=64, help="cap on every generated reply")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prompts", type=int, default=20, help="vicuna prompts to compile on and judge (default 20)")
+    parser.add_argument("--records", type=int, default=4, help="preference records for data construction (default 4)")
+    parser.add_argument("--target-model", default="local", help="the model that answers the prompts: 'local' (the embedded model), a .gguf path, or a litellm model string")
+    parser.add_argument("--rewriter-model", default="local", help="the model that rewrites the prompts (default: local)")
+    parser.add_argument("--judge-model", default="local", help="the pairwise judge (default: local); a stronger one gives a truer verdict")
+    parser.add_argument("--max-tokens", type=int, default=64, help="cap on every generated reply (default 64)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the compile: demo sampling and the judge's A/B position swaps (default 0)")
     args = parser.parse_args()
     if not DATA.is_dir():
         print(f"benchmark data not found at {DATA}", file=sys.stderr)

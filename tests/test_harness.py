@@ -217,6 +217,18 @@ def test_pe2_ablations_run_as_methods_with_their_component_left_out_of_the_meta_
     assert any(shown["pe2"]) and not any(shown[ablation])
 
 
+def test_the_table_merges_a_note_the_seeds_share_and_says_how_many_had_it():
+    from benchmarks.harness import CellResult
+
+    def cell(seed, *notes):
+        return CellResult(task="t", method="m", seed=seed, fingerprint="f", test_accuracy=0.5, notes=list(notes))
+
+    stop = "search stopped: t/m/seed{}: cap of 40 LM requests reached; the best candidate scored so far wins"
+    row = summarize([cell(0, stop.format(0), "a detail"), cell(1, stop.format(1), "reached the cap of 40 calls"), cell(2)])[0]
+    assert row.note == ("reached the cap of 40 calls (1 of 3 seeds); "
+                        "search stopped: cap of 40 LM requests reached; the best candidate scored so far wins (2 of 3 seeds)")
+
+
 def test_bad_settings_are_refused_with_the_field_named(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         HarnessConfig(methods=["ape", "dspy-magic"])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import statistics
 import tempfile
 from collections.abc import Sequence
@@ -101,6 +102,18 @@ def _mean(values: Sequence[float]) -> float | None:
     return statistics.fmean(values) if values else None
 
 
+_CELL_LABEL = re.compile(r"\S+/\S+/seed\d+: ")  # the usage block's name, which differs between seeds
+
+
+def _shared_notes(group: Sequence[CellResult]) -> list[str]:
+    """The notes worth a table row (stops, the cap, resumes), each once, with how many seeds had it."""
+    counts: dict[str, int] = {}
+    for cell in group:
+        for note in {_CELL_LABEL.sub("", n) for n in cell.notes if n.startswith(("stopped", "search stopped", "reached", "resumed"))}:
+            counts[note] = counts.get(note, 0) + 1
+    return [note if count == len(group) else f"{note} ({count} of {len(group)} seeds)" for note, count in sorted(counts.items())]
+
+
 def summarize(cells: Sequence[CellResult]) -> list[SummaryRow]:
     """Table rows in the order cells came; the human baseline gives two rows (mean and best annotation)."""
     groups: dict[tuple[str, str], list[CellResult]] = {}
@@ -119,7 +132,7 @@ def summarize(cells: Sequence[CellResult]) -> list[SummaryRow]:
         tests = [c.test_accuracy for c in scored]
         devs = [c.dev_accuracy for c in scored if c.dev_accuracy is not None]
         errors = sorted({c.error for c in group if c.error})
-        notes = sorted({n for c in group for n in c.notes if n.startswith(("stopped", "search stopped", "reached"))})
+        notes = _shared_notes(group)
         rows.append(
             SummaryRow(
                 task=task,
