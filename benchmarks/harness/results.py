@@ -183,12 +183,15 @@ def plot_accuracy_vs_calls(rows: Sequence[SummaryRow], path: str | os.PathLike[s
     tasks = list(dict.fromkeys(r.task for r in rows))
     figure, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4.5), squeeze=False)
     for axis, task in zip(axes[0], tasks, strict=True):
+        baselines: dict[float, list[str]] = {}  # one line per level, naming every baseline at it
         for row in (r for r in rows if r.task == task and r.test_mean is not None):
             if row.calls == 0:
-                axis.axhline(100 * row.test_mean, linestyle="--", linewidth=1, color="grey")
-                axis.annotate(row.method, (0, 100 * row.test_mean), fontsize=7, color="grey", va="bottom")
+                baselines.setdefault(round(100 * row.test_mean, 1), []).append(row.method)
                 continue
             axis.errorbar(row.calls, 100 * row.test_mean, yerr=100 * (row.test_sd or 0), fmt="o", capsize=3, label=row.method)
+        for level, names in baselines.items():
+            axis.axhline(level, linestyle="--", linewidth=1, color="grey")
+            axis.annotate(", ".join(names), (0, level), fontsize=7, color="grey", va="bottom")
         axis.set_title(task)
         axis.set_xlabel("LM calls per compile (as if the cache were cold)")
         axis.set_ylabel("test accuracy %")
