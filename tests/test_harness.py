@@ -5,6 +5,7 @@ harness's bookkeeping (cap, cold-cost accounting, resume, outputs) is checked wi
 one test runs the real command on the embedded model, given as a bare GGUF path.
 """
 
+import importlib
 import json
 import os
 import random
@@ -169,6 +170,20 @@ def test_harness_resumes_from_stored_cells_and_recomputes_when_the_settings_chan
     lines.clear()
     run(config(tmp_path, methods=["seed", "ape"], cap=30), log=lines.append, tasks=[scripted_task()], models=models)
     assert not any(": stored (" in line for line in lines)
+
+
+def test_cells_of_a_method_whose_code_changed_are_recomputed(tmp_path, fresh_cache, monkeypatch):
+    harness_run = importlib.import_module("benchmarks.harness.run")
+    from benchmarks.harness.methods import method_code_hash
+
+    assert method_code_hash("ape") == method_code_hash("opro") != method_code_hash("copro")
+    models = scripted_models()
+    run(config(tmp_path, methods=["seed", "ape"]), log=lambda line: None, tasks=[scripted_task()], models=models)
+    edited = {"ape": "edited"}
+    monkeypatch.setattr(harness_run, "method_code_hash", lambda name: edited.get(name, method_code_hash(name)))
+    lines = []
+    run(config(tmp_path, methods=["seed", "ape"]), log=lines.append, tasks=[scripted_task()], models=models)
+    assert [": stored (" in line for line in lines] == [True, False, True, False]  # seed 0, ape 0, seed 1, ape 1
 
 
 def test_cost_is_reported_as_if_cold_beside_the_calls_that_reached_a_model(tmp_path, fresh_cache):

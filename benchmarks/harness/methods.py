@@ -9,6 +9,7 @@ each method also sets its own knobs from ``cap`` so that it plans to finish unde
 from __future__ import annotations
 
 import functools
+import hashlib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,19 @@ def _dspy_runner(run: Callable[..., tuple[dspy.Module, Any]]) -> Runner:
         return compiled, MethodRun(**info.model_dump())
 
     return runner
+
+
+def method_code_hash(name: str) -> str:
+    """A hash of the file that sets the method's knobs and runs it, and of the DSPy version.
+
+    It is part of each cell's fingerprint, so cells stored before that code changed are recomputed
+    rather than mixed with new ones. (A change inside a teleprompter itself is not seen: rerun with a
+    new ``--out`` after one.)
+    """
+    if name in ("seed", "human"):
+        return name
+    source = Path(__file__).with_name("dspy_methods.py" if name in DSPY_METHOD_NAMES else "methods.py")
+    return hashlib.sha256(source.read_bytes() + dspy.__version__.encode()).hexdigest()[:16]
 
 
 def runners_for(names: list[str]) -> dict[str, Runner]:

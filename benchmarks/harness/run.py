@@ -20,7 +20,7 @@ from cuecard.tasks import Task, bbh, instruction_induction, jsonl_task
 from cuecard.usage import Limits, Usage, track
 from pydantic import BaseModel, Field, field_validator
 
-from .methods import DEFAULT_METHODS, METHOD_NAMES, MethodRun, runners_for
+from .methods import DEFAULT_METHODS, METHOD_NAMES, MethodRun, method_code_hash, runners_for
 from .results import CellResult, CellStore, one_line, write_outputs
 
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)  # "response was truncated": answers are capped on purpose
@@ -100,8 +100,9 @@ def accuracy(program: dspy.Module, examples: Sequence[dspy.Example], metric: Cal
 
 
 def fingerprint(config: HarnessConfig, task: str, method: str, seed: int | None) -> str:
+    """What a stored cell must match to be reused: the settings that change results, and the method's code."""
     settings = config.model_dump(exclude={"tasks", "methods", "seeds", "out", "data"})
-    blob = json.dumps([HARNESS_VERSION, settings, task, method, seed], sort_keys=True)
+    blob = json.dumps([HARNESS_VERSION, settings, task, method, method_code_hash(method), seed], sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
