@@ -24,6 +24,7 @@ from typing import Any
 import dspy
 from cuecard.errors import BudgetExhausted, ScoringUnsupportedError
 from cuecard.evaluate import Evaluator, Objective
+from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
 from cuecard.study import Engine, data_fingerprint
@@ -103,12 +104,19 @@ class SearchContext:
         self.pruned: set[int] = set()
         self.sample_counter = 0
         self.history: list[dict[str, Any]] = []
+        self._train_answers: set[str] | None = None
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
 
     def note(self, text: str) -> None:
         self.notes.append(text)
+
+    def train_answers(self) -> set[str]:
+        """Every output value of the train examples, normalised (a proposal that is one of them is an answer)."""
+        if self._train_answers is None:
+            self._train_answers = {normalize_instruction_induction(str(v)) for e in self.train for v in e.labels().values()}
+        return self._train_answers
 
     def next_sample_index(self) -> int:
         """A fresh rollout index for the prompt model (distinct samples, each cached on its own)."""
@@ -348,13 +356,18 @@ class Teleprompter(DSPyTeleprompter):
                 ctx.engine.add_candidate({**seed, name: text}, origin="user-seed")
 
     def screen(self, ctx: SearchContext, raw: str) -> str | None:
-        """A proposal cleaned (:func:`clean_instruction`), or None when empty or over-long (counted in the report)."""
+        """A proposal cleaned (:func:`clean_instruction`), or None (counted in the report) when it is empty,
+        over-long, or nothing but one of the train outputs: "Positive" makes a model answer "positive"
+        to everything, which a balanced dev split scores at chance and rewards over a real instruction."""
         text = clean_instruction(raw)
         if not text:
             ctx.drop("empty")
             return None
         if len(text) > self.config.max_instruction_chars:
             ctx.drop("too long")
+            return None
+        if normalize_instruction_induction(text) in ctx.train_answers():
+            ctx.drop("an answer, not an instruction")
             return None
         return text
 

@@ -27,7 +27,7 @@ from cuecard.policies import UCB, Allocation, FullEvaluation
 from cuecard.program import predictors
 from pydantic import Field
 
-from .base import SearchContext, Teleprompter, TeleprompterConfig, clean_instruction
+from .base import SearchContext, Teleprompter, TeleprompterConfig
 
 GRADIENT_PROMPT = (
     "I am writing an instruction for a language model. The current instruction is:\n"
@@ -193,12 +193,11 @@ class ProTeGi(Teleprompter):
                 proposals.append(({**record.instructions, name: paraphrase}, {"kind": "paraphrase", "gradient": None}))
         usable = []
         for candidate, meta in proposals:
-            cleaned = {key: clean_instruction(text) for key, text in candidate.items()}
-            if any(not text for text in cleaned.values()):
-                ctx.drop("empty")
-            elif any(len(text) > self.config.max_instruction_chars for text in cleaned.values()):
-                ctx.drop("too long")
-            elif cleaned == record.instructions or engine.arm_of(cleaned) is not None or cleaned in [c for c, _ in usable]:
+            edited = {key: self.screen(ctx, text) for key, text in candidate.items() if text != record.instructions[key]}
+            if any(text is None for text in edited.values()):
+                continue  # screen() counted why
+            cleaned = {**record.instructions, **edited}
+            if cleaned == record.instructions or engine.arm_of(cleaned) is not None or cleaned in [c for c, _ in usable]:
                 ctx.drop("duplicate")
             else:
                 usable.append((cleaned, meta))
