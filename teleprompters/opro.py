@@ -55,12 +55,30 @@ POSITIONS = {"Q_begin": "before_inputs", "Q_end": "after_inputs", "A_begin": "an
 """OPRO's instruction positions and the :class:`~cuecard.PlainAdapter` layout each maps to."""
 
 _TAGGED = re.compile(r"<INS>(.*?)(?:</INS>|$)", re.IGNORECASE | re.DOTALL)
+_CLOSED = re.compile(r"<INS>(.*?)</INS>", re.IGNORECASE | re.DOTALL)
+_HISTORY_ENTRY = re.compile(r"^\s*Instruction:[ \t]*(\S[^\n]*)$", re.IGNORECASE | re.MULTILINE)  # the history's format
 
 
 def extract_instruction(reply: str) -> str:
-    """The text between ``<INS>`` and ``</INS>`` (lenient: an unclosed tag runs to the end; no tag, the reply)."""
-    found = [m.strip() for m in _TAGGED.findall(reply or "") if m.strip()]
-    return found[0] if found else (reply or "").strip()
+    r"""The text between ``<INS>`` and ``</INS>``, leniently.
+
+    Small models often write the new instruction as one more entry of the history list
+    ("Instruction: ...", then "Score: ..."): without a closed tag, that line is taken. Otherwise an
+    unclosed tag runs to the end, and a reply without a tag is taken whole.
+
+    Example:
+        >>> extract_instruction("Instruction: Name the larger animal.\nScore: 50\n<INS>\nCorrect output: ant")
+        'Name the larger animal.'
+    """
+    reply = reply or ""
+    closed = [m.strip() for m in _CLOSED.findall(reply) if m.strip()]
+    if closed:
+        return closed[0]
+    entry = _HISTORY_ENTRY.search(reply)
+    if entry:
+        return entry.group(1).strip()
+    found = [m.strip() for m in _TAGGED.findall(reply) if m.strip()]
+    return found[0] if found else reply.strip()
 
 
 def bucket(score: float) -> int:

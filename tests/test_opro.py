@@ -45,7 +45,21 @@ def test_extract_and_bucket():
     assert extract_instruction("x <INS>Say it.</INS> y") == "Say it."
     assert extract_instruction("<INS>unclosed tag") == "unclosed tag"
     assert extract_instruction("no tag at all") == "no tag at all"
+    # a small model writing one more history entry, then running on into the exemplars' format
+    imitated = "Instruction: Name the larger animal.\n\nScore: 50\n\n<INS>\nCorrect output:\nant\n\n<INS>"
+    assert extract_instruction(imitated) == "Name the larger animal."
+    assert extract_instruction("Instruction: A.\n<INS>B.</INS>") == "B."  # a closed tag wins
+    assert extract_instruction("<INS>\nCorrect output:\npositive\n\nInput: x\n<INS>").count("<INS>") == 1  # still a leak
     assert [bucket(s) for s in (0.0, 0.333, 0.5, 1.0, 1.2)] == [0, 33, 50, 100, 100]
+
+
+def test_docstring_examples_hold():
+    import doctest
+
+    import cuecard.teleprompters.opro
+
+    failures, tried = doctest.testmod(cuecard.teleprompters.opro, raise_on_error=False)
+    assert tried > 0 and failures == 0
 
 
 def test_meta_prompt_holds_the_top_pairs_ascending_with_bucketed_scores_and_exemplars():
