@@ -16,7 +16,7 @@ import os as _os
 # litellm fetches a price list from the network at import unless told not to; cuecard runs offline.
 _os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 
-from . import datasets, metrics  # noqa: E402
+from . import datasets, identity, metrics  # noqa: E402
 from .adapter import PlainAdapter, adapter_for, configure  # noqa: E402
 from .errors import (  # noqa: E402
     BudgetExhausted,
@@ -37,6 +37,7 @@ __version__ = "0.1.0"
 __all__ = [
     "LM",
     "datasets",
+    "identity",
     "metrics",
     "BudgetExhausted",
     "CuecardError",

@@ -16,12 +16,14 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 TELEPROMPTERS = ("ape", "protegi", "opro", "pe2", "bpo")
+POLICY_NAMES = ("full", "multistage", "ucb", "ucb-e", "successive-rejects", "successive-halving", "wilcoxon")
 METRICS = ("exact_match", "token_f1", "contains")
 
 
@@ -61,6 +63,8 @@ def build_program(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.program not in PROGRAM_NAMES:
         raise UsageError(f"--program {args.program!r}: not a built-in ({', '.join(PROGRAM_NAMES)}) nor a .py file")
     cls = PROGRAM_NAMES[args.program]
+    if args.signature:
+        _check_signature(args.signature)
     kwargs: dict[str, Any] = {}
     if args.instructions:
         kwargs["instructions"] = args.instructions
@@ -84,6 +88,19 @@ def build_program(args: argparse.Namespace) -> tuple[Any, Any]:
         return cls(**kwargs), None
     except ValueError as exc:
         raise UsageError(f"--program {args.program}: {exc}") from None
+
+
+def _check_signature(text: str) -> None:
+    """A clear usage error for a signature DSPy cannot parse (DSPy raises a bare SyntaxError)."""
+    import dspy
+
+    try:
+        dspy.Signature(text)
+    except Exception as exc:  # SyntaxError, ValueError, TypeError from DSPy's parser
+        detail = exc.msg if isinstance(exc, SyntaxError) else str(exc)
+        raise UsageError(
+            f"--signature {text!r}: not a DSPy signature ({detail}); write field names, e.g. 'question -> answer'"
+        ) from None
 
 
 def output_fields(program: Any) -> list[str]:
@@ -154,18 +171,48 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 
 # ---- commands ---------------------------------------------------------------------------------------
+def _lm(spec: str, api_base: str | None) -> Any:
+    """``cuecard.LM(spec)``, with the endpoint the user gave (never one read from a file)."""
+    import cuecard
+
+    return cuecard.LM(spec, api_base=api_base) if api_base else cuecard.LM(spec)
+
+
+def _check_out(path: str) -> Path:
+    """The compiled program's path: a ``.json`` file in a folder that exists or can be made."""
+    out = Path(path)
+    if out.suffix != ".json":
+        raise UsageError(f"--out {path}: a compiled program is saved as a .json file")
+    if out.is_dir():
+        raise UsageError(f"--out {path}: is a folder; give a file name ending in .json")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not os.access(parent, os.W_OK):
+        raise UsageError(f"--out {path}: cannot write in {parent}")
+    return out
+
+
 def cmd_compile(args: argparse.Namespace) -> int:
     import cuecard
+    from cuecard.errors import TeleprompterConfigError
+    from cuecard.evaluate import check_context
     from cuecard.policies import make_policy
     from cuecard.teleprompters import APE, BPO, OPRO, PE2, ProTeGi
 
+    out = _check_out(args.out)
     program, file_metric = build_program(args)
+    cls = {"ape": APE, "protegi": ProTeGi, "opro": OPRO, "pe2": PE2, "bpo": BPO}[args.teleprompter]
+    try:
+        config = cls.make_config({"seed": args.seed, **_options(args.set)})
+    except TeleprompterConfigError as exc:
+        raise UsageError(f"--set: {exc}") from None
     labelled = args.teleprompter != "bpo"  # BPO needs prompts only: a judge compares answers
     train = load_data(args.train, program, args.columns, labelled=labelled)
     dev = load_data(args.dev, program, args.columns, labelled=labelled) if args.dev else None
-    task_lm = cuecard.LM(args.task_model)
-    prompt_lm = cuecard.LM(args.prompt_model) if args.prompt_model and args.prompt_model != args.task_model else task_lm
-    cls = {"ape": APE, "protegi": ProTeGi, "opro": OPRO, "pe2": PE2, "bpo": BPO}[args.teleprompter]
+    task_lm = _lm(args.task_model, args.api_base)
+    separate = args.prompt_model and (args.prompt_model != args.task_model or args.prompt_api_base)
+    prompt_lm = _lm(args.prompt_model, args.prompt_api_base) if separate else task_lm
     kwargs: dict[str, Any] = dict(task_lm=task_lm, prompt_lm=prompt_lm)
     if args.teleprompter == "bpo":
         kwargs["judge_lm"] = cuecard.LM(args.judge_model) if args.judge_model else task_lm
@@ -174,28 +221,44 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if args.preferences or args.judge_model:
             raise UsageError("--preferences and --judge-model are for --teleprompter bpo")
         kwargs["metric"] = file_metric if file_metric is not None and not args.metric else build_metric(args.metric or "exact_match", program)
+    limits = {"max_calls": args.max_calls, "max_model_calls": args.max_model_calls}
     kwargs.update(
-        storage=args.storage, progress=not args.quiet, seed=args.seed,
-        limits=cuecard.Limits(max_model_calls=args.max_calls) if args.max_calls else None,
-        max_evaluations=args.max_evaluations, **_options(args.set),
+        storage=args.storage, progress=not args.quiet, runs_root=args.run_dir, run_name=args.run_name,
+        limits=cuecard.Limits(**limits) if any(v is not None for v in limits.values()) else None,
+        max_evaluations=args.max_evaluations, timeout=args.timeout, max_failure_share=args.max_failure_share,
+        **config.model_dump(exclude_unset=True),
     )
     if args.policy:
         kwargs["policy"] = make_policy(args.policy)
     try:
         teleprompter = cls(**kwargs)
-    except (TypeError, ValueError) as exc:
+    except (TypeError, TeleprompterConfigError) as exc:
         raise UsageError(f"--teleprompter {args.teleprompter} options: {exc}") from None
-    teleprompter.run_name = args.run_name or teleprompter.default_run_name(program, train)
-    teleprompter.run_dir = Path(args.run_dir) / teleprompter.run_name
-    args.run_name = teleprompter.run_name
-    compiled = teleprompter.compile(program, trainset=train, valset=dev)
+    adapter = teleprompter.task_adapter()
+    for flag, path, examples in (("--train", args.train, train), ("--dev", args.dev, dev or [])):
+        check_context(program, task_lm, adapter, examples, [f"{flag} {path}, example {i + 1}" for i in range(len(examples))])
+    try:
+        compiled = teleprompter.compile(program, trainset=train, valset=dev)
+    finally:
+        args.run_name = teleprompter.current_run or args.run_name  # named in the message if interrupted
     report = compiled.cuecard_report
-    path = cuecard.save(compiled, args.out)
+    path = cuecard.save(compiled, out)
     print(f"compiled {args.teleprompter} -> {path}")
     print(f"winner (dev {report.best.dev_score:.3f} on {report.best.dev_examples} examples; seed {report.seed_dev_score or 0:.3f}):")
     for name, text in report.best.instructions.items():
         print(f"  {name}: {text if len(text) <= 300 else text[:300] + '...'}")
-    print(f"run {report.run_name} in {report.storage}; LM calls {report.usage.calls} ({report.usage.model_calls} reached a model)")
+    usage, process = report.usage, report.process
+    print(
+        f"run {report.run_name} in {report.storage}; LM calls reaching a model {usage.model_calls} over the run "
+        f"({process.model_calls} by this process; {process.lm_requests_replayed} requests replayed from the run's record, "
+        f"{process.evaluations_read_back} evaluations read back)"
+    )
+    if report.failures:
+        from cuecard.evaluate import describe_failures
+
+        print(f"failures: {describe_failures(report.failures, limit=10)} (failed evaluations are retried by the next run)")
+    if report.stopped:
+        print(f"stopped by a cap: {report.stopped}; the same command with a larger cap continues the run")
     for note in report.notes:
         print(f"note: {note}")
     return 0
@@ -211,13 +274,15 @@ def _load_compiled(args: argparse.Namespace) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     import cuecard
     import dspy
+    from cuecard.evaluate import check_context
     from cuecard.program import required_inputs
 
     program = _load_compiled(args)
-    lm = cuecard.LM(args.task_model)
+    lm = _lm(args.task_model, args.api_base)
+    adapter = cuecard.adapter_for(lm)
     fields = required_inputs(program)
     source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8")  # noqa: SIM115
-    with source, dspy.context(lm=lm, adapter=cuecard.adapter_for(lm)):
+    with source, dspy.context(lm=lm, adapter=adapter):
         for number, line in enumerate(source, start=1):
             if not line.strip():
                 continue
@@ -228,7 +293,9 @@ def cmd_run(args: argparse.Namespace) -> int:
             missing = [name for name in fields if name not in row]
             if missing:
                 raise cuecard.CuecardError(f"{args.input or 'stdin'}, line {number}: missing input field(s) {missing}")
-            prediction = program(**{name: row[name] for name in fields})
+            inputs = {name: row[name] for name in fields}
+            check_context(program, lm, adapter, [dspy.Example(**inputs).with_inputs(*inputs)], [f"{args.input or 'stdin'}, line {number}"])
+            prediction = program(**inputs)
             print(json.dumps({**row, **{k: _jsonable(v) for k, v in prediction.items()}}, ensure_ascii=False), flush=True)
     return 0
 
@@ -246,7 +313,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     program = _load_compiled(args)
     data = load_data(args.data, program, args.columns, labelled=True)
     metric = build_metric(args.metric, program)
-    lm = cuecard.LM(args.task_model)
+    lm = _lm(args.task_model, args.api_base)
     results = []
     from tqdm.auto import tqdm
 
@@ -278,8 +345,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+RUN_STATES = {
+    "finished": "finished",
+    "stopped": "stopped at its cap: the same command with a larger cap continues it",
+    "failed": "failed: too many failed evaluations (see the reasons below)",
+    "running": "running, or interrupted: the same command resumes it",
+}
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     import optuna
+    from cuecard.study import CANDIDATE, SCORE, STATUS
 
     root = Path(args.run_dir)
     databases = sorted(root.glob("*/study.db")) if root.is_dir() else []
@@ -287,17 +363,29 @@ def cmd_runs(args: argparse.Namespace) -> int:
         print(f"no runs under {root}/")
         return 0
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    print(f"{'run':40} {'candidates':>10} {'open':>5} {'best':>6}  storage")
+    print(f"{'run':28} {'candidates':>10} {'scored':>7} {'best':>6}  {'status':10} storage")
+    explained = {}
     for database in databases:
         url = f"sqlite:///{database.resolve()}"
         for summary in optuna.get_all_study_summaries(url):
             study = optuna.load_study(study_name=summary.study_name, storage=url)
-            trials = [t for t in study.get_trials(deepcopy=False) if "cuecard.candidate" in t.user_attrs]
-            open_ = sum(1 for t in trials if not t.state.is_finished())
-            values = [t.value for t in trials if t.value is not None]
-            best = f"{max(values):.3f}" if values else "-"
-            print(f"{summary.study_name:40} {len(trials):>10} {open_:>5} {best:>6}  {url}")
-    print("\nA run with open candidates was interrupted: the same `cuecard compile` command resumes it.")
+            trials = [t for t in study.get_trials(deepcopy=False) if CANDIDATE in t.user_attrs]
+            means = []
+            for trial in trials:
+                scores = [float(v) for k, v in trial.user_attrs.items() if k.startswith(SCORE)]
+                if scores:
+                    means.append(sum(scores) / len(scores))
+            status = study.user_attrs.get(STATUS) or {"state": "running"}
+            state = status.get("state", "running")
+            best = f"{max(means):.3f}" if means else "-"
+            print(f"{summary.study_name:28} {len(trials):>10} {len(means):>7} {best:>6}  {state:10} {url}")
+            if status.get("reason"):
+                print(f"{'':28} {state}: {status['reason']}")
+            explained[state] = RUN_STATES.get(state, state)
+    print()
+    for state, text in explained.items():
+        print(f"{state}: {text}")
+    print("best: the highest mean dev score among the scored candidates")
     return 0
 
 
@@ -310,6 +398,33 @@ def _program_options(parser: argparse.ArgumentParser, *, required: bool) -> None
     parser.add_argument("--labels", help="comma-separated labels (classify, two-stage)")
     parser.add_argument("--fields", help='extract: JSON of field -> type, e.g. \'{"name": "str", "age": "int"}\'')
     parser.add_argument("--instructions", help="the starting instruction")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number (leave the flag out for no cap)")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def _share(text: str) -> float:
+    value = _positive_float(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a share between 0 and 1")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -329,17 +444,32 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--columns", help="rename columns, e.g. input=review,output=sentiment")
     compile_.add_argument("--metric", choices=METRICS, help="metric on the output field(s) (default exact_match, "
                                                              "or the `metric` of a program file)")
-    compile_.add_argument("--teleprompter", choices=TELEPROMPTERS, default="ape")
+    compile_.add_argument("--teleprompter", choices=TELEPROMPTERS, default="ape",
+                          help="the method that rewrites the instructions (default: ape)")
     compile_.add_argument("--set", action="append", metavar="KEY=VALUE", help="a teleprompter option (JSON value), repeatable")
-    compile_.add_argument("--policy", help="how candidates are scored: full, multistage, ucb, ucb-e, "
-                                           "successive-rejects, successive-halving, wilcoxon")
+    compile_.add_argument("--policy", choices=POLICY_NAMES, metavar="POLICY",
+                          help=f"how candidates are scored: {', '.join(POLICY_NAMES)} (default: the method's own)")
     compile_.add_argument("--preferences", help="bpo: preference records (.json list or .jsonl) with prompt, good_res, bad_res")
     compile_.add_argument("--judge-model", help="bpo: the pairwise judge (default: the task model)")
-    compile_.add_argument("--task-model", default="local", help="the model the program runs on (default: the embedded model)")
+    compile_.add_argument("--task-model", default="local",
+                          help="the model the program runs on: local (the embedded model), a .gguf path, or a litellm "
+                               "model such as openai/gpt-4o-mini (default: local)")
     compile_.add_argument("--prompt-model", help="the model that writes instructions (default: the task model)")
-    compile_.add_argument("--max-calls", type=int, help="cap on LM calls that reach a model")
-    compile_.add_argument("--max-evaluations", type=int, help="cap on example evaluations")
-    compile_.add_argument("--seed", type=int, default=0)
+    compile_.add_argument("--api-base", metavar="URL", help="the task model's endpoint (litellm models: ollama, vLLM, a proxy...)")
+    compile_.add_argument("--prompt-api-base", metavar="URL",
+                          help="the prompt model's endpoint (default: --api-base when the prompt model is the task model)")
+    compile_.add_argument("--max-calls", type=_positive_int, metavar="N",
+                          help="cap on LM requests the compile asks for, answered by a model, the cache or the run's "
+                               "record alike, so the run stops at the same point warm or cold")
+    compile_.add_argument("--max-model-calls", type=_positive_int, metavar="N",
+                          help="cap on LM calls that reach a model, over the whole run (a resumed run counts the "
+                               "calls made before it was interrupted)")
+    compile_.add_argument("--max-evaluations", type=_positive_int, metavar="N", help="cap on example evaluations")
+    compile_.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
+                          help="abandon an example or a prompt-model call that takes longer; it counts as a failure")
+    compile_.add_argument("--max-failure-share", type=_share, default=0.5, metavar="SHARE",
+                          help="stop the compile when more than this share of example evaluations failed (default: 0.5)")
+    compile_.add_argument("--seed", type=int, default=0, help="seeds the split, the sampling and the proposals (default: 0)")
     compile_.add_argument("--run-name", help="the run's name (default: derived from the settings and data)")
     compile_.add_argument("--run-dir", default="runs", help="where runs live (default: runs/)")
     compile_.add_argument("--storage", help="an Optuna storage URL (default: runs/<name>/study.db)")
@@ -353,7 +483,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("compiled", help="a compiled program .json")
     run.add_argument("--input", help="a .jsonl file (default: stdin)")
     run.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
-    run.add_argument("--task-model", default="local")
+    run.add_argument("--task-model", default="local", help="the model that answers (default: local, the embedded model)")
+    run.add_argument("--api-base", metavar="URL", help="the task model's endpoint (litellm models: ollama, vLLM, a proxy...)")
     run.set_defaults(handler=cmd_run)
 
     evaluate = commands.add_parser("evaluate", help="score a compiled program on labelled examples")
@@ -362,7 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--columns", help="rename columns, e.g. input=review,output=sentiment")
     evaluate.add_argument("--metric", choices=METRICS, default="exact_match")
     evaluate.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
-    evaluate.add_argument("--task-model", default="local")
+    evaluate.add_argument("--task-model", default="local", help="the model that answers (default: local, the embedded model)")
+    evaluate.add_argument("--api-base", metavar="URL", help="the task model's endpoint (litellm models: ollama, vLLM, a proxy...)")
     evaluate.add_argument("--out", help="write per-example results as JSONL here")
     evaluate.add_argument("--quiet", action="store_true")
     evaluate.set_defaults(handler=cmd_evaluate)
@@ -373,27 +505,37 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
     report.set_defaults(handler=cmd_report)
 
-    runs = commands.add_parser("runs", help="list runs (studies) and whether they finished")
-    runs.add_argument("--run-dir", default="runs")
+    runs = commands.add_parser("runs", help="list runs (studies) and whether they finished",
+                               description="List the runs under --run-dir: candidates, how many were scored, the best "
+                                           "mean dev score, and whether each run finished, stopped at its cap, failed, "
+                                           "or is running (or was interrupted).")
+    runs.add_argument("--run-dir", default="runs", help="the folder holding runs (default: runs/)")
     runs.set_defaults(handler=cmd_runs)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    import warnings
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    from cuecard.datasets import DataFileError
-    from cuecard.errors import CuecardError
+    from cuecard.errors import CuecardError, SavedFileWarning
+
+    def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+        print(f"cuecard {args.command}: warning: {message}", file=sys.stderr)
 
     try:
-        return args.handler(args)
+        with warnings.catch_warnings():
+            warnings.simplefilter("always", SavedFileWarning)
+            warnings.showwarning = show
+            return args.handler(args)
     except UsageError as exc:
         parser.exit(EXIT_USAGE, f"cuecard {args.command}: error: {exc}\n")
     except KeyboardInterrupt:
         where = f" (run {args.run_name!r})" if getattr(args, "run_name", None) else ""
         print(f"\ninterrupted{where}: finished evaluations are stored; run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except (CuecardError, DataFileError, OSError, ValueError) as exc:
+    except (CuecardError, OSError, ValueError) as exc:
         print(f"cuecard {args.command}: error: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     return 0

@@ -15,6 +15,8 @@ from typing import Any
 
 import dspy
 
+from .errors import DataFileError
+
 SENTIMENT_INSTRUCTION = (
     "Decide whether the review is positive or negative. Reply with only the word positive or the word negative."
 )
@@ -74,10 +76,6 @@ def reviews() -> list[dspy.Example]:
         rows.append(dspy.Example(review=positive, sentiment="positive").with_inputs("review"))
         rows.append(dspy.Example(review=negative, sentiment="negative").with_inputs("review"))
     return rows
-
-
-class DataFileError(ValueError):
-    """A data file that cannot be read as examples (names the file, the line or row, and the field)."""
 
 
 def load_examples(

@@ -29,3 +29,35 @@ class SignatureError(CuecardError, ValueError):
 
 class BudgetExhausted(CuecardError, RuntimeError):
     """A usage cap (LM calls, tokens or dollars) was reached; no further call was made."""
+
+
+class StorageError(CuecardError, RuntimeError):
+    """The Optuna storage URL cannot be opened (bad URL, missing driver, unreachable server)."""
+
+
+class RunConfigMismatch(CuecardError, ValueError):
+    """A run with this name already exists with another identity (model, metric, program, data...)."""
+
+
+class EvaluationFailed(CuecardError, RuntimeError):
+    """Too many examples failed (LM errors, timeouts, metric exceptions) to trust the scores."""
+
+
+class SavedProgramError(CuecardError, ValueError):
+    """A saved program file that cannot be loaded: unreadable, from a newer format, or not matching."""
+
+
+class DataFileError(CuecardError, ValueError):
+    """A data file that cannot be read as examples (the message names the file, line or field)."""
+
+
+class ContextOverflowError(CuecardError, ValueError):
+    """An input longer than the task model's context window (the message names the example)."""
+
+
+class TeleprompterConfigError(CuecardError, ValueError):
+    """A teleprompter setting or argument that cannot work (the message names it)."""
+
+
+class SavedFileWarning(UserWarning):
+    """Something in a saved program file that loading ignores (a model, an endpoint, call settings...)."""

@@ -4,11 +4,12 @@ Two objectives: execution accuracy (the user's metric on the program's predictio
 log-probability of the gold output (APE's "log-prob" score, reported as the per-token probability
 ``exp(mean log-prob)`` so that it lives in [0, 1] like every other score).
 
-An LM error, a timeout or an exception in the metric scores that example 0 and is recorded with
-its reason; it never stops the run, unless failures pass ``max_failure_share`` of the examples
-evaluated so far (after ``min_examples_for_failure_check``), which raises
-:class:`EvaluationFailed` naming the commonest reasons. A reached budget cap is not a failure: it
-propagates as :class:`~cuecard.errors.BudgetExhausted`.
+An LM error, a timeout, a context overflow or an exception in the metric is a *failure*, not a
+score: the example's result carries the reason (and a score of 0 that the decision in progress
+counts), the engine stores it as a failure and a later run retries it. Past ``max_failure_share``
+of failed examples (after ``min_examples_for_failure_check``) :meth:`Evaluator.check_failures`
+raises :class:`EvaluationFailed` naming the commonest reasons. A reached budget cap is not a
+failure: it propagates as :class:`~cuecard.errors.BudgetExhausted`.
 
 Example:
     >>> import dspy
@@ -23,8 +24,8 @@ Example:
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextvars
+import functools
 import math
 import threading
 from collections import Counter
@@ -32,29 +33,42 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
 import dspy
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .adapter import adapter_for
-from .errors import BudgetExhausted, CuecardError
+from .deadlines import TIMED_OUT, run_with_deadlines
+from .errors import BudgetExhausted, ContextOverflowError, EvaluationFailed
 from .lm import score_logprob
 from .metrics import score_to_float
 from .program import apply_instructions, check_candidate, predictors
+from .usage import track
 
 Objective = Literal["metric", "logprob"]
 Metric = Callable[..., Any]
 
 
-class EvaluationFailed(CuecardError, RuntimeError):
-    """Too many examples failed (LM errors, timeouts, metric exceptions) to trust the scores."""
-
-
 class ExampleScore(BaseModel):
-    """One example's score for one candidate; ``error`` says why it scored 0 when it failed."""
+    """One example's score for one candidate; ``error`` says why it failed (its 0 is not a score)."""
 
     index: int
     score: float
     error: str | None = None
     output: dict[str, str] | None = None
+    requests: int = Field(0, description="LM requests the example took (cached or not)")
+
+    @property
+    def failed(self) -> bool:
+        return self.error is not None
+
+
+def failure_reason(error: str) -> str:
+    """The reason of a failure without its details: ``"program: ConnectionError"``, ``"timeout"``."""
+    head, _, rest = error.partition(": ")
+    kind = rest.split(":", 1)[0].strip() if rest and head not in ("timeout", "context overflow") else ""
+    return f"{head}: {kind}" if kind else head
+
+
+_OVERFLOW = ("exceed context window", "context length", "context window", "maximum context", "too many tokens")
 
 
 class TracedRun(BaseModel):
@@ -78,8 +92,9 @@ class Evaluator:
         objective: ``"metric"`` (execution accuracy) or ``"logprob"`` (gold output's probability;
             single-predictor programs on a model that can score text).
         num_threads: parallel examples for remote LMs; local models are always serialised.
-        timeout: seconds per example (remote LMs); a late example scores 0 with reason "timeout".
-        max_failure_share: share of failed examples above which the run stops.
+        timeout: seconds an example may take from its start; a late one is abandoned (only it) and
+            fails with reason "timeout".
+        max_failure_share: share of failed examples above which :meth:`check_failures` stops the run.
     """
 
     def __init__(
@@ -135,14 +150,48 @@ class Evaluator:
     # ---- running ------------------------------------------------------------------------------
     def run(self, candidate: Mapping[str, str], examples: Sequence[tuple[int, dspy.Example]]) -> list[ExampleScore]:
         """Score ``candidate`` on ``(index, example)`` pairs; results come back in the same order."""
+        results, stop = self.run_partial(candidate, examples)
+        if stop is not None:
+            raise stop
+        return results
+
+    def run_partial(
+        self, candidate: Mapping[str, str], examples: Sequence[tuple[int, dspy.Example]]
+    ) -> tuple[list[ExampleScore], BudgetExhausted | None]:
+        """Like :meth:`run`, but a cap reached midway returns the examples finished before it with the stop."""
         check_candidate(self.program, candidate)
         program = apply_instructions(self.program, candidate)
-        if self.num_threads == 1 or len(examples) <= 1:
-            results = [self._score(program, index, example) for index, example in examples]
+        calls = [
+            functools.partial(contextvars.copy_context().run, self._score_or_stop, program, index, example)
+            for index, example in examples
+        ]
+        if self.timeout is None and (self.num_threads == 1 or len(calls) <= 1):
+            outcomes = []
+            for call in calls:
+                outcomes.append(call())
+                if isinstance(outcomes[-1], BudgetExhausted):
+                    break
         else:
-            results = self._run_threaded(program, examples)
+            outcomes = run_with_deadlines(calls, threads=self.num_threads, timeout=self.timeout)
+        results: list[ExampleScore] = []
+        stop = None
+        for (index, _), outcome in zip(examples, outcomes, strict=False):
+            if isinstance(outcome, BudgetExhausted):
+                stop = stop or outcome
+            elif outcome is TIMED_OUT:
+                results.append(ExampleScore(index=index, score=0.0, error=f"timeout: no answer within {self.timeout:g} s"))
+            else:
+                results.append(outcome)
         self._account(results)
-        return results
+        return results, stop
+
+    def _score_or_stop(self, program: dspy.Module, index: int, example: dspy.Example) -> ExampleScore | BudgetExhausted:
+        with track() as counted:
+            try:
+                result = self._score(program, index, example)
+            except BudgetExhausted as exc:
+                return exc
+        return result.model_copy(update={"requests": counted.usage.calls})
 
     def trace(self, candidate: Mapping[str, str], example: dspy.Example) -> TracedRun:
         """Run ``candidate`` on one example and record what each predictor saw and said (DSPy's trace)."""
@@ -161,20 +210,6 @@ class Evaluator:
             ]
         return TracedRun(prediction=prediction, steps=steps)
 
-    def _run_threaded(self, program: dspy.Module, examples: Sequence[tuple[int, dspy.Example]]) -> list[ExampleScore]:
-        with concurrent.futures.ThreadPoolExecutor(self.num_threads) as pool:
-            futures = [
-                pool.submit(contextvars.copy_context().run, self._score, program, index, example)
-                for index, example in examples
-            ]
-            results = []
-            for future, (index, _) in zip(futures, examples, strict=True):
-                try:
-                    results.append(future.result(timeout=self.timeout))
-                except concurrent.futures.TimeoutError:
-                    results.append(ExampleScore(index=index, score=0.0, error="timeout"))
-            return results
-
     def _score(self, program: dspy.Module, index: int, example: dspy.Example) -> ExampleScore:
         try:
             with dspy.context(lm=self.task_lm, adapter=self.adapter):
@@ -184,7 +219,7 @@ class Evaluator:
         except BudgetExhausted:
             raise
         except Exception as exc:
-            return ExampleScore(index=index, score=0.0, error=f"program: {type(exc).__name__}: {exc}"[:300])
+            return ExampleScore(index=index, score=0.0, error=describe_error(exc))
         output = {key: str(value) for key, value in prediction.items()} if hasattr(prediction, "items") else None
         try:
             score = score_to_float(self.metric(example, prediction, None))
@@ -208,14 +243,77 @@ class Evaluator:
             self.evaluated += len(results)
             for result in results:
                 if result.error:
-                    self.failures[result.error.split(":", 1)[0] + ": " + result.error.split(": ", 2)[-1][:80]] += 1
+                    self.failures[failure_reason(result.error)] += 1
+
+    def check_failures(self) -> None:
+        """Raise :class:`EvaluationFailed` when failures passed ``max_failure_share`` of the evaluations."""
+        with self._lock:
             failed = sum(self.failures.values())
-            if (
-                self.evaluated >= self.min_examples_for_failure_check
-                and failed / self.evaluated > self.max_failure_share
-            ):
-                reasons = "; ".join(f"{reason} (x{count})" for reason, count in self.failures.most_common(3))
+            if self.evaluated >= self.min_examples_for_failure_check and failed / self.evaluated > self.max_failure_share:
                 raise EvaluationFailed(
                     f"{failed} of {self.evaluated} example evaluations failed, more than the allowed "
-                    f"{self.max_failure_share:.0%}. Commonest reasons: {reasons}"
+                    f"{self.max_failure_share:.0%}. Commonest reasons: {describe_failures(self.failures)}"
                 )
+
+
+def describe_error(exc: BaseException, where: str = "program") -> str:
+    """``"program: ConnectionError: model unreachable"``: the original error under DSPy's wrappers,
+    with ``"context overflow"`` for an input longer than the model's window."""
+    cause = exc
+    while type(cause).__module__.startswith("dspy") and (cause.__cause__ or cause.__context__) is not None:
+        cause = cause.__cause__ or cause.__context__
+    text = str(cause) or str(exc)
+    if any(marker in text.lower() for marker in _OVERFLOW):
+        where = "context overflow"
+    return f"{where}: {type(cause).__name__}: {text}"[:300]
+
+
+def check_context(
+    program: dspy.Module,
+    lm: Any,
+    adapter: dspy.Adapter,
+    examples: Sequence[dspy.Example],
+    labels: Sequence[str] | None = None,
+) -> None:
+    """Refuse, before any LM call, an example whose prompt cannot fit the model's context window.
+
+    The first predictor's prompt is rendered as the adapter sends it; the model's tokenizer counts
+    it when the text is near the limit (a byte never makes more than one token, so shorter texts
+    pass unmeasured). Models whose window is unknown are not checked.
+
+    Raises:
+        ContextOverflowError: naming the example (``labels[i]``), its longest field and the window.
+    """
+    window = lm.context_window() if hasattr(lm, "context_window") else None
+    if not window:
+        return
+    _, predictor = predictors(program)[0]
+    signature = predictor.signature
+    reserve = min(int((getattr(lm, "kwargs", None) or {}).get("max_tokens") or 256), window // 4)
+    limit = window - reserve
+    demos = [dict(demo) for demo in predictor.demos]
+    for number, example in enumerate(examples):
+        inputs = {name: example[name] for name in signature.input_fields if name in example}
+        if not inputs:
+            continue
+        messages = adapter.format(signature, demos, inputs)
+        size = sum(len(str(m.get("content", "")).encode("utf-8")) for m in messages) + 16 * len(messages)
+        if size <= limit:
+            continue
+        tokens = lm.count_tokens(messages) if size <= 8 * window and hasattr(lm, "count_tokens") else None
+        if tokens is not None and tokens <= limit:
+            continue
+        longest = max(inputs, key=lambda name: len(str(inputs[name])))
+        label = labels[number] if labels is not None else f"example {number + 1}"
+        amount = f"{tokens} tokens" if tokens is not None else f"about {size // 4} tokens or more"
+        raise ContextOverflowError(
+            f"{label}: the prompt takes {amount} ({longest!r} has {len(str(inputs[longest])):,} characters), more than "
+            f"the {window}-token context of {getattr(lm, 'model', 'the model')} leaves for it ({limit} with {reserve} "
+            "kept for the answer); shorten or remove that example"
+        )
+
+
+def describe_failures(failures: Mapping[str, int], limit: int = 3) -> str:
+    """``"program: ConnectionError (x13); timeout (x2)"`` for the commonest reasons."""
+    ordered = sorted(failures.items(), key=lambda item: (-item[1], item[0]))[:limit]
+    return "; ".join(f"{reason} (x{count})" for reason, count in ordered)

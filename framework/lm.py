@@ -26,7 +26,9 @@ from dspy.utils.callback import with_callbacks
 
 from .errors import MissingCredentialsError, ModelSpecError, ScoringUnsupportedError
 from .local import EMBEDDED_MODEL_NAME, LlamaCppEngine, LocalScorer, LogProb, embedded_model_path
-from .usage import CallRecord, UsageMeter, check_limits, record
+from .record import StoredReply, active_record, request_key, storable
+from .usage import CallRecord, UsageMeter, check_limits
+from .usage import record as record_usage
 
 LOCAL_PREFIX = "local"
 DEFAULT_MAX_TOKENS = 256
@@ -63,15 +65,22 @@ class CuecardLM(dspy.LM):
 
         call = prepare(self, prompt, messages, kwargs)
         warn_openai_messages(self, messages)
+        record, key = self._recorded(call)
+        if record is not None:
+            replayed = record.get(key)
+            if replayed is not None:
+                return self._replay(replayed)
         self._before_call(_completions(call))
         start = time.perf_counter()
         try:
             result = execute(self, call)
         except Exception:
-            record(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
+            record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
         self._record(result, time.perf_counter() - start, _completions(call))
-        return finalize(self, call, result)
+        outputs = finalize(self, call, result)
+        self._keep(record, key, outputs, call)
+        return outputs
 
     @with_callbacks
     async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
@@ -82,15 +91,78 @@ class CuecardLM(dspy.LM):
 
         call = await asyncio.to_thread(prepare, self, prompt, messages, kwargs, asynchronous=True)
         warn_openai_messages(self, messages)
+        record, key = self._recorded(call)
+        if record is not None:
+            replayed = record.get(key)
+            if replayed is not None:
+                return self._replay(replayed)
         self._before_call(_completions(call))
         start = time.perf_counter()
         try:
             result = await aexecute(self, call)
         except Exception:
-            record(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
+            record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
         self._record(result, time.perf_counter() - start, _completions(call))
-        return finalize(self, call, result)
+        outputs = finalize(self, call, result)
+        self._keep(record, key, outputs, call)
+        return outputs
+
+    # ---- the run's record (see cuecard.record) -----------------------------------------------------
+    def _recorded(self, call: Any) -> tuple[Any, str]:
+        record = active_record()
+        if record is None:
+            return None, ""
+        if call.request is not None:
+            from dspy._vendor.lm15.serde import request_to_dict
+
+            request = {"request": request_to_dict(call.request), "rollout_id": call.kwargs.get("rollout_id")}
+        else:
+            request = {**call.legacy, "n": call.n}
+        return record, request_key(self.model, request)
+
+    def _replay(self, reply: StoredReply) -> list[Any]:
+        check_limits(reply.requests)
+        record_usage(self.meter, CallRecord(model=self.model, requests=reply.requests, replayed=True))
+        return list(reply.outputs)
+
+    @staticmethod
+    def _keep(record: Any, key: str, outputs: Any, call: Any) -> None:
+        if record is None:
+            return
+        stored = storable(outputs)
+        if stored is not None:
+            record.put(key, StoredReply(outputs=stored, requests=_completions(call)))
+
+    # ---- context window ------------------------------------------------------------------------------
+    def context_window(self) -> int | None:
+        """Tokens the model can read and write in one call, when known (local models; litellm's table)."""
+        n_ctx = getattr(self.engine, "n_ctx", None)
+        if n_ctx:
+            return int(n_ctx)
+        if self.is_local:
+            return None
+        try:
+            info = _litellm().get_model_info(self.model)
+        except Exception:  # litellm does not know this model
+            return None
+        return info.get("max_input_tokens") or info.get("max_tokens")
+
+    def count_tokens(self, messages: list[dict[str, Any]]) -> int | None:
+        """Tokens ``messages`` take (exact for local GGUF models, litellm's count for others; None if unknown)."""
+        text = "\n".join(str(m.get("content", "")) for m in messages)
+        path = getattr(self.engine, "model_path", None)
+        if path:
+            from .local import load_model
+
+            llama = load_model(path, n_ctx=self.context_window() or 2048).llama
+            return len(llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)) + 8 * len(messages)
+        if self.is_local:
+            return None
+        try:
+            return int(_litellm().token_counter(model=self.model, messages=messages))
+        except Exception:  # no tokenizer offline for this provider
+            return None
 
     def _before_call(self, completions: int = 1) -> None:
         check_limits(completions)
@@ -100,7 +172,7 @@ class CuecardLM(dspy.LM):
 
     def _record(self, result: Any, seconds: float, completions: int = 1) -> None:
         usage = result.usage or {}
-        record(
+        record_usage(
             self.meter,
             CallRecord(
                 model=self.model,
@@ -192,6 +264,7 @@ def _litellm():
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     import litellm
 
+    litellm.suppress_debug_info = True  # no coloured "Provider List" lines in cuecard's messages
     return litellm
 
 
@@ -306,16 +379,16 @@ def score_logprob(lm: dspy.LM, prompt: str | list[dict[str, str]], answer: str, 
     if cache and getattr(lm, "cache", True):
         hit = dspy.cache.get(key)
         if hit is not None:
-            record(meter, CallRecord(model=model, cache_hit=True, seconds=time.perf_counter() - start))
+            record_usage(meter, CallRecord(model=model, cache_hit=True, seconds=time.perf_counter() - start))
             return LogProb(float(hit["total"]), int(hit["tokens"]))
     try:
         result = scorer.score(prompt, answer)
     except ScoringUnsupportedError:
         raise
     except Exception:
-        record(meter, CallRecord(model=model, error=True, seconds=time.perf_counter() - start))
+        record_usage(meter, CallRecord(model=model, error=True, seconds=time.perf_counter() - start))
         raise
-    record(meter, CallRecord(model=model, prompt_tokens=result.tokens, seconds=time.perf_counter() - start))
+    record_usage(meter, CallRecord(model=model, prompt_tokens=result.tokens, seconds=time.perf_counter() - start))
     if cache and getattr(lm, "cache", True):
         dspy.cache.put(key, {"total": result.total, "tokens": result.tokens})
     return result

@@ -6,6 +6,9 @@ score on more examples, and returns a ranking with estimated scores and how many
 
 All arms walk through the example pool in the same order (the k-th example an arm is scored on is
 pool example k), so arms are compared on the same examples and finished evaluations are reused.
+Every decision is a function of the per-example scores it was made on: a stage that ranks arms
+after n examples ranks them by their first n scores, whatever else is known about them, so a
+resumed run (which may find more scores stored) decides exactly as the uninterrupted one.
 
 Policies:
 - :class:`FullEvaluation`: every arm on the same sample (APE's execution-accuracy setup).
@@ -32,8 +35,6 @@ from abc import ABC, abstractmethod
 from typing import ClassVar, Protocol
 
 import optuna
-from optuna.pruners._successive_halving import _is_trial_promotable_to_next_rung
-from optuna.study import StudyDirection
 from pydantic import BaseModel
 
 from .errors import BudgetExhausted
@@ -55,6 +56,8 @@ class Allocation(BaseModel):
     ranking: list[ArmEstimate]
     evaluations: int
     stopped: str | None = None
+    capped: bool = False
+    """True when a run-wide cap (LM calls, tokens, dollars, evaluations) stopped it, not its own budget."""
 
     @property
     def best(self) -> ArmEstimate:
@@ -80,10 +83,11 @@ class Arms(Protocol):
 
     def count(self, arm: int) -> int: ...
 
-    def mean(self, arm: int) -> float: ...
+    def mean(self, arm: int, up_to: int | None = None) -> float:
+        """The mean of the arm's scores on pool examples 0..count-1 (at most the first ``up_to``)."""
 
-    def scores(self, arm: int) -> list[float]:
-        """The arm's scores on pool examples 0..count-1."""
+    def scores(self, arm: int, up_to: int | None = None) -> list[float]:
+        """The arm's scores on pool examples 0..count-1 (at most the first ``up_to``)."""
 
     def evaluate_to(self, arm: int, n: int) -> None:
         """Score ``arm`` on pool examples 0..n-1 (those not scored yet)."""
@@ -116,14 +120,14 @@ class Policy(ABC):
     def run(self, arms: Arms, budget: int | None = None) -> Allocation:
         budget = self.default_budget(arms.n_arms, arms.pool_size) if budget is None else budget
         pruned: set[int] = set()
-        stopped = None
+        stopped, capped = None, False
         try:
             pruned = self.allocate(arms, budget)
         except EvaluationBudgetSpent:
             stopped = f"evaluation budget of {budget} reached"
         except BudgetExhausted as exc:
-            stopped = str(exc)
-        return Allocation(policy=self.name, ranking=rank(arms, pruned), evaluations=arms.spent, stopped=stopped)
+            stopped, capped = str(exc), True
+        return Allocation(policy=self.name, ranking=rank(arms, pruned), evaluations=arms.spent, stopped=stopped, capped=capped)
 
 
 def rank(arms: Arms, pruned: set[int] | frozenset[int] = frozenset()) -> list[ArmEstimate]:
@@ -207,18 +211,15 @@ class MultiStage(Policy):
                 arms.evaluate_to(arm, step)
             for arm in alive:
                 arms.should_prune(arm)  # records the rung value in the trial, as the pruner keeps it
-            # Decide synchronously, with every arm of the stage known: Optuna's pruner, called arm by
-            # arm, would promote the first arms before it has seen the others.
-            # Ties at the threshold (frequent with 0/1 scores on a few examples) are broken in favour
-            # of earlier candidates (seeds come first), so a stage keeps at most the top 1/reduction.
-            rung_values = [arms.mean(arm) for arm in alive]
-            promotable = [
-                arm
-                for arm, value in zip(alive, rung_values, strict=True)
-                if _is_trial_promotable_to_next_rung(value, list(rung_values), self.reduction, StudyDirection.MAXIMIZE)
-            ]
+            # Decide synchronously, with every arm of the stage known (Optuna's pruner, called arm by
+            # arm, would promote the first arms before it has seen the others), on each arm's first
+            # `step` scores. Optuna's promotion rule: a value at least the k-th best, k = n // eta;
+            # ties at the threshold (frequent with 0/1 scores) go to earlier candidates (seeds first).
+            values = {arm: arms.mean(arm, up_to=step) for arm in alive}
+            threshold = sorted(values.values(), reverse=True)[max(0, len(alive) // self.reduction - 1)]
+            promotable = [arm for arm in alive if values[arm] >= threshold]
             quota = max(self.survivors, math.ceil(len(alive) / self.reduction))
-            keep = sorted(promotable, key=lambda arm: (-arms.mean(arm), arm))[:quota]
+            keep = sorted(promotable, key=lambda arm: (-values[arm], arm))[:quota]
             pruned.update(set(alive) - set(keep))
             alive = keep
             step *= self.reduction
@@ -303,7 +304,7 @@ class SuccessiveRejects(Policy):
             target = min(arms.pool_size, max(1, math.ceil((budget - k) / (log_bar * (k + 1 - phase)))))
             for arm in alive:
                 arms.evaluate_to(arm, target)
-            worst = min(alive, key=lambda arm: (arms.mean(arm), arms.count(arm), -arm))
+            worst = min(alive, key=lambda arm: (arms.mean(arm, up_to=target), -arm))
             alive.remove(worst)
             pruned.add(worst)
         return pruned
@@ -325,7 +326,7 @@ class SuccessiveHalving(Policy):
                 arms.evaluate_to(arm, target)
             if len(alive) == 1:
                 break
-            ordered = sorted(alive, key=lambda arm: (-arms.mean(arm), -arms.count(arm), arm))
+            ordered = sorted(alive, key=lambda arm: (-arms.mean(arm, up_to=target), arm))
             keep = ordered[: math.ceil(len(alive) / 2)]
             pruned.update(set(alive) - set(keep))
             alive = keep

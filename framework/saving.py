@@ -4,7 +4,11 @@ The file is what ``program.save(path)`` writes (``Program().load(path)`` reads i
 extra key) plus a ``"cuecard"`` block: format version, the built-in program to rebuild, the
 teleprompter and its config, seed, data fingerprint, scores, model names (never keys) and usage.
 Loading never unpickles and never imports a module named in the file: it builds only cuecard's own
-programs (``cuecard.programs``), or fills a program the caller passes in.
+programs (``cuecard.programs``), or fills a program the caller passes in. A saved file is data:
+loading keeps only each predictor's instructions, signature field texts and demos, checks their
+types, and ignores (with a :class:`~cuecard.errors.SavedFileWarning`) anything else a file may
+carry, such as a model (``lm``), an endpoint or call settings (``config``): the caller's model and
+settings are the only ones used.
 
 Example:
     >>> import cuecard
@@ -17,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -24,16 +29,12 @@ from typing import Any
 import dspy
 from pydantic import BaseModel, Field, ValidationError
 
-from .errors import CuecardError
+from .errors import SavedFileWarning, SavedProgramError
 from .program import predictors
 from .usage import Usage
 
 FORMAT_VERSION = 1
 BLOCK = "cuecard"
-
-
-class SavedProgramError(CuecardError, ValueError):
-    """A saved program file that cannot be loaded: unreadable, from a newer format, or not matching."""
 
 
 class ProgramSpec(BaseModel):
@@ -105,6 +106,7 @@ def save(
     try:
         with os.fdopen(handle, "w") as out:
             json.dump(state, out, indent=2, ensure_ascii=False, default=str)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a saved program is as readable as program.save()'s
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -147,8 +149,9 @@ def load(path: str | os.PathLike[str], program: dspy.Module | None = None) -> ds
         except (TypeError, ValueError) as exc:
             raise SavedProgramError(f"{path}: cannot rebuild {block.program.class_name} from its saved arguments: {exc}") from exc
     _check_match(path, state, program, block)
+    data = _data_only(path, state, program)
     try:
-        program.load_state(state)
+        program.load_state(data)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise SavedProgramError(f"{path}: the saved state does not fit {type(program).__name__}: {exc!r}") from exc
     if block is not None and block.report is not None:
@@ -229,6 +232,92 @@ def _check_fields(path: Path, name: str, entry: Any, program: dspy.Module, predi
             f"{path}: predictor {name!r} has {len(fields)} signature fields in the file but {expected} in "
             f"{type(program).__name__} ({', '.join(predictor.signature.fields)})"
         )
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_PREDICTOR_DATA = ("signature", "demos", "fields")
+_IGNORED_QUIETLY = {"traces": [], "train": [], "lm": None}
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _data_only(path: Path, state: dict[str, Any], program: dspy.Module) -> dict[str, Any]:
+    """The saved state reduced to data: each predictor's instructions, field texts, demos and decision
+    fields, type-checked; anything else (a model, an endpoint, call settings) is left out with a warning."""
+    if isinstance(program, dspy.Predict):
+        return _predictor_data(path, "self", state, top_level=True)
+    return {name: _predictor_data(path, name, state[name]) for name, _ in predictors(program)}
+
+
+def _predictor_data(path: Path, name: str, entry: dict[str, Any], *, top_level: bool = False) -> dict[str, Any]:
+    where = f"{path}: predictor {name!r}"
+    ignored = sorted(
+        key
+        for key, value in entry.items()
+        if key not in _PREDICTOR_DATA
+        and not (key in _IGNORED_QUIETLY and value == _IGNORED_QUIETLY[key])
+        and not (top_level and key in (BLOCK, "metadata"))
+    )
+    if ignored:
+        warnings.warn(
+            f"{where}: ignored {ignored} from the file (a saved program never sets a model, an endpoint, a key "
+            "or call settings; the ones you give are used)",
+            SavedFileWarning,
+            stacklevel=3,
+        )
+    signature = entry.get("signature")
+    if not isinstance(signature, dict):
+        raise SavedProgramError(f"{where}: 'signature' must be a JSON object")
+    instructions = signature.get("instructions")
+    if not isinstance(instructions, str):
+        raise SavedProgramError(f"{where}: signature.instructions must be a string, found {type(instructions).__name__}")
+    fields = []
+    for number, saved in enumerate(signature.get("fields") or []):
+        if not isinstance(saved, dict):
+            raise SavedProgramError(f"{where}: signature.fields[{number}] must be a JSON object")
+        texts = {}
+        for key in ("prefix", "description"):
+            value = saved.get(key)
+            if not isinstance(value, str):
+                raise SavedProgramError(f"{where}: signature.fields[{number}].{key} must be a string, found {type(value).__name__}")
+            texts[key] = value
+        fields.append(texts)
+    demos = entry.get("demos") or []
+    if not isinstance(demos, list) or not all(isinstance(demo, dict) for demo in demos):
+        raise SavedProgramError(f"{where}: demos must be a list of JSON objects")
+    for number, demo in enumerate(demos):
+        bad = [key for key, value in demo.items() if not _is_json_data(value)]
+        if bad:
+            raise SavedProgramError(f"{where}: demos[{number}] has non-data values for {bad}")
+    clean: dict[str, Any] = {
+        "signature": {"instructions": instructions, "fields": fields},
+        "demos": [dict(demo) for demo in demos],
+        "traces": [],
+        "train": [],
+        "lm": None,
+    }
+    decision_fields = entry.get("fields")
+    if decision_fields:
+        if not isinstance(decision_fields, dict) or not _is_json_data(decision_fields):
+            raise SavedProgramError(f"{where}: 'fields' must be a JSON object of output-field settings")
+        clean["fields"] = decision_fields
+    return clean
+
+
+def _is_json_data(value: Any, depth: int = 0) -> bool:
+    if depth > 20:
+        return False
+    if isinstance(value, _JSON_SCALARS):
+        return True
+    if isinstance(value, list):
+        return all(_is_json_data(item, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _is_json_data(item, depth + 1) for key, item in value.items())
+    return False
 
 
 def _dependency_versions() -> dict[str, str]:

@@ -72,6 +72,10 @@ class SQLClaims:
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         self.engine = sa.create_engine(url, **kwargs)
+        if url.startswith("sqlite"):
+            from .store import write_ahead_log
+
+            write_ahead_log(self.engine)
         metadata = sa.MetaData()
         self.table = sa.Table(
             "cuecard_claims",

@@ -6,9 +6,15 @@ which examples; the engine runs the evaluator, stores every example's score in t
 reports the running score after k examples as the trial's intermediate value at step k, so Optuna's
 pruners and dashboard see the search as it happens.
 
-Storage is any Optuna storage URL; the default is a SQLite file in the run directory. A run killed
-midway and started again with the same run directory (or storage and name) continues where it was:
-every finished example evaluation is read back, never redone.
+Exact resume. A run is identified by its :class:`~cuecard.identity.RunIdentity`; a stored score is
+reused only under an equal identity. Decisions are made on the scores the search has *seen* in this
+process, in the order it asked for them: a score already in the storage (written before a kill, or
+by another process) is read back when the search reaches it, never before, so a resumed run takes
+exactly the path of an uninterrupted one, spends no evaluation twice, and counts the read-back
+evaluations and their LM requests against its budgets as the first run did. Every other LM reply
+of the compile (proposals, minibatch runs, traces) is kept in the run's record and replayed
+(:mod:`cuecard.record`). A failed evaluation is stored as a failure with its reason, counts as 0 for
+the decision in progress, and is retried by the next run.
 
 Example:
     >>> import dspy
@@ -27,13 +33,16 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import os
+import socket
 import time
+import uuid
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -41,26 +50,34 @@ import dspy
 import optuna
 from pydantic import BaseModel, Field
 
-from .errors import BudgetExhausted, CuecardError
-from .evaluate import ExampleScore
+from .errors import BudgetExhausted, RunConfigMismatch, StorageError
+from .evaluate import ExampleScore, describe_failures, failure_reason
+from .identity import (
+    RunIdentity,
+    adapter_identity,
+    data_fingerprint,
+    lm_identity,
+    metric_identity,
+    program_structure,
+)
 from .policies import Allocation, EvaluationBudgetSpent, Policy, rank
 from .program import candidate_key
+from .record import StoredReply, not_recorded, recording
 from .sharing import CREATE, open_claims
-from .usage import Block, Limits, Usage, activate
+from .store import RunStore, StoredTrial
+from .usage import Block, CallRecord, Limits, Usage, activate, record
 
 logger = logging.getLogger(__name__)
 
 ATTR = "cuecard."
+CANDIDATE = ATTR + "candidate"
+IDENTITY = ATTR + "run"
+STATUS = ATTR + "status"
+SPENT = ATTR + "spent."
+REPLY = "r."
 SCORE = "s."
-ERROR = "e."
-
-
-class RunConfigMismatch(CuecardError, ValueError):
-    """A run with this name already exists with a different configuration or data."""
-
-
-class StorageError(CuecardError, RuntimeError):
-    """The Optuna storage URL cannot be opened."""
+DETAIL = "x."
+FAILURE = "f."
 
 
 class Scorer(Protocol):
@@ -80,6 +97,14 @@ class CandidateRecord(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
+class StoredScore(BaseModel):
+    """An example's stored score, the program's output on it, and the LM requests it took."""
+
+    score: float
+    output: dict[str, str] | None = None
+    requests: int = 0
+
+
 class Estimate(BaseModel):
     """A dry run's answer: example evaluations and LM calls an allocation would take at most."""
 
@@ -88,12 +113,26 @@ class Estimate(BaseModel):
     lm_calls: int
 
 
-def data_fingerprint(examples: Sequence[dspy.Example]) -> str:
-    """A hash of the examples, in order (a resumed run must see the same pool)."""
-    digest = hashlib.sha256()
-    for example in examples:
-        digest.update(json.dumps(dict(example.items()), sort_keys=True, default=str).encode())
-    return digest.hexdigest()[:16]
+class RunStatus(BaseModel):
+    """Where a run stands, as stored in its study (``cuecard runs`` shows it)."""
+
+    state: str = Field(description="running, finished, stopped (a cap) or failed")
+    reason: str | None = None
+    failures: dict[str, int] = Field(default_factory=dict)
+    updated: str = ""
+
+
+@dataclass
+class Arm:
+    """One candidate of this process's search: its record, its trial, and its scores."""
+
+    record: CandidateRecord
+    trial_id: int
+    stored: dict[int, StoredScore] = field(default_factory=dict)
+    failed: dict[int, str] = field(default_factory=dict)
+    seen: dict[int, float] = field(default_factory=dict)
+    errors: dict[int, str] = field(default_factory=dict)
+    open: bool = True
 
 
 def default_storage(run_dir: str | os.PathLike[str]) -> str:
@@ -102,42 +141,37 @@ def default_storage(run_dir: str | os.PathLike[str]) -> str:
     return f"sqlite:///{(path / 'study.db').resolve()}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    if url == "sqlite:///:memory:" or url == ":memory:":
-        return optuna.storages.InMemoryStorage()
-    kwargs = {"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}}
-    for attempt in range(5):
-        try:
-            with _schema_lock(url):
-                return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-        except Exception as exc:  # sqlalchemy raises many kinds here
-            racing = any(text in str(exc) for text in ("already exists", "UNIQUE constraint", "duplicate key"))
-            if racing and attempt < 4:
-                time.sleep(0.2 * (attempt + 1))  # another process is creating the schema right now
-                continue
-            raise StorageError(f"Cannot open the Optuna storage {url!r}: {exc}") from exc
-    raise AssertionError("unreachable")
+def evaluation_identity(scorer: Any, examples: Sequence[dspy.Example]) -> RunIdentity:
+    """The identity of scoring with ``scorer`` (an :class:`~cuecard.evaluate.Evaluator`) on ``examples``."""
+    program = getattr(scorer, "program", None)
+    return RunIdentity(
+        objective=getattr(scorer, "objective", "metric"),
+        task_model=lm_identity(getattr(scorer, "task_lm", None)),
+        adapter=adapter_identity(getattr(scorer, "adapter", None)),
+        program=program_structure(program) if program is not None else None,
+        metric=metric_identity(getattr(scorer, "metric", None)),
+        data=data_fingerprint(examples),
+    )
 
 
-@contextmanager
-def _schema_lock(url: str) -> Iterator[None]:
-    """For a SQLite file, one process at a time creates Optuna's tables (they race otherwise)."""
-    try:
-        import fcntl
-    except ImportError:  # not on POSIX: the retries in open_storage have to do
-        fcntl = None
-    if fcntl is None or not url.startswith("sqlite:///"):
-        yield
-        return
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-    path = Path(url[len("sqlite:///"):])
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+
+class _StoreRecord:
+    """The run's record of LM replies, kept in the study (see :mod:`cuecard.record`)."""
+
+    def __init__(self, engine: Engine, replies: dict[str, StoredReply]) -> None:
+        self.engine = engine
+        self.replies = replies
+
+    def get(self, key: str) -> StoredReply | None:
+        return self.replies.get(key)
+
+    def put(self, key: str, reply: StoredReply) -> None:
+        self.replies[key] = reply
+        self.engine.store.set_study_attr(REPLY + key, reply.model_dump())
+        self.engine.save_spending()
 
 
 class Engine:
@@ -149,7 +183,9 @@ class Engine:
         name: the study name (one run).
         storage: an Optuna storage URL; default a SQLite file ``study.db`` in ``run_dir``.
         run_dir: where the default storage lives (default ``runs/<name>``).
-        config: the run's configuration; a resumed run must have the same.
+        identity: what makes this run this run (:class:`~cuecard.identity.RunIdentity`, default:
+            the evaluator's model, adapter, program, metric and the pool); a stored run with another
+            identity is refused with :class:`~cuecard.errors.RunConfigMismatch` naming what differs.
         limits: caps on LM calls, tokens and dollars for everything run inside :meth:`session`.
         max_evaluations: a cap on example evaluations over the whole run.
         progress: show a progress bar.
@@ -170,7 +206,7 @@ class Engine:
         name: str = "cuecard",
         storage: str | None = None,
         run_dir: str | os.PathLike[str] | None = None,
-        config: Mapping[str, Any] | None = None,
+        identity: RunIdentity | Mapping[str, Any] | None = None,
         limits: Limits | None = None,
         max_evaluations: int | None = None,
         progress: bool = True,
@@ -179,10 +215,10 @@ class Engine:
     ) -> None:
         if not examples:
             raise ValueError("The example pool is empty")
-        self.limits = limits or Limits()
+        limits = limits or Limits()
         if max_evaluations is not None and max_evaluations < 1:
             raise ValueError(f"max_evaluations={max_evaluations} is smaller than one example evaluation")
-        for cap in (self.limits.max_model_calls, self.limits.max_calls):
+        for cap in (limits.max_model_calls, limits.max_calls):
             if cap is not None and cap < calls_per_example:
                 raise ValueError(
                     f"An LM-call cap of {cap} is smaller than one example evaluation ({calls_per_example} call(s))"
@@ -193,70 +229,82 @@ class Engine:
         self.max_evaluations = max_evaluations
         self.progress = progress
         self.calls_per_example = calls_per_example
-        self.block = Block(name, self.limits)
         self.storage_url = storage or default_storage(run_dir or Path("runs") / name)
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
-        self.study = optuna.create_study(
-            study_name=name, storage=open_storage(self.storage_url), direction="maximize", load_if_exists=True
+        self.store = RunStore(self.storage_url, name)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        attrs = self.store.study_attrs()
+        self.identity = self._check_identity(identity, attrs)
+        self.spent_before = self._spent_by_others(attrs)
+        self.block = Block(name, limits, spent_before=self.spent_before["all"])
+        self.prompt_block = Block(f"{name}: prompt model")
+        self.record = _StoreRecord(
+            self, {key[len(REPLY):]: StoredReply(**value) for key, value in attrs.items() if key.startswith(REPLY)}
         )
-        self._check_run(dict(config or {}))
-        self.candidates: list[CandidateRecord] = []
-        self._trial_ids: list[int] = []
-        self._scores: list[dict[int, float]] = []
-        self._errors: list[dict[int, str]] = []
-        self._writable: list[bool] = []
+        self.arms: list[Arm] = []
         self._by_key: dict[str, int] = {}
+        self._trials: dict[str, StoredTrial] = {}
         self.evaluations = 0
+        """Example scores the search has looked at in this process (computed or read back): its position."""
+        self.computed = 0
+        """Example evaluations this process ran itself."""
+        self.read_back = 0
+        """Example scores read back from the storage (an earlier run, or another process)."""
         self.side_evaluations = 0
-        self.reused = 0
+        self.failures: Counter[str] = Counter()
         self.claims = open_claims(self.storage_url, name, stale_after=claim_timeout)
         self.claim_poll = 0.2
+        self._pruner: optuna.pruners.BasePruner | None = None
+        self._bar: Any = None
+        self._best = 0.0
+        self._saved_at = 0.0
         self._load_trials()
 
     # ---- run identity -------------------------------------------------------------------------
-    def _check_run(self, config: dict[str, Any]) -> None:
-        expected = {"config": json.loads(json.dumps(config, default=str)), "data": data_fingerprint(self.examples)}
-        stored = self.study.user_attrs.get(ATTR + "run")
+    def _check_identity(self, identity: RunIdentity | Mapping[str, Any] | None, attrs: dict[str, Any]) -> RunIdentity:
+        if identity is None:
+            identity = evaluation_identity(self.scorer, self.examples)
+        elif not isinstance(identity, RunIdentity):
+            identity = RunIdentity(extras={"config": dict(identity)}, data=data_fingerprint(self.examples))
+        expected = {"identity": identity.as_stored(), "pool": data_fingerprint(self.examples)}
+        stored = attrs.get(IDENTITY)
         if stored is None:
-            self.study.set_user_attr(ATTR + "run", expected)
-            return
-        if stored["data"] != expected["data"]:
+            self.store.set_study_attr(IDENTITY, expected)
+            return identity
+        if not isinstance(stored, dict) or "identity" not in stored:
             raise RunConfigMismatch(
-                f"Run {self.name!r} in {self.storage_url} was started on different examples "
-                f"(fingerprint {stored['data']} vs {expected['data']}); use another run name"
+                f"Run {self.name!r} in {self.storage_url} was made by an older cuecard and holds no run identity; "
+                "use another run name"
             )
-        if stored["config"] != expected["config"]:
-            keys = sorted(
-                k for k in set(stored["config"]) | set(expected["config"])
-                if stored["config"].get(k) != expected["config"].get(k)
-            )
+        differences = identity.differences(stored["identity"])
+        if stored.get("pool") != expected["pool"]:
+            differences.append(f"pool: the dev examples differ (fingerprint {expected['pool']} here, {stored.get('pool')} stored)")
+        if differences:
+            shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
             raise RunConfigMismatch(
-                f"Run {self.name!r} in {self.storage_url} exists with a different configuration "
-                f"(differs in {keys}); use another run name or the same settings"
+                f"Run {self.name!r} in {self.storage_url} exists with another identity: {shown}. Its scores "
+                "cannot be reused: use another run name (or none: each identity gets its own)"
             )
+        return identity
 
     def _load_trials(self) -> None:
-        """Register the run's trials not known yet (all of them at start; other processes' later)."""
-        known = set(self._trial_ids)
-        for trial in sorted(self.study.get_trials(deepcopy=False), key=lambda t: t.number):
-            record = trial.user_attrs.get(ATTR + "candidate")
-            if record is None or trial._trial_id in known or record["key"] in self._by_key:  # noqa: SLF001
-                continue
-            scores = {int(k[len(SCORE):]): float(v) for k, v in trial.user_attrs.items() if k.startswith(SCORE)}
-            errors = {int(k[len(ERROR):]): str(v) for k, v in trial.user_attrs.items() if k.startswith(ERROR)}
-            self._register(CandidateRecord(**record), trial._trial_id, scores, errors, trial.state.is_finished() is False)  # noqa: SLF001
+        """Learn the run's stored trials (all at start; other processes' new ones later)."""
+        for trial in self.store.trials():
+            record = trial.attrs.get(CANDIDATE)
+            if record is not None:
+                self._trials.setdefault(record["key"], trial)
 
-    def _register(self, record: CandidateRecord, trial_id: int, scores: dict, errors: dict, writable: bool) -> int:
-        arm = len(self.candidates)
-        self.candidates.append(record)
-        self._trial_ids.append(trial_id)
-        self._scores.append(scores)
-        self._errors.append(errors)
-        self._writable.append(writable)
-        self._by_key[record.key] = arm
+    @staticmethod
+    def _arm_from_trial(trial: StoredTrial) -> Arm:
+        arm = Arm(record=CandidateRecord(**trial.attrs[CANDIDATE]), trial_id=trial.trial_id, open=not trial.finished)
+        _read_scores(arm, trial)
         return arm
 
     # ---- candidates ---------------------------------------------------------------------------
+    @property
+    def candidates(self) -> list[CandidateRecord]:
+        """The candidates of this search, in the order they were added (arm ids index this list)."""
+        return [arm.record for arm in self.arms]
+
     def add_candidate(
         self,
         instructions: Mapping[str, str],
@@ -266,73 +314,113 @@ class Engine:
         origin: str = "seed",
         meta: Mapping[str, Any] | None = None,
     ) -> int:
-        """Add a candidate (a trial) and return its arm id; a candidate already in the run keeps its id."""
+        """Add a candidate (a trial) and return its arm id; a candidate already in the run keeps its trial."""
         key = candidate_key(instructions)
         if key in self._by_key:
             return self._by_key[key]
-        if self.claims.shared:
+        if key not in self._trials and self.claims.shared:
             self._load_trials()
-            if key in self._by_key:
-                return self._by_key[key]
-            if not self.claims.claim(key, CREATE):
-                return self._wait_for_candidate(key)
-        record = CandidateRecord(
-            key=key, instructions=dict(instructions), parent=parent, round=round, origin=origin, meta=dict(meta or {})
-        )
-        trial = self.study.ask()
-        trial.set_user_attr(ATTR + "candidate", record.model_dump())
-        return self._register(record, trial._trial_id, {}, {}, True)  # noqa: SLF001
+            if key not in self._trials and not self.claims.claim(key, CREATE):
+                self._wait_for_trial(key)
+        trial = self._trials.get(key)
+        if trial is not None:
+            arm = self._arm_from_trial(self.store.trial(trial.trial_id))
+        else:
+            record = CandidateRecord(
+                key=key, instructions=dict(instructions), parent=parent, round=round, origin=origin, meta=dict(meta or {})
+            )
+            arm = Arm(record=record, trial_id=self.store.new_trial({CANDIDATE: record.model_dump()}))
+            self._trials[key] = self.store.trial(arm.trial_id)
+        self.arms.append(arm)
+        self._by_key[key] = len(self.arms) - 1
+        return len(self.arms) - 1
 
-    def _wait_for_candidate(self, key: str) -> int:
+    def _wait_for_trial(self, key: str) -> None:
         """Another process is creating this candidate's trial: wait until it is there."""
-        while key not in self._by_key:
+        while key not in self._trials:
             time.sleep(self.claim_poll)
             self._load_trials()
-            if key not in self._by_key and self.claims.claim(key, CREATE):
-                raise StorageError(f"Candidate {key} was claimed by a process that never created it; retry the run")
-        return self._by_key[key]
+            if key not in self._trials and self.claims.claim(key, CREATE):
+                return  # its creator died: this process creates it
 
     def arm_of(self, instructions: Mapping[str, str]) -> int | None:
         return self._by_key.get(candidate_key(instructions))
 
     def arm_of_key(self, key: str) -> int:
-        """The arm id of the candidate with this key (``KeyError`` if the run has none)."""
+        """The arm id of the candidate with this key (``KeyError`` if the search has none)."""
         return self._by_key[key]
 
     def scores(self, arm: int) -> dict[int, float]:
-        """The arm's score on every pool example it was evaluated on (pool index -> score)."""
-        return dict(self._scores[arm])
+        """The arm's scores the search has seen (pool index -> score; a failure counts 0)."""
+        return dict(self.arms[arm].seen)
 
     def errors(self, arm: int) -> dict[int, str]:
-        return dict(self._errors[arm])
+        """The arm's failed evaluations met in this process (pool index -> reason)."""
+        return dict(self.arms[arm].errors)
+
+    def outputs(self, arm: int) -> dict[int, dict[str, str] | None]:
+        """The program's stored output on each pool example the arm was scored on."""
+        return {index: stored.output for index, stored in self.arms[arm].stored.items()}
 
     def mean(self, arm: int, *, up_to: int | None = None) -> float:
-        values = [v for i, v in self._scores[arm].items() if up_to is None or i < up_to]
+        values = [v for i, v in self.arms[arm].seen.items() if up_to is None or i < up_to]
         return sum(values) / len(values) if values else 0.0
 
     # ---- evaluation ---------------------------------------------------------------------------
     def evaluate(self, arm: int, indices: Sequence[int], *, budget: int | None = None) -> list[float]:
-        """Score ``arm`` on pool examples ``indices``; finished ones are read back, not redone."""
-        missing = [i for i in indices if i not in self._scores[arm]]
-        if missing and self.claims.shared:
-            self._refresh_scores(arm)
-            missing = [i for i in missing if i not in self._scores[arm]]
-        if missing:
-            if budget is not None and len(missing) > budget:
-                missing = missing[:budget]
-            if self.max_evaluations is not None:
-                room = self.max_evaluations - self.evaluations
-                if room <= 0:
-                    raise EvaluationBudgetSpent
-                missing = missing[:room]
-            self.block.check()
-            self._evaluate_claimed(arm, missing)
-        self.reused += len(indices) - len(missing)
-        return [self._scores[arm][i] for i in indices if i in self._scores[arm]]
+        """Score ``arm`` on pool examples ``indices``: stored scores are read back, missing ones computed.
+
+        ``budget`` and ``max_evaluations`` count every score the search looks at for the first time
+        in this process (computed or read back), so a resumed run stops where the first one did.
+        """
+        state = self.arms[arm]
+        wanted = [i for i in indices if i not in state.seen]
+        if budget is not None:
+            wanted = wanted[:budget]
+        if wanted and self.max_evaluations is not None:
+            room = self.max_evaluations - self.evaluations
+            if room <= 0:
+                raise BudgetExhausted(f"{self.name}: cap of {self.max_evaluations} example evaluations reached")
+            wanted = wanted[:room]
+        if wanted:
+            if self.claims.shared and any(i not in state.stored for i in wanted):
+                self._refresh(arm)
+            stored = [i for i in wanted if i in state.stored]
+            for i in stored:
+                self._read_back(arm, i)
+            missing = [i for i in wanted if i not in state.stored]
+            if missing:
+                self.block.check()
+                self._evaluate_claimed(arm, missing)
+        return [state.seen[i] for i in indices if i in state.seen]
+
+    def _read_back(self, arm: int, index: int) -> None:
+        """Use a stored score; its LM requests count against the caps as when it was computed."""
+        stored = self.arms[arm].stored[index]
+        if stored.requests:
+            self.block.check(stored.requests)
+            model = getattr(getattr(self.scorer, "task_lm", None), "model", "task")
+            with activate(self.block):
+                record(None, CallRecord(model=model, requests=stored.requests, replayed=True))
+        self.read_back += 1
+        self._see(arm, index, stored.score)
+
+    def _see(self, arm: int, index: int, score: float, error: str | None = None) -> None:
+        state = self.arms[arm]
+        state.seen[index] = score
+        if error is not None:
+            state.errors[index] = error
+        self.evaluations += 1
+        if self._bar is not None:
+            self._bar.update(1)
+            if len(state.seen) >= min(5, len(self.examples)):
+                self._best = max(self._best, self.mean(arm))
+            self._bar.set_postfix(best=f"{self._best:.3f}", lm_calls=self.block.usage.model_calls, refresh=False)
 
     def _evaluate_claimed(self, arm: int, missing: list[int]) -> None:
         """Evaluate the examples this process can claim, in chunks; wait for other processes' scores."""
-        key = self.candidates[arm].key
+        state = self.arms[arm]
+        key = state.record.key
         chunk = max(1, getattr(self.scorer, "num_threads", 1)) if self.claims.shared else len(missing)
         while missing:
             mine: list[int] = []
@@ -343,95 +431,106 @@ class Engine:
                         break
             if mine:
                 try:
-                    with activate(self.block):
-                        results = self.scorer.run(self.candidates[arm].instructions, [(i, self.examples[i]) for i in mine])
+                    with activate(self.block), not_recorded():
+                        results, stop = self._run(state.record.instructions, [(i, self.examples[i]) for i in mine])
                 except BaseException:
                     self.claims.release(key, mine)
                     raise
                 self._store(arm, results)
-            else:
+                self.claims.release(key, [i for i in mine if i not in state.stored])  # failed or not reached: free to retry
+                if stop is not None:
+                    raise stop
+                check = getattr(self.scorer, "check_failures", None)
+                if check is not None:
+                    check()
+            else:  # another live process holds these claims: use what it stores
                 time.sleep(self.claim_poll)
-                self._refresh_scores(arm)
-            missing = [i for i in missing if i not in self._scores[arm]]
+                self._refresh(arm)
+                for index in missing:
+                    if index in state.stored and index not in state.seen:
+                        self._read_back(arm, index)
+                    elif index in state.failed and index not in state.seen:
+                        self._see(arm, index, 0.0, state.failed[index])
+            missing = [i for i in missing if i not in state.seen]
 
-    def _refresh_scores(self, arm: int) -> None:
+    def _run(self, instructions: dict[str, str], examples: list[tuple[int, dspy.Example]]) -> tuple[list[ExampleScore], BudgetExhausted | None]:
+        run_partial = getattr(self.scorer, "run_partial", None)
+        if run_partial is not None:
+            return run_partial(instructions, examples)
+        return self.scorer.run(instructions, examples), None
+
+    def _refresh(self, arm: int) -> None:
         """Read scores other processes stored for this arm."""
-        trial = self.study._storage.get_trial(self._trial_ids[arm])  # noqa: SLF001
-        for name, value in trial.user_attrs.items():
-            if name.startswith(SCORE):
-                self._scores[arm].setdefault(int(name[len(SCORE):]), float(value))
-            elif name.startswith(ERROR):
-                self._errors[arm].setdefault(int(name[len(ERROR):]), str(value))
-        if trial.state.is_finished():
-            self._writable[arm] = False
+        state = self.arms[arm]
+        trial = self.store.trial(state.trial_id)
+        _read_scores(state, trial)
+        if trial.finished:
+            state.open = False
 
     def _store(self, arm: int, results: Sequence[ExampleScore]) -> None:
+        state = self.arms[arm]
+        attrs: dict[str, Any] = {}
         for result in results:
-            self._scores[arm][result.index] = result.score
-            if result.error:
-                self._errors[arm][result.index] = result.error
-        self.evaluations += len(results)
-        if self._writable[arm]:
-            try:
-                self._write_trial(arm, results)
-            except (RuntimeError, ValueError):
-                if not self.study._storage.get_trial(self._trial_ids[arm]).state.is_finished():  # noqa: SLF001
-                    raise
-                self._writable[arm] = False  # another process closed the trial; keep the scores in memory
-        if self._bar is not None:
-            self._bar.update(len(results))
-            best = max((self.mean(a) for a in range(len(self.candidates)) if self._scores[a]), default=0.0)
-            self._bar.set_postfix(candidates=len(self.candidates), best=f"{best:.3f}", lm_calls=self.block.usage.model_calls)
+            self.computed += 1
+            if result.failed:
+                reason = failure_reason(result.error or "")
+                self.failures[reason] += 1
+                state.failed[result.index] = result.error or ""
+                attrs[FAILURE + str(result.index)] = result.error
+            else:
+                stored = StoredScore(score=result.score, output=_short_output(result.output), requests=result.requests)
+                state.stored[result.index] = stored
+                state.failed.pop(result.index, None)
+                attrs[SCORE + str(result.index)] = result.score
+                attrs[DETAIL + str(result.index)] = stored.model_dump(exclude={"score"})
+            self._see(arm, result.index, result.score, result.error)
+        if state.open and attrs:
+            state.open = self.store.set_trial_attrs(state.trial_id, attrs)
+            if state.open:
+                self._report_running(arm)
+        self.save_spending()
 
-    _bar: Any = None
-
-    def _write_trial(self, arm: int, results: Sequence[ExampleScore]) -> None:
-        """Each example's score as a trial attribute; the running mean after k examples at step k."""
-        trial_id = self._trial_ids[arm]
-        storage = self.study._storage  # noqa: SLF001 - Optuna's public Trial API needs a live trial object
-        for result in results:
-            storage.set_trial_user_attr(trial_id, SCORE + str(result.index), result.score)
-            if result.error:
-                storage.set_trial_user_attr(trial_id, ERROR + str(result.index), result.error)
-        trial = optuna.trial.Trial(self.study, trial_id)
-        scored = sorted(self._scores[arm])
-        reported = set(storage.get_trial(trial_id).intermediate_values)
-        total = 0.0
-        for step, index in enumerate(scored, start=1):
-            total += self._scores[arm][index]
-            if step not in reported:
-                trial.report(total / step, step)
+    def _report_running(self, arm: int) -> None:
+        """The running mean after k stored examples, at step k (what Optuna's pruners and dashboard read)."""
+        state = self.arms[arm]
+        total, values = 0.0, {}
+        for step, index in enumerate(sorted(state.stored), start=1):
+            total += state.stored[index].score
+            values[step] = total / step
+        self.store.report(state.trial_id, values)
 
     def trace(self, instructions: Mapping[str, str], example: dspy.Example) -> Any:
         """A traced run of one example (see :meth:`cuecard.evaluate.Evaluator.trace`), under the run's caps."""
         self.block.check()
-        with activate(self.block):
+        with activate(self.block), recording(self.record):
             return self.scorer.trace(instructions, example)
 
     def run_on(self, instructions: Mapping[str, str], examples: Sequence[dspy.Example]) -> list[ExampleScore]:
-        """Score instructions on examples outside the pool (a method's minibatch); results are not stored.
+        """Score instructions on examples outside the pool (a method's minibatch); scores are not stored,
+        but the LM replies are kept in the run's record (a rerun replays them).
 
         LM caps apply as for pool evaluations; the evaluations count in ``self.side_evaluations``.
         """
         self.block.check()
-        with activate(self.block):
+        with activate(self.block), recording(self.record):
             results = self.scorer.run(instructions, list(enumerate(examples)))
         self.side_evaluations += len(results)
         return results
 
     def should_prune(self, arm: int) -> bool:
-        if not self._writable[arm]:
+        state = self.arms[arm]
+        if not state.open:
             return False
-        return optuna.trial.Trial(self.study, self._trial_ids[arm]).should_prune()
+        return self.store.should_prune(state.trial_id, self._pruner)
 
     # ---- allocation ---------------------------------------------------------------------------
     def allocate(self, policy: Policy, arms: Sequence[int] | None = None, budget: int | None = None) -> Allocation:
         """Run ``policy`` over ``arms`` (default: every candidate) and return its ranking (arm ids of the run)."""
-        chosen = list(range(len(self.candidates))) if arms is None else list(arms)
+        chosen = list(range(len(self.arms))) if arms is None else list(arms)
         if not chosen:
             raise ValueError("No candidate to evaluate")
         view = _ArmsView(self, chosen, budget)
-        self.study.pruner = policy.pruner() or optuna.pruners.NopPruner()
+        self._pruner = policy.pruner()
         total = policy.planned_evaluations(len(chosen), len(self.examples), budget)
         from tqdm.auto import tqdm
 
@@ -451,38 +550,119 @@ class Engine:
 
     @contextmanager
     def session(self) -> Iterator[Block]:
-        """Count (and cap, with ``limits``) every LM call made inside, proposals included."""
-        with activate(self.block):
-            yield self.block
+        """Count (and cap, with ``limits``) every LM call made inside, proposals included; replay and
+        record the run's LM replies; mark the run as running in its storage."""
+        self.set_status("running")
+        try:
+            with activate(self.block), recording(self.record):
+                yield self.block
+        finally:
+            self.save_spending(force=True)
 
-    @property
-    def usage(self) -> Usage:
-        return self.block.usage
+    @contextmanager
+    def proposing(self) -> Iterator[Block]:
+        """Inside, LM calls are also counted as the prompt model's (the report splits task and prompt use)."""
+        with activate(self.prompt_block):
+            yield self.prompt_block
+
+    # ---- what the run spent -------------------------------------------------------------------
+    def _spent_by_others(self, attrs: dict[str, Any]) -> dict[str, Usage]:
+        totals = {"all": Usage(), "prompt": Usage()}
+        for key, value in attrs.items():
+            if key.startswith(SPENT) and key != SPENT + self.owner and isinstance(value, dict):
+                for part in totals:
+                    totals[part] = totals[part] + Usage(**value.get(part, {}))
+        return totals
+
+    def save_spending(self, *, force: bool = False) -> None:
+        """Write this process's real spending (not what it replayed) to the run's storage, at most once a second."""
+        now = time.monotonic()
+        if not force and now - self._saved_at < 1.0:
+            return
+        self._saved_at = now
+        spent = {"all": _real(self.block.usage).model_dump(), "prompt": _real(self.prompt_block.usage).model_dump()}
+        try:
+            self.store.set_study_attr(SPENT + self.owner, spent)
+        except Exception as exc:  # never lose a compile over its accounting
+            logger.warning("could not save the run's spending: %s", exc)
+
+    def run_usage(self) -> tuple[Usage, Usage]:
+        """What the whole run spent (every process, this one included): (all, prompt model)."""
+        return (
+            self.spent_before["all"] + _real(self.block.usage),
+            self.spent_before["prompt"] + _real(self.prompt_block.usage),
+        )
+
+    # ---- the end of a run ---------------------------------------------------------------------
+    def set_status(self, state: str, reason: str | None = None) -> None:
+        status = RunStatus(state=state, reason=reason, failures=dict(self.failures), updated=_now())
+        self.store.set_study_attr(STATUS, status.model_dump())
 
     def ranking(self, arms: Sequence[int] | None = None, *, pruned: frozenset[int] = frozenset()) -> list[Any]:
-        chosen = list(range(len(self.candidates))) if arms is None else list(arms)
+        chosen = list(range(len(self.arms))) if arms is None else list(arms)
         view = _ArmsView(self, chosen, None)
         return [e.model_copy(update={"arm": chosen[e.arm]}) for e in rank(view, frozenset(chosen.index(a) for a in pruned if a in chosen))]
 
-    def finish(self, pruned: Sequence[int] = ()) -> None:
-        """Close every open trial: COMPLETE with its mean score, PRUNED when eliminated, FAIL when never scored."""
-        for arm, trial_id in enumerate(self._trial_ids):
-            if not self._writable[arm]:
+    def finish(self, pruned: Sequence[int] = (), *, stopped: str | None = None, failed: str | None = None) -> None:
+        """Record how the search ended.
+
+        A search that ran to its end closes its trials: ``COMPLETE`` with the mean score the search
+        saw, ``PRUNED`` when eliminated or never scored (user attribute ``cuecard.status`` says
+        which). Trials with failed evaluations stay open, so the next run can retry them and store
+        the scores. A search stopped by a cap (``stopped``) or by failures (``failed``) closes
+        nothing: the same command with a larger cap continues and stores into the same trials.
+        """
+        self.save_spending(force=True)
+        if failed is not None:
+            self.set_status("failed", failed)
+            return
+        if stopped is not None:
+            self.set_status("stopped", stopped)
+            return
+        for number, state in enumerate(self.arms):
+            if not state.open or state.failed:
                 continue
-            self._writable[arm] = False
-            if self.study._storage.get_trial(trial_id).state.is_finished():  # noqa: SLF001 - another process closed it
-                continue
-            trial = optuna.trial.Trial(self.study, trial_id)
-            try:
-                if not self._scores[arm]:
-                    self.study.tell(trial, state=optuna.trial.TrialState.FAIL)
-                elif arm in pruned:
-                    self.study.tell(trial, state=optuna.trial.TrialState.PRUNED)
-                else:
-                    self.study.tell(trial, self.mean(arm))
-            except (RuntimeError, ValueError):
-                if not self.study._storage.get_trial(trial_id).state.is_finished():  # noqa: SLF001
-                    raise
+            if not state.seen and not state.stored:
+                self.store.set_trial_attrs(state.trial_id, {STATUS: "not scored"})
+                self.store.close(state.trial_id, "PRUNED")
+            elif number in pruned:
+                self.store.set_trial_attrs(state.trial_id, {STATUS: "pruned"})
+                self.store.close(state.trial_id, "PRUNED")
+            else:
+                seen = state.seen or {i: s.score for i, s in state.stored.items()}
+                self.store.close(state.trial_id, "COMPLETE", sum(seen.values()) / len(seen))
+            state.open = False
+        pending = sum(len(state.failed) for state in self.arms)
+        reason = f"{pending} failed evaluation(s) left open: the next run retries them" if pending else None
+        self.set_status("finished", reason)
+
+    @property
+    def failure_summary(self) -> str:
+        return describe_failures(self.failures)
+
+
+def _real(usage: Usage) -> Usage:
+    """What was really spent: the requests that were not replayed from the run's record."""
+    return usage.model_copy(update={"calls": usage.calls - usage.replayed, "replayed": 0})
+
+
+def _short_output(output: dict[str, str] | None, limit: int = 2000) -> dict[str, str] | None:
+    if output is None:
+        return None
+    return {key: value if len(value) <= limit else value[:limit] + "..." for key, value in output.items()}
+
+
+def _read_scores(arm: Arm, trial: StoredTrial) -> None:
+    for name, value in trial.attrs.items():
+        if name.startswith(SCORE):
+            index = int(name[len(SCORE):])
+            detail = trial.attrs.get(DETAIL + str(index)) or {}
+            arm.stored[index] = StoredScore(score=float(value), **detail)
+            arm.failed.pop(index, None)
+        elif name.startswith(FAILURE):
+            index = int(name[len(FAILURE):])
+            if SCORE + str(index) not in trial.attrs:
+                arm.failed[index] = str(value)
 
 
 class _ArmsView:
@@ -506,25 +686,25 @@ class _ArmsView:
     def spent(self) -> int:
         return self.engine.evaluations - self.start
 
-    def scores(self, arm: int) -> list[float]:
-        """Scores on the pool's first examples, up to the first one not scored yet."""
-        scores = self.engine._scores[self.arms[arm]]  # noqa: SLF001
-        prefix = []
-        while len(prefix) in scores:
-            prefix.append(scores[len(prefix)])
+    def scores(self, arm: int, up_to: int | None = None) -> list[float]:
+        """Scores on the pool's first examples, up to the first one not seen yet (and at most ``up_to``)."""
+        seen = self.engine.arms[self.arms[arm]].seen
+        prefix: list[float] = []
+        while len(prefix) in seen and (up_to is None or len(prefix) < up_to):
+            prefix.append(seen[len(prefix)])
         return prefix
 
     def count(self, arm: int) -> int:
         return len(self.scores(arm))
 
-    def mean(self, arm: int) -> float:
-        scores = self.scores(arm)
+    def mean(self, arm: int, up_to: int | None = None) -> float:
+        scores = self.scores(arm, up_to)
         return sum(scores) / len(scores) if scores else 0.0
 
     def evaluate_to(self, arm: int, n: int) -> None:
         n = min(n, self.pool_size)
         room = None if self.budget is None else self.budget - self.spent
-        wanted = [i for i in range(n) if i not in self.engine._scores[self.arms[arm]]]  # noqa: SLF001
+        wanted = [i for i in range(n) if i not in self.engine.arms[self.arms[arm]].seen]
         if not wanted:
             return
         if room is not None and room <= 0:
@@ -543,6 +723,9 @@ __all__ = [
     "Engine",
     "Estimate",
     "RunConfigMismatch",
+    "RunStatus",
     "StorageError",
+    "StoredScore",
     "data_fingerprint",
+    "evaluation_identity",
 ]

@@ -122,3 +122,113 @@ class BernoulliTask:
     @property
     def best_arm(self) -> int:
         return max(range(len(self.accuracies)), key=self.accuracies.__getitem__)
+
+
+class StubServer:
+    """An OpenAI-compatible chat-completions server on 127.0.0.1, for tests and benchmarks of the remote path.
+
+    Each request is answered ``reply(messages)`` after ``latency`` seconds. With ``rate_limit``
+    (requests per second), a request beyond it gets HTTP 429 with a ``Retry-After`` header, as
+    providers do. ``requests`` counts answered requests, ``rejected`` the 429s, ``connections``
+    every request that reached the server.
+
+    Example:
+        >>> with StubServer(lambda messages: "hi") as server:  # doctest: +SKIP
+        ...     lm = cuecard.LM("openai/stub", api_base=server.url, api_key="sk-test")
+    """
+
+    def __init__(self, reply: Reply, *, latency: float = 0.0, rate_limit: float | None = None) -> None:
+        self.reply = reply
+        self.latency = latency
+        self.rate_limit = rate_limit
+        self.requests = 0
+        self.rejected = 0
+        self.connections = 0
+        self._lock = threading.Lock()
+        self._window: list[float] = []
+        self._server: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def _admit(self) -> float | None:
+        """None when the request may go on; else the seconds to wait (a 429)."""
+        import time
+
+        if self.rate_limit is None:
+            return None
+        with self._lock:
+            now = time.monotonic()
+            self._window = [t for t in self._window if now - t < 1.0]
+            if len(self._window) >= self.rate_limit:
+                return max(0.05, 1.0 - (now - self._window[0]))
+            self._window.append(now)
+            return None
+
+    def start(self) -> StubServer:
+        import json
+        import time
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _send(self, status: int, body: dict, headers: dict[str, str] | None = None) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:  # noqa: N802 - the http.server API
+                with stub._lock:
+                    stub.connections += 1
+                self._send(200, {"object": "list", "data": [{"id": "stub", "object": "model"}]})
+
+            def do_POST(self) -> None:  # noqa: N802
+                with stub._lock:
+                    stub.connections += 1
+                length = int(self.headers.get("Content-Length") or 0)
+                body = json.loads(self.rfile.read(length) or b"{}")
+                wait = stub._admit()
+                if wait is not None:
+                    with stub._lock:
+                        stub.rejected += 1
+                    self._send(429, {"error": {"message": "rate limit", "type": "rate_limit_error"}},
+                               {"Retry-After": f"{wait:.2f}"})
+                    return
+                time.sleep(stub.latency)
+                text = stub.reply(body.get("messages") or [])
+                with stub._lock:
+                    stub.requests += 1
+                prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])
+                self._send(200, {
+                    "id": f"stub-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
+                    "model": body.get("model", "stub"),
+                    "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+                    "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": len(text.split()),
+                              "total_tokens": prompt_tokens + len(text.split())},
+                })
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        threading.Thread(target=self._server.serve_forever, daemon=True, name="stub-server").start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+    def __enter__(self) -> StubServer:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

@@ -28,12 +28,15 @@ from .errors import BudgetExhausted
 class Usage(BaseModel):
     """Counters of LM use. Tokens and cost are counted for calls that reached a model.
 
-    ``calls`` counts every request asked for, cached or not; ``model_calls`` only those that
-    reached a model (``calls = cache_hits + model_calls + errors``).
+    ``calls`` counts every request asked for: served by the model, by DSPy's cache, or replayed from
+    the run's own record (a resumed or repeated compile), so a run stops at the same point whatever
+    was stored before; ``model_calls`` counts only those that reached a model
+    (``calls = cache_hits + replayed + model_calls + errors``).
     """
 
     calls: int = 0
     cache_hits: int = 0
+    replayed: int = 0
     model_calls: int = 0
     errors: int = 0
     parse_failures: int = 0
@@ -59,6 +62,7 @@ class CallRecord(BaseModel):
     model: str
     requests: int = Field(1, ge=1, description="completions asked for (a call with n=3 asks for 3)")
     cache_hit: bool = False
+    replayed: bool = Field(False, description="served from the run's record, not from an LM")
     error: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -66,10 +70,11 @@ class CallRecord(BaseModel):
     cost: float = 0.0
 
     def as_usage(self) -> Usage:
-        reached = not self.cache_hit and not self.error
+        reached = not self.cache_hit and not self.error and not self.replayed
         return Usage(
             calls=self.requests,
             cache_hits=self.requests if self.cache_hit else 0,
+            replayed=self.requests if self.replayed else 0,
             model_calls=self.requests if reached else 0,
             errors=int(self.error),
             prompt_tokens=self.prompt_tokens,
@@ -123,38 +128,47 @@ class UsageMeter:
 class Limits(BaseModel):
     """Caps on a block of work. ``None`` means no cap.
 
-    ``max_model_calls`` counts requests that reached a model; ``max_calls`` counts every request asked
-    for, cached or not, so a run stops at the same point whether its cache was warm or cold.
+    ``max_calls`` counts every request asked for, whether a model, DSPy's cache or the run's own
+    record answered it, so a run stops at the same point whether it starts cold, warm or resumed.
+    ``max_model_calls``, ``max_tokens`` and ``max_cost`` count what was really spent on the run,
+    by every process that worked on it (a resumed run counts what the killed one spent).
     """
 
-    max_model_calls: int | None = Field(default=None, ge=0)
-    max_calls: int | None = Field(default=None, ge=0)
-    max_tokens: int | None = Field(default=None, ge=0)
-    max_cost: float | None = Field(default=None, ge=0)
+    max_model_calls: int | None = Field(default=None, ge=1)
+    max_calls: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost: float | None = Field(default=None, gt=0)
 
-    def exceeded_by(self, usage: Usage, upcoming: int = 1) -> str | None:
-        """Which cap ``usage`` plus ``upcoming`` more requests would pass, or None."""
-        if self.max_model_calls is not None and usage.model_calls + upcoming > self.max_model_calls:
-            return f"LM-call cap of {self.max_model_calls} reached"
+    def exceeded_by(self, usage: Usage, upcoming: int = 1, spent_before: Usage | None = None) -> str | None:
+        """Which cap ``usage`` (plus ``spent_before``, earlier processes' spending) plus ``upcoming``
+        more requests would pass, or None."""
+        spent = usage + spent_before if spent_before is not None else usage
+        if self.max_model_calls is not None and spent.model_calls + upcoming > self.max_model_calls:
+            return f"cap of {self.max_model_calls} LM calls that reach a model reached"
         if self.max_calls is not None and usage.calls + upcoming > self.max_calls:
-            return f"cap of {self.max_calls} LM requests (cached or not) reached or about to be passed"
-        if self.max_tokens is not None and usage.total_tokens >= self.max_tokens:
+            return f"cap of {self.max_calls} LM requests (cached, replayed or not) reached or about to be passed"
+        if self.max_tokens is not None and spent.total_tokens >= self.max_tokens:
             return f"token cap of {self.max_tokens} reached"
-        if self.max_cost is not None and usage.cost >= self.max_cost:
+        if self.max_cost is not None and spent.cost >= self.max_cost:
             return f"cost cap of ${self.max_cost:.4f} reached"
         return None
 
 
 class Block(UsageMeter):
-    """A block of work opened by :func:`track`; may carry :class:`Limits`."""
+    """A block of work opened by :func:`track`; may carry :class:`Limits`.
 
-    def __init__(self, name: str = "", limits: Limits | None = None) -> None:
+    ``spent_before`` is what earlier processes of the same run spent (read from the run's storage):
+    caps on model calls, tokens and dollars include it.
+    """
+
+    def __init__(self, name: str = "", limits: Limits | None = None, spent_before: Usage | None = None) -> None:
         super().__init__(name)
         self.limits = limits or Limits()
+        self.spent_before = spent_before or Usage()
 
     def check(self, upcoming: int = 1) -> None:
         """Raise :class:`BudgetExhausted` when ``upcoming`` more requests would pass a cap of this block."""
-        reason = self.limits.exceeded_by(self.usage, upcoming)
+        reason = self.limits.exceeded_by(self.usage, upcoming, self.spent_before)
         if reason:
             raise BudgetExhausted(f"{self.name or 'block'}: {reason}")
 

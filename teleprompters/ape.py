@@ -145,6 +145,8 @@ class APE(Teleprompter):
                 raw = self.ask_prompt_lm(
                     ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens
                 )
+                if raw is None:
+                    continue
                 text = self.hygiene(ctx, raw, demo_texts)
                 if text is None:
                     continue
@@ -192,6 +194,8 @@ class APE(Teleprompter):
                     raw = self.ask_prompt_lm(
                         ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens
                     )
+                    if raw is None:
+                        continue
                     text = self.hygiene(ctx, raw, [])
                     if text is None:
                         continue

@@ -1,9 +1,12 @@
 """The compile skeleton every cuecard teleprompter shares.
 
-``compile`` checks the input, splits train/dev, opens the engine (an Optuna study in a run
-directory), lets the method propose candidates and score them through the engine, and returns a
-copy of the student carrying the winner's instructions, with the compile report attached as
+``compile`` checks the input, splits train/dev, opens the engine (an Optuna study named after the
+run's identity), lets the method propose candidates and score them through the engine, and returns
+a copy of the student carrying the winner's instructions, with the compile report attached as
 ``compiled.cuecard_report``. A method only implements :meth:`Teleprompter.search`.
+
+A compile can be killed at any point and run again: it continues where it was, reads back every
+stored score and LM reply, and ends with the same winner and report as an uninterrupted run.
 
 Example:
     >>> from cuecard.teleprompters import APE  # doctest: +SKIP
@@ -12,25 +15,43 @@ Example:
 
 from __future__ import annotations
 
-import hashlib
-import json
+import contextvars
+import functools
 import random
 import re
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import dspy
-from cuecard.errors import BudgetExhausted, ScoringUnsupportedError
-from cuecard.evaluate import Evaluator, Objective
+from cuecard.deadlines import TIMED_OUT, call_with_deadline
+from cuecard.errors import (
+    BudgetExhausted,
+    CuecardError,
+    EvaluationFailed,
+    ScoringUnsupportedError,
+    TeleprompterConfigError,
+)
+from cuecard.evaluate import Evaluator, Objective, check_context, describe_error, failure_reason
+from cuecard.identity import (
+    RunIdentity,
+    adapter_identity,
+    data_fingerprint,
+    digest,
+    lm_identity,
+    metric_identity,
+    policy_identity,
+    program_structure,
+)
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
-from cuecard.study import Engine, data_fingerprint
-from cuecard.usage import Limits, Usage, track
+from cuecard.study import Engine
+from cuecard.usage import Limits, Usage
 from dspy.teleprompt import Teleprompter as DSPyTeleprompter
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 
 class TeleprompterConfig(BaseModel):
@@ -60,13 +81,27 @@ class CandidateSummary(BaseModel):
     meta: dict[str, Any] = Field(default_factory=dict)
 
 
+class ProcessStats(BaseModel):
+    """What this process did (a resumed or repeated compile reads much back); not part of the outcome."""
+
+    evaluations_computed: int = 0
+    evaluations_read_back: int = 0
+    lm_requests_replayed: int = 0
+    model_calls: int = 0
+
+
 class CompileReport(BaseModel):
-    """What a compile did: candidates with scores and lineage, the winner, usage, and why it stopped."""
+    """What a compile did: candidates with scores and lineage, the winner, usage, and why it stopped.
+
+    ``usage`` is what the whole run spent, over every process that worked on it (a resumed run
+    includes what the killed one spent); ``process`` is what this process did.
+    """
 
     teleprompter: str
     config: dict[str, Any]
     run_name: str
     storage: str
+    identity: str | None = Field(None, description="digest of the run identity")
     seed: int
     train_size: int
     dev_size: int
@@ -78,16 +113,24 @@ class CompileReport(BaseModel):
     best: CandidateSummary
     candidates: list[CandidateSummary]
     dropped: dict[str, int] = Field(default_factory=dict)
+    failures: dict[str, int] = Field(default_factory=dict, description="failed evaluations and proposals by reason")
+    stopped: str | None = Field(None, description="the cap that stopped the search, if one did")
     evaluations: int = 0
     usage: Usage = Field(default_factory=Usage)
     task_usage: Usage = Field(default_factory=Usage)
     prompt_usage: Usage = Field(default_factory=Usage)
     notes: list[str] = Field(default_factory=list)
     history: list[dict[str, Any]] = Field(default_factory=list, description="per round/step, what the method did")
+    process: ProcessStats = Field(default_factory=ProcessStats)
 
     @property
     def improved(self) -> bool:
         return self.seed_dev_score is None or self.best.dev_score > self.seed_dev_score
+
+    def outcome(self) -> dict[str, Any]:
+        """The report without what depends on the process or the clock (usage, timings): two runs of
+        the same compile, one of them killed and resumed, have equal outcomes."""
+        return self.model_dump(mode="json", exclude={"storage", "usage", "task_usage", "prompt_usage", "process"})
 
 
 class SearchContext:
@@ -100,11 +143,17 @@ class SearchContext:
         self.train = train
         self.rng = random.Random(teleprompter.config.seed)
         self.dropped: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
         self.notes: list[str] = []
         self.pruned: set[int] = set()
+        self.capped: str | None = None
         self.sample_counter = 0
         self.history: list[dict[str, Any]] = []
         self._train_answers: set[str] | None = None
+
+    def fail(self, reason: str) -> None:
+        """Count a failed LM call that the search went on without (e.g. a proposal)."""
+        self.failures[reason] = self.failures.get(reason, 0) + 1
 
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
@@ -136,6 +185,8 @@ class SearchContext:
         self.pruned.update(e.arm for e in allocation.ranking if e.pruned)
         if allocation.stopped:
             self.note(f"scoring stopped early: {allocation.stopped}")
+        if allocation.capped:
+            self.capped = self.capped or allocation.stopped
         return allocation
 
 
@@ -144,52 +195,117 @@ class Teleprompter(DSPyTeleprompter):
 
     Args:
         metric: ``metric(example, prediction, trace=None)`` -> bool/int/float in [0, 1].
-        task_lm: the LM the program runs on.
+        task_lm: the LM the program runs on (default: the LM given to ``dspy.configure``).
         prompt_lm: the LM that writes instructions (default: the task LM).
-        policy: how candidates are scored (default: :class:`~cuecard.policies.MultiStage`).
+        policy: how candidates are scored (default: the method's :attr:`default_policy`).
         config: the method's settings (its ``Config`` model, or keyword arguments for it).
-        run_name / storage / run_dir: where the study lives (default ``runs/<name>/study.db``);
-            the same name and storage resume a killed run.
+        run_name / storage / run_dir: where the study lives (default: ``runs/<name>/study.db``, the
+            name derived from the run's identity); the same identity continues a killed run.
+        runs_root: the folder of default run directories (default ``runs``).
         limits / max_evaluations: caps on LM calls, tokens, dollars and example evaluations.
         progress: show progress bars.
         adapter: the DSPy adapter the program runs with while compiling (default: the one
             :func:`cuecard.adapter_for` picks for the task LM).
+        timeout: seconds an example evaluation or a prompt-model call may take; a late one is
+            abandoned (only it) and counted as a failure.
+        max_failure_share: share of failed example evaluations above which the compile stops.
+        prompt_retries / retry_wait: a failed prompt-model call is retried this many times, waiting
+            ``retry_wait`` seconds, doubling; a proposal that still fails is skipped and counted.
+        metric_version: a version string that identifies the metric in place of its code.
     """
 
     name = "teleprompter"
     Config: type[TeleprompterConfig] = TeleprompterConfig
+    default_policy: ClassVar[Callable[[], Policy]] = MultiStage
 
     def __init__(
         self,
         *,
-        metric: Callable[..., Any] | None,
-        task_lm: dspy.LM,
+        metric: Callable[..., Any] | None = None,
+        task_lm: dspy.LM | None = None,
         prompt_lm: dspy.LM | None = None,
         policy: Policy | None = None,
         run_name: str | None = None,
         storage: str | None = None,
         run_dir: str | Path | None = None,
+        runs_root: str | Path = "runs",
         limits: Limits | None = None,
         max_evaluations: int | None = None,
         progress: bool = True,
         num_threads: int = 8,
         adapter: dspy.Adapter | None = None,
+        timeout: float | None = None,
+        max_failure_share: float = 0.5,
+        prompt_retries: int = 3,
+        retry_wait: float = 1.0,
+        metric_version: str | None = None,
         **config: Any,
     ) -> None:
         super().__init__()
+        if timeout is not None and timeout <= 0:
+            raise TeleprompterConfigError(f"timeout={timeout}: must be a positive number of seconds")
+        if not 0 < max_failure_share <= 1:
+            raise TeleprompterConfigError(f"max_failure_share={max_failure_share}: must be in (0, 1]")
+        if prompt_retries < 0 or retry_wait < 0:
+            raise TeleprompterConfigError("prompt_retries and retry_wait must be >= 0")
         self.metric = metric
-        self.task_lm = task_lm
-        self.prompt_lm = prompt_lm or task_lm
-        self.policy = policy or MultiStage()
+        self._task_lm = task_lm
+        self._prompt_lm = prompt_lm
+        self.policy = policy or self.default_policy()
         self.run_name = run_name
         self.storage = storage
         self.run_dir = run_dir
+        self.runs_root = Path(runs_root)
         self.limits = limits
         self.max_evaluations = max_evaluations
         self.progress = progress
         self.num_threads = num_threads
         self.adapter = adapter
-        self.config = self.Config(**config)
+        self.timeout = timeout
+        self.max_failure_share = max_failure_share
+        self.prompt_retries = prompt_retries
+        self.retry_wait = retry_wait
+        self.metric_version = metric_version
+        self.current_run: str | None = None
+        self.config = self.make_config(config)
+
+    @classmethod
+    def make_config(cls, options: dict[str, Any]) -> TeleprompterConfig:
+        """The method's ``Config`` from keyword options; a bad one is named with the valid settings."""
+        try:
+            return cls.Config(**options)
+        except ValidationError as exc:
+            problems = []
+            for error in exc.errors():
+                where = ".".join(str(part) for part in error["loc"]) or "config"
+                if error["type"] == "extra_forbidden":
+                    problems.append(f"{where}: not a setting of {cls.__name__}")
+                else:
+                    problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
+            valid = ", ".join(sorted(cls.Config.model_fields))
+            raise TeleprompterConfigError(f"{'; '.join(problems)}. Settings of {cls.__name__}: {valid}") from None
+
+    @property
+    def task_lm(self) -> dspy.LM:
+        """The task LM given, else the one ``dspy.configure(lm=...)`` set (as DSPy's optimizers do)."""
+        lm = self._task_lm or dspy.settings.lm
+        if lm is None:
+            raise TeleprompterConfigError(
+                f"{type(self).__name__} needs a task model: pass task_lm=... or call dspy.configure(lm=...) first"
+            )
+        return lm
+
+    @task_lm.setter
+    def task_lm(self, lm: dspy.LM) -> None:
+        self._task_lm = lm
+
+    @property
+    def prompt_lm(self) -> dspy.LM:
+        return self._prompt_lm or self.task_lm
+
+    @prompt_lm.setter
+    def prompt_lm(self, lm: dspy.LM) -> None:
+        self._prompt_lm = lm
 
     # ---- what a method implements --------------------------------------------------------------
     @abstractmethod
@@ -205,7 +321,47 @@ class Teleprompter(DSPyTeleprompter):
 
         return self.adapter or adapter_for(self.task_lm)
 
+    def metric_identity(self) -> dict[str, Any] | None:
+        """What identifies the metric in the run identity (a method with its own metric overrides this)."""
+        return metric_identity(self.metric, self.metric_version)
+
+    def identity_extras(self) -> dict[str, Any]:
+        """Method-specific parts of the run identity (e.g. BPO's judge and preference records)."""
+        return {}
+
     # ---- the skeleton ----------------------------------------------------------------------------
+    def run_identity(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None) -> RunIdentity:
+        """Everything that makes a stored score of this compile reusable (see :mod:`cuecard.identity`)."""
+        return RunIdentity(
+            teleprompter=self.name,
+            config=self.config.model_dump(mode="json"),
+            policy=policy_identity(self.policy),
+            objective=self.config.objective,
+            task_model=lm_identity(self.task_lm),
+            prompt_model=lm_identity(self.prompt_lm),
+            adapter=adapter_identity(self.task_adapter()),
+            program=program_structure(student),
+            metric=self.metric_identity(),
+            data=digest([data_fingerprint(trainset), data_fingerprint(valset) if valset is not None else None]),
+            extras=self.identity_extras(),
+        )
+
+    def default_run_name(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None = None) -> str:
+        """``<method>-<identity digest>``: each identity gets its own run, the same one continues it."""
+        return f"{self.name}-{self.run_identity(student, trainset, valset).digest()}"
+
+    def make_evaluator(self, student: dspy.Module) -> Evaluator:
+        return Evaluator(
+            student,
+            self.metric,
+            task_lm=self.task_lm,
+            adapter=self.task_adapter(),
+            objective=self.config.objective,
+            num_threads=self.num_threads,
+            timeout=self.timeout,
+            max_failure_share=self.max_failure_share,
+        )
+
     def compile(
         self,
         student: dspy.Module,
@@ -223,24 +379,21 @@ class Teleprompter(DSPyTeleprompter):
                 f"objective='logprob' needs a task model that can score text; {self.task_lm.model!r} cannot"
             )
         self.validate(student, trainset)
+        evaluator = self.make_evaluator(student)
+        check_context(student, self.task_lm, evaluator.adapter, trainset, [f"trainset[{i}]" for i in range(len(trainset))])
+        if valset is not None:
+            check_context(student, self.task_lm, evaluator.adapter, valset, [f"valset[{i}]" for i in range(len(valset))])
         train, dev = self.split(list(trainset), list(valset) if valset is not None else None)
-        evaluator = Evaluator(
-            student,
-            self.metric,
-            task_lm=self.task_lm,
-            adapter=self.task_adapter(),
-            objective=self.config.objective,
-            num_threads=self.num_threads,
-        )
         evaluator.check_metric(dev[0])
-        name = self.run_name or self.default_run_name(student, trainset)
+        identity = self.run_identity(student, trainset, valset)
+        name = self.current_run = self.run_name or f"{self.name}-{identity.digest()}"
         engine = Engine(
             evaluator,
             dev,
             name=name,
             storage=self.storage,
-            run_dir=self.run_dir,
-            config={"teleprompter": self.name, **self.config.model_dump(), "policy": type(self.policy).__name__},
+            run_dir=self.run_dir or self.runs_root / name,
+            identity=identity,
             limits=self.limits,
             max_evaluations=self.max_evaluations,
             progress=self.progress,
@@ -248,15 +401,19 @@ class Teleprompter(DSPyTeleprompter):
         )
         ctx = SearchContext(self, student, engine, train)
         seed_instructions = get_instructions(student)
-        with track(f"{self.name}-compile", self.limits) as block, engine.session():
+        with engine.session():
             engine.add_candidate(seed_instructions, origin="program")
             try:
                 final = self.search(ctx)
             except BudgetExhausted as exc:
+                ctx.capped = str(exc)
                 ctx.note(f"search stopped: {exc}; the best candidate scored so far wins")
                 final = ctx.ranking_so_far()
-        engine.finish(sorted(ctx.pruned))
-        report = self.build_report(ctx, final, seed_instructions, train, dev, block)
+            except EvaluationFailed as exc:
+                engine.finish(failed=str(exc))
+                raise
+        engine.finish(sorted(ctx.pruned), stopped=ctx.capped)
+        report = self.build_report(ctx, final, seed_instructions, train, dev, identity)
         compiled = apply_instructions(student, report.best.instructions)
         compiled.cuecard_report = report
         return compiled
@@ -278,16 +435,6 @@ class Teleprompter(DSPyTeleprompter):
             dev = dev[: self.config.max_dev]
         return train, dev
 
-    def default_run_name(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> str:
-        digest = hashlib.sha256(
-            json.dumps(
-                [self.name, self.config.model_dump(), get_instructions(student), [dict(e.items()) for e in trainset]],
-                sort_keys=True,
-                default=str,
-            ).encode()
-        ).hexdigest()[:10]
-        return f"{self.name}-{digest}"
-
     def build_report(
         self,
         ctx: SearchContext,
@@ -295,7 +442,7 @@ class Teleprompter(DSPyTeleprompter):
         seed_instructions: dict[str, str],
         train: list[dspy.Example],
         dev: list[dspy.Example],
-        block: Any,
+        identity: RunIdentity,
     ) -> CompileReport:
         engine = ctx.engine
         ranked = list(final.ranking)
@@ -320,14 +467,16 @@ class Teleprompter(DSPyTeleprompter):
             )
         seed_arm = engine.arm_of(seed_instructions)
         seed_summary = next((s for s in summaries if s.arm == seed_arm), None)
-        by_model = block.by_model
-        task_usage = by_model.get(self.task_lm.model, Usage())
-        prompt_usage = by_model.get(self.prompt_lm.model, Usage()) if self.prompt_lm.model != self.task_lm.model else Usage()
+        usage, prompt_usage = engine.run_usage()
+        failures = dict(engine.failures)
+        for reason, count in ctx.failures.items():
+            failures[reason] = failures.get(reason, 0) + count
         return CompileReport(
             teleprompter=self.name,
             config=self.config.model_dump(),
             run_name=engine.name,
             storage=engine.storage_url,
+            identity=identity.digest(),
             seed=self.config.seed,
             train_size=len(train),
             dev_size=len(dev),
@@ -339,12 +488,20 @@ class Teleprompter(DSPyTeleprompter):
             best=summaries[0],
             candidates=summaries,
             dropped=ctx.dropped,
+            failures=failures,
+            stopped=ctx.capped,
             evaluations=engine.evaluations,
-            usage=block.usage,
-            task_usage=task_usage,
+            usage=usage,
+            task_usage=usage - prompt_usage,
             prompt_usage=prompt_usage,
             notes=ctx.notes,
             history=ctx.history,
+            process=ProcessStats(
+                evaluations_computed=engine.computed,
+                evaluations_read_back=engine.read_back,
+                lm_requests_replayed=engine.block.usage.replayed,
+                model_calls=engine.block.usage.model_calls,
+            ),
         )
 
     # ---- helpers methods share ------------------------------------------------------------------
@@ -371,13 +528,39 @@ class Teleprompter(DSPyTeleprompter):
             return None
         return text
 
-    def ask_prompt_lm(self, ctx: SearchContext, messages: list[dict[str, str]], *, temperature: float, max_tokens: int = 200) -> str:
-        """One sample from the prompt LM (own rollout id and seed, so samples differ and cache one by one)."""
+    def ask_prompt_lm(
+        self, ctx: SearchContext, messages: list[dict[str, str]], *, temperature: float, max_tokens: int = 200
+    ) -> str | None:
+        """One sample from the prompt LM (own rollout id and seed, so samples differ and cache one by one).
+
+        A failed or timed-out call is retried (``prompt_retries``, exponential backoff from
+        ``retry_wait``); one that still fails returns None and is counted in the report's failures.
+        A cap reached, or a model that cannot be used at all (no API key...), stops the search.
+        """
         from cuecard.lm import sampling_kwargs
 
         index = ctx.next_sample_index()
         options = sampling_kwargs(self.config.seed, index, temperature) if temperature > 0 else {"temperature": 0.0}
-        outputs = self.prompt_lm(messages=messages, max_tokens=max_tokens, **options)
+        call = functools.partial(self.prompt_lm, messages=messages, max_tokens=max_tokens, **options)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.prompt_retries + 1),
+            wait=wait_exponential(multiplier=self.retry_wait, max=60 * max(self.retry_wait, 0.01)),
+            retry=retry_if_exception(lambda exc: not isinstance(exc, (CuecardError, KeyboardInterrupt))),
+            reraise=True,
+        )
+        try:
+            with ctx.engine.proposing():
+                for attempt in retrying:
+                    with attempt:
+                        outputs = call_with_deadline(functools.partial(contextvars.copy_context().run, call), self.timeout)
+                        if outputs is TIMED_OUT:
+                            raise TimeoutError(f"no answer within {self.timeout:g} s")
+        except CuecardError:
+            raise
+        except Exception as exc:
+            reason = failure_reason(describe_error(exc, "prompt model"))
+            ctx.fail(reason)
+            return None
         return (outputs[0] if outputs else "") or ""
 
     def rendered_prompt(

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
+from cuecard.identity import digest, lm_identity
 from cuecard.judge import JUDGE_SYSTEM, JUDGE_USER, PairwiseJudge, PairwiseMetric, WinRate
 from cuecard.policies import Allocation, FullEvaluation
 from cuecard.program import demos_key, encode_demos, get_instructions, predictors, required_inputs
@@ -110,18 +111,19 @@ class BPO(Teleprompter):
     Config = BPOConfig
     config: BPOConfig
 
+    default_policy = FullEvaluation
+
     def __init__(
         self,
         *,
-        task_lm: dspy.LM,
+        task_lm: dspy.LM | None = None,
         judge_lm: dspy.LM | None = None,
         preferences: Sequence[Mapping[str, Any]] = (),
         rewriter_template: str | None = None,
         **kwargs: Any,
     ) -> None:
-        kwargs.setdefault("policy", FullEvaluation())
         super().__init__(metric=None, task_lm=task_lm, **kwargs)
-        self.judge_lm = judge_lm or task_lm
+        self._judge_lm = judge_lm
         self.preferences = [dict(record) for record in preferences]
         self.rewriter_template = rewriter_template
         self.judge: PairwiseJudge | None = None
@@ -152,6 +154,17 @@ class BPO(Teleprompter):
         compiled.rewriter_lm = self.prompt_lm
         compiled.cuecard_report.notes.append(f"judge model: {self.judge_lm.model}")
         return compiled
+
+    @property
+    def judge_lm(self) -> dspy.LM:
+        """The pairwise judge (default: the task LM)."""
+        return self._judge_lm or self.task_lm
+
+    def metric_identity(self) -> dict[str, Any]:
+        return {"name": "pairwise judge", "judge": lm_identity(self.judge_lm)}
+
+    def identity_extras(self) -> dict[str, Any]:
+        return {"preferences": digest(self.preferences), "rewriter_template": self.rewriter_template}
 
     def check_preferences(self) -> None:
         for index, record in enumerate(self.preferences):
@@ -210,6 +223,8 @@ class BPO(Teleprompter):
                 temperature=0.0,
                 max_tokens=self.config.max_construction_tokens,
             )
+            if reply is None:
+                continue  # the prompt model failed (counted in the report's failures)
             comparison, optimized = parse_construction(reply)
             if optimized is None:
                 ctx.drop("construction: no optimized prompt in the reply")

@@ -6,7 +6,7 @@ exemplars showing where the instruction sits in the task model's prompt and the 
 and a request for a new, better instruction between ``<INS>`` tags. Eight samples at temperature
 1.0 are cleaned, filtered (duplicates, over-long ones, ones leaking the tag or an exemplar's answer)
 and scored through the engine; their scores join the history. The search stops on the step budget,
-the LM-call cap, or when the best score has not improved for ``patience`` steps.
+a cap, or when the best score has not improved for ``patience`` steps.
 
 Candidates are scored on the dev pool (every cuecard teleprompter scores through the engine's pool;
 the paper scores on its training split). Exemplars always come from the train split, so the
@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import dspy
 from cuecard.adapter import PlainAdapter, field_label
@@ -124,12 +124,12 @@ class OPRO(Teleprompter):
     name = "opro"
     Config = OPROConfig
     config: OPROConfig
+    default_policy = FullEvaluation
 
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("policy", FullEvaluation())
-        super().__init__(**kwargs)
+    def task_adapter(self) -> dspy.Adapter:
         if self.config.position is not None and self.adapter is None:
-            self.adapter = PlainAdapter(POSITIONS[self.config.position])
+            return PlainAdapter(POSITIONS[self.config.position])
+        return super().task_adapter()
 
     def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
         if self.config.position is not None and not isinstance(self.task_adapter(), PlainAdapter):
@@ -169,7 +169,8 @@ class OPRO(Teleprompter):
                     for _ in range(self.config.instructions_per_step)
                 ]
             except BudgetExhausted as exc:
-                ctx.note(f"step {step}: LM-call cap reached while proposing ({exc}); stopped")
+                ctx.capped = str(exc)
+                ctx.note(f"step {step}: a cap was reached while proposing ({exc}); stopped")
                 break
             new_arms = self.add_proposals(ctx, name, base, replies, exemplars, step, best.arm)
             scored = ctx.allocate(new_arms) if new_arms else None
@@ -285,6 +286,8 @@ class OPRO(Teleprompter):
         copied = [str(v).lower() for e in exemplars for v in e.inputs().values() if len(str(v)) > 20]
         arms: list[int] = []
         for reply in replies:
+            if reply is None:
+                continue  # the prompt model failed (counted in the report's failures)
             raw = extract_instruction(reply)
             if "ins>" in raw.lower():
                 ctx.drop("leaks the tag")

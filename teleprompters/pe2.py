@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Literal
 
 import dspy
 from cuecard.adapter import field_label
@@ -89,10 +89,7 @@ class PE2(Teleprompter):
     name = "pe2"
     Config = PE2Config
     config: PE2Config
-
-    def __init__(self, **kwargs: Any) -> None:
-        kwargs.setdefault("policy", FullEvaluation())
-        super().__init__(**kwargs)
+    default_policy = FullEvaluation
 
     # ---- the search ------------------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Allocation:
@@ -116,7 +113,8 @@ class PE2(Teleprompter):
                 for parent in parents:
                     children += self.expand(ctx, parent, step)
             except BudgetExhausted as exc:
-                ctx.note(f"step {step}: LM-call cap reached while proposing ({exc}); stopped")
+                ctx.capped = str(exc)
+                ctx.note(f"step {step}: a cap was reached while proposing ({exc}); stopped")
                 if children:
                     ctx.allocate(children)
                 break
@@ -177,10 +175,14 @@ class PE2(Teleprompter):
             analysis = self.ask_prompt_lm(
                 ctx, messages, temperature=self.config.reasoning_temperature, max_tokens=self.config.max_reasoning_tokens
             )
+            if analysis is None:
+                continue  # the prompt model failed (counted in the report's failures)
             messages += [{"role": "assistant", "content": analysis}, {"role": "user", "content": self.new_prompt_request()}]
             reply = self.ask_prompt_lm(
                 ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens
             )
+            if reply is None:
+                continue
             arm = self.add_child(ctx, parent, name, reply, analysis, [ctx.train[r.index] for r in batch], step)
             if arm is not None:
                 children.append(arm)

@@ -98,10 +98,7 @@ class ProTeGi(Teleprompter):
     name = "protegi"
     Config = ProTeGiConfig
     config: ProTeGiConfig
-
-    def __init__(self, **kwargs) -> None:
-        kwargs.setdefault("policy", UCB())
-        super().__init__(**kwargs)
+    default_policy = UCB
 
     def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
         needed = self.config.selection_budget + self.config.beam_size

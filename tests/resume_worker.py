@@ -27,7 +27,7 @@ def run(storage: str, delay: float) -> dict:
 
     task.lm.engine.reply = slow_reply
     engine = Engine(Evaluator(task.program, task.metric, task_lm=task.lm), task.examples, name="resume",
-                    storage=storage, config={"policy": "successive-halving"}, progress=False)
+                    storage=storage, identity={"policy": "successive-halving"}, progress=False)
     for arm in range(len(ACCURACIES)):
         engine.add_candidate(task.candidate(arm))
     allocation = engine.allocate(SuccessiveHalving(), budget=320)

@@ -29,7 +29,7 @@ def run(storage: str, delay: float) -> dict:
 
     task.lm.engine.reply = slow_reply
     engine = Engine(Evaluator(task.program, task.metric, task_lm=task.lm), task.examples, name="shared",
-                    storage=storage, config={"policy": "full"}, progress=False)
+                    storage=storage, identity={"policy": "full"}, progress=False)
     arms = [engine.add_candidate(task.candidate(arm)) for arm in range(len(ACCURACIES))]
     allocation = engine.allocate(FullEvaluation(), arms)
     engine.finish()

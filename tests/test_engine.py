@@ -92,16 +92,18 @@ def test_metric_exception_scores_zero_with_reason():
     assert results[0].score == 0.0 and "metric: KeyError" in results[0].error
 
 
-def test_lm_errors_score_zero_then_too_many_stop_the_run():
+def test_lm_errors_are_failures_with_reasons_then_too_many_stop_the_run():
     def flaky(messages):
         raise ConnectionError("model unreachable")
 
     evaluator, data = sentiment_setup(flaky, lambda e, p, t=None: True)
     evaluator.min_examples_for_failure_check = 4
     results = evaluator.run({"self": "Classify."}, data[:3])
-    assert all(r.score == 0.0 and "unreachable" in r.error for r in results)
-    with pytest.raises(EvaluationFailed, match="model unreachable"):
-        evaluator.run({"self": "Classify."}, data[3:])
+    assert all(r.failed and "unreachable" in r.error for r in results)
+    evaluator.check_failures()  # 3 examples: too few to judge
+    evaluator.run({"self": "Classify."}, data[3:])
+    with pytest.raises(EvaluationFailed, match=r"4 of 4 .*program: ConnectionError \(x4\)"):
+        evaluator.check_failures()
 
 
 # ---- study --------------------------------------------------------------------------------------
@@ -137,11 +139,11 @@ def test_storage_that_cannot_be_opened_is_named():
 def test_same_run_name_with_other_config_or_data_is_refused(tmp_path):
     storage = f"sqlite:///{tmp_path / 'runs.db'}"
     task = BernoulliTask([0.5, 0.6], pool_size=6)
-    make_engine(task, storage=storage, name="r", config={"policy": "ucb"})
-    with pytest.raises(RunConfigMismatch, match=r"differs in \['policy'\]"):
-        make_engine(task, storage=storage, name="r", config={"policy": "full"})
-    with pytest.raises(RunConfigMismatch, match="different examples"):
-        make_engine(BernoulliTask([0.5, 0.6], pool_size=7), storage=storage, name="r", config={"policy": "ucb"})
+    make_engine(task, storage=storage, name="r", identity={"policy": "ucb"})
+    with pytest.raises(RunConfigMismatch, match=r"extras.config.policy: 'full' here, 'ucb' stored"):
+        make_engine(task, storage=storage, name="r", identity={"policy": "full"})
+    with pytest.raises(RunConfigMismatch, match="the dev examples differ"):
+        make_engine(BernoulliTask([0.5, 0.6], pool_size=7), storage=storage, name="r", identity={"policy": "ucb"})
 
 
 def test_budgets_smaller_than_one_evaluation_are_refused_before_any_call():
@@ -158,7 +160,7 @@ def test_the_lm_call_cap_is_never_exceeded_and_the_run_stops_cleanly():
     engine = make_engine(task, limits=Limits(max_model_calls=37))
     allocation = engine.allocate(UCB(), budget=400)
     assert task.lm.meter.usage.model_calls == 37
-    assert "LM-call cap of 37" in allocation.stopped
+    assert "cap of 37 LM calls that reach a model" in allocation.stopped
     assert allocation.ranking  # best result so far
     with pytest.raises(BudgetExhausted), engine.session():
         task.lm("one more")

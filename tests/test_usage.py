@@ -58,7 +58,7 @@ def test_call_cap_stops_before_the_model():
     with track("capped", Limits(max_model_calls=2)) as block:
         lm("1")
         lm("2")
-        with pytest.raises(BudgetExhausted, match="LM-call cap of 2"):
+        with pytest.raises(BudgetExhausted, match="cap of 2 LM calls that reach a model"):
             lm("3")
     assert block.usage.model_calls == 2
     assert len(lm.engine.requests) == 2

@@ -1,0 +1,205 @@
+"""A run's storage: the one module that talks to Optuna's study and storage objects.
+
+A run is an Optuna study. Each candidate is a trial whose user attributes hold its record
+(instructions, lineage), every example's score (``s.<i>``), its output and LM requests
+(``x.<i>``) and every failed evaluation with its reason (``f.<i>``, retried by a later run). The
+study's user attributes hold the run identity, its status, what each process spent, and the LM
+replies the run was given (``r.<key>``), so a resumed or repeated compile replays them.
+
+Storages: any Optuna storage URL (SQLite file, PostgreSQL, MySQL), or ``:memory:``.
+
+Example:
+    >>> store = RunStore(":memory:", "demo")
+    >>> trial = store.new_trial({"cuecard.candidate": {"key": "k"}})
+    >>> store.set_trial_attrs(trial, {"s.0": 1.0})
+    >>> store.trial(trial).attrs["s.0"]
+    1.0
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+from filelock import FileLock
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from .errors import StorageError
+
+logger = logging.getLogger(__name__)
+
+OBJECTIVE_NAME = "dev score"
+TESTED_OPTUNA = (4, 6)
+"""Optuna major versions this module was written and tested against (``>= 4, < 6``)."""
+
+
+@dataclass
+class StoredTrial:
+    """One trial as read from the storage."""
+
+    trial_id: int
+    number: int
+    attrs: dict[str, Any]
+    finished: bool
+    state: str
+    intermediate: dict[int, float] = field(default_factory=dict)
+
+
+def is_database(url: str) -> bool:
+    """True for a database URL several processes can share (not ``:memory:``)."""
+    return url not in (":memory:", "sqlite:///:memory:") and "://" in url
+
+
+def _racing(exc: BaseException) -> bool:
+    """Another process is creating Optuna's tables right now (the error is transient)."""
+    return any(text in str(exc) for text in ("already exists", "UNIQUE constraint", "duplicate key"))
+
+
+def open_storage(url: str) -> optuna.storages.BaseStorage:
+    """An Optuna storage for ``url``; clear :class:`StorageError` when it cannot be opened."""
+    if not is_database(url):
+        return optuna.storages.InMemoryStorage()
+    kwargs: dict[str, Any] = {"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}}
+    lock = None
+    if url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(f"{path}.lock")  # one process at a time creates the tables (they race otherwise)
+    try:
+        for attempt in Retrying(
+            retry=retry_if_exception(_racing), stop=stop_after_attempt(5), wait=wait_exponential(0.2, max=2), reraise=True
+        ):
+            with attempt:
+                if lock is None:
+                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                with lock:
+                    return _write_ahead_log(optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
+    except ModuleNotFoundError as exc:
+        raise StorageError(
+            f"Cannot open the Optuna storage {url!r}: the database driver {exc.name!r} is not installed "
+            "(for PostgreSQL: pip install 'cuecard[postgres]')"
+        ) from exc
+    except Exception as exc:  # sqlalchemy raises many kinds here
+        raise StorageError(f"Cannot open the Optuna storage {url!r}: {exc}") from exc
+    raise AssertionError("unreachable")
+
+
+def write_ahead_log(engine: Any) -> None:
+    """SQLite in write-ahead-log mode with ``synchronous=NORMAL`` on a SQLAlchemy engine: a commit survives
+    a killed process (not a power cut) and costs no disk flush, so storing each evaluation as it
+    finishes stays cheap; readers in other processes do not block the writer."""
+    import sqlalchemy
+
+    def pragmas(connection: Any, _record: Any) -> None:
+        cursor = connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    sqlalchemy.event.listen(engine, "connect", pragmas)
+    engine.dispose()  # connections made before the listener reconnect with it
+
+
+def _write_ahead_log(storage: optuna.storages.RDBStorage) -> optuna.storages.RDBStorage:
+    write_ahead_log(storage.engine)
+    return storage
+
+
+class RunStore:
+    """A run's study and trials behind a narrow interface (Optuna's storage API is used here only)."""
+
+    def __init__(self, url: str, name: str) -> None:
+        self.url = url
+        self.name = name
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        self.storage = open_storage(url)
+        self.study = optuna.create_study(study_name=name, storage=self.storage, direction="maximize", load_if_exists=True)
+        self._study_id = self.study._study_id  # noqa: SLF001 - Optuna has no public accessor
+        if self.study.metric_names is None:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.study.set_metric_names([OBJECTIVE_NAME])
+
+    @property
+    def shared(self) -> bool:
+        """Other processes may work on this run (a database storage)."""
+        return is_database(self.url)
+
+    # ---- the study ---------------------------------------------------------------------------------
+    def study_attrs(self) -> dict[str, Any]:
+        """The study's user attributes as stored now."""
+        return dict(self.storage.get_study_user_attrs(self._study_id))
+
+    def set_study_attr(self, key: str, value: Any) -> None:
+        self.storage.set_study_user_attr(self._study_id, key, value)
+
+    # ---- trials --------------------------------------------------------------------------------------
+    def trials(self) -> list[StoredTrial]:
+        return [self._stored(t) for t in self.storage.get_all_trials(self._study_id, deepcopy=False)]
+
+    def trial(self, trial_id: int) -> StoredTrial:
+        return self._stored(self.storage.get_trial(trial_id))
+
+    @staticmethod
+    def _stored(trial: optuna.trial.FrozenTrial) -> StoredTrial:
+        return StoredTrial(
+            trial_id=trial._trial_id,  # noqa: SLF001
+            number=trial.number,
+            attrs=dict(trial.user_attrs),
+            finished=trial.state.is_finished(),
+            state=trial.state.name,
+            intermediate=dict(trial.intermediate_values),
+        )
+
+    def new_trial(self, attrs: dict[str, Any]) -> int:
+        trial = self.study.ask()
+        for key, value in attrs.items():
+            trial.set_user_attr(key, value)
+        return trial._trial_id  # noqa: SLF001
+
+    def set_trial_attrs(self, trial_id: int, attrs: dict[str, Any]) -> bool:
+        """Write attributes of an open trial; False when the trial was closed (by another process)."""
+        try:
+            for key, value in attrs.items():
+                self.storage.set_trial_user_attr(trial_id, key, value)
+        except (RuntimeError, ValueError):
+            if not self.trial(trial_id).finished:
+                raise
+            return False
+        return True
+
+    def report(self, trial_id: int, values: dict[int, float]) -> None:
+        """Intermediate values (running scores) at the given steps, skipping steps already reported."""
+        trial = optuna.trial.Trial(self.study, trial_id)
+        reported = set(self.storage.get_trial(trial_id).intermediate_values)
+        for step, value in sorted(values.items()):
+            if step not in reported:
+                trial.report(value, step)
+
+    def should_prune(self, trial_id: int, pruner: optuna.pruners.BasePruner | None) -> bool:
+        """Ask ``pruner`` about the trial at its latest step (the pruner records rungs in the trial)."""
+        self.study.pruner = pruner or optuna.pruners.NopPruner()
+        return optuna.trial.Trial(self.study, trial_id).should_prune()
+
+    def close(self, trial_id: int, state: str, value: float | None = None) -> bool:
+        """Close an open trial as ``COMPLETE`` (with ``value``) or ``PRUNED``; False if it was already closed."""
+        if self.trial(trial_id).finished:
+            return False
+        trial = optuna.trial.Trial(self.study, trial_id)
+        try:
+            if state == "COMPLETE":
+                self.study.tell(trial, value)
+            else:
+                self.study.tell(trial, state=optuna.trial.TrialState[state])
+        except (RuntimeError, ValueError):
+            if not self.trial(trial_id).finished:
+                raise
+            return False
+        return True
+
+
+__all__ = ["OBJECTIVE_NAME", "RunStore", "StoredTrial", "TESTED_OPTUNA", "is_database", "open_storage"]
