@@ -134,6 +134,19 @@ class CuecardLM(dspy.LM):
         if stored is not None:
             record.put(key, StoredReply(outputs=stored, requests=_completions(call)))
 
+    def supports_json_schema(self) -> bool:
+        """Whether the model can be held to a JSON schema (``response_format``): local GGUF models through
+        llama.cpp's grammars, remote ones where litellm says the provider supports response schemas."""
+        engine_says = getattr(self.engine, "supports_json_schema", None)
+        if engine_says is not None:
+            return bool(engine_says)
+        if self.is_local:
+            return False
+        try:
+            return bool(_litellm().supports_response_schema(model=self.model))
+        except Exception:  # litellm does not know the model
+            return False
+
     # ---- context window ------------------------------------------------------------------------------
     def context_window(self) -> int | None:
         """Tokens the model can read and write in one call, when known (local models; litellm's table)."""

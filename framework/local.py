@@ -171,6 +171,9 @@ class LlamaCppEngine:
         self.model_path = str(check_gguf(model_path))
         self.n_ctx = n_ctx
 
+    supports_json_schema = True
+    """Constrained decoding: a ``response_format`` JSON schema becomes a llama.cpp grammar."""
+
     def __deepcopy__(self, memo: dict) -> LlamaCppEngine:
         return self
 
@@ -192,6 +195,10 @@ class LlamaCppEngine:
             options["top_k"] = config.top_k
         if config.seed is not None:
             options["seed"] = int(config.seed)
+        if config.response_format is not None:
+            # llama.cpp turns a JSON schema into a grammar: the model can only write matching JSON
+            schema = config.response_format.get("schema")
+            options["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
         loaded = self._model()
         with loaded.lock:
             # Reusing the KV cache of the previous call evaluates the shared prefix differently

@@ -50,6 +50,7 @@ import dspy
 import optuna
 from pydantic import BaseModel, Field
 
+from .acceptance import Acceptance, AcceptanceRule
 from .errors import BudgetExhausted, RunConfigMismatch, StorageError
 from .evaluate import ExampleScore, describe_failures, failure_reason
 from .identity import (
@@ -592,6 +593,30 @@ class Engine:
             self.spent_before["all"] + _real(self.block.usage),
             self.spent_before["prompt"] + _real(self.prompt_block.usage),
         )
+
+    def compare(self, arm: int, seed_arm: int, rule: AcceptanceRule) -> Acceptance:
+        """The rule's decision on ``arm`` against ``seed_arm``, on the same examples.
+
+        Both are first scored on every pool example either was scored on (read back or computed, under
+        the run's caps: a cap reached leaves the comparison to the examples both have). Failed
+        evaluations are left out: a failure is not a score.
+        """
+        if arm == seed_arm:
+            return Acceptance(accepted=True, rule=rule.name, reason="the seed itself is the best candidate")
+        union = sorted(set(self.arms[arm].seen) | set(self.arms[seed_arm].seen))
+        cut_short = None
+        try:
+            with activate(self.block):
+                self.evaluate(seed_arm, union)
+                self.evaluate(arm, union)
+        except BudgetExhausted as exc:
+            cut_short = str(exc)
+        candidate, seed = self.arms[arm], self.arms[seed_arm]
+        decision = rule.decide(
+            {i: s for i, s in candidate.seen.items() if i not in candidate.errors},
+            {i: s for i, s in seed.seen.items() if i not in seed.errors},
+        )
+        return decision.model_copy(update={"cut_short": cut_short})
 
     # ---- the end of a run ---------------------------------------------------------------------
     def set_status(self, state: str, reason: str | None = None) -> None:

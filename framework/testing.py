@@ -108,7 +108,7 @@ class BernoulliTask:
         import re
 
         text = "\n".join(m["content"] for m in messages)
-        arm = int(re.search(r"arm (\d+)", text).group(1))
+        arm = int(re.search(r"arm (\d+)", text, re.IGNORECASE).group(1))
         item = int(re.search(r"item (\d+)", text).group(1))
         return "yes" if self.outcome(arm, item) else "no"
 

@@ -34,14 +34,17 @@ FORWARD_TEMPLATE = (
     "A teacher gave a student one instruction. Following it, the student turned each input below "
     "into the output shown next to it.\n\n"
     f"{DEMOS}\n\n"
-    "In one sentence, what was the instruction? The instruction was to "
+    "What was the instruction? It said what to do with an input and exactly what to write back: look at the "
+    "form of the outputs too (how long they are, what they hold, what they leave out). In one sentence, "
+    "the instruction was to "
     f"{BLANK}"
 )
 REVERSE_TEMPLATE = (
     "Below is a task description with its instruction missing, followed by worked examples.\n\n"
     f"Instruction: {BLANK}\n\n"
     f"{DEMOS}\n\n"
-    "Write the missing instruction: one sentence that tells how to get each output from its input."
+    "Write the missing instruction: one sentence that tells how to get each output from its input, and "
+    "exactly what form the output takes."
 )
 VARIATION_PROMPT = (
     "Rewrite this instruction in different words. Keep exactly the same meaning. "
@@ -142,19 +145,19 @@ class APE(Teleprompter):
             rendered = self.format_demos(ctx.student, demos, predictor_name if len(predictors(ctx.student)) > 1 else None)
             messages = self.induction_messages(rendered)
             for _ in range(self.config.num_prompts_per_subsample):
-                raw = self.ask_prompt_lm(
-                    ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens
+                items = self.propose(
+                    ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens,
+                    read=lambda reply: [reply],
                 )
-                if raw is None:
-                    continue
-                text = self.hygiene(ctx, raw, demo_texts)
-                if text is None:
-                    continue
-                if text.lower() in seen:
-                    ctx.drop("duplicate")
-                    continue
-                seen.add(text.lower())
-                proposals.append(text)
+                for raw in items or []:
+                    text = self.hygiene(ctx, raw, demo_texts)
+                    if text is None:
+                        continue
+                    if text.lower() in seen:
+                        ctx.drop("duplicate")
+                        continue
+                    seen.add(text.lower())
+                    proposals.append(text)
         return proposals
 
     def hygiene(self, ctx: SearchContext, raw: str, demo_texts: Sequence[str]) -> str | None:
@@ -191,12 +194,13 @@ class APE(Teleprompter):
             for name, instruction in record.instructions.items():
                 for _ in range(self.config.mc_variations):
                     messages = [{"role": "user", "content": VARIATION_PROMPT.format(instruction=instruction)}]
-                    raw = self.ask_prompt_lm(
-                        ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens
+                    items = self.propose(
+                        ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens,
+                        read=lambda reply: [reply],
                     )
-                    if raw is None:
+                    if not items:
                         continue
-                    text = self.hygiene(ctx, raw, [])
+                    text = self.hygiene(ctx, items[0], [])
                     if text is None:
                         continue
                     candidate = {**record.instructions, name: text}

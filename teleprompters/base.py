@@ -18,13 +18,13 @@ from __future__ import annotations
 import contextvars
 import functools
 import random
-import re
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
 import dspy
+from cuecard.acceptance import Acceptance, AcceptanceRule, SignTest
 from cuecard.deadlines import TIMED_OUT, call_with_deadline
 from cuecard.errors import (
     BudgetExhausted,
@@ -53,6 +53,8 @@ from dspy.teleprompt import Teleprompter as DSPyTeleprompter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from .proposals import STRUCTURED_REQUEST, clean_instruction, parse_items, read_structured, structured_options
+
 
 class TeleprompterConfig(BaseModel):
     """Settings every teleprompter shares; each method extends it with its own (and its defaults)."""
@@ -64,6 +66,9 @@ class TeleprompterConfig(BaseModel):
     dev_fraction: float = Field(0.5, gt=0, lt=1, description="share of the trainset kept for dev when no valset")
     max_dev: int | None = Field(None, ge=1, description="cap on dev examples (the pool every candidate walks)")
     max_instruction_chars: int = Field(500, ge=10)
+    structured_proposals: bool = Field(
+        True, description="hold the prompt model to a JSON schema (analysis, then instructions) when it supports one"
+    )
 
 
 class CandidateSummary(BaseModel):
@@ -111,6 +116,8 @@ class CompileReport(BaseModel):
     prompt_model: str | None = None
     data_fingerprint: str | None = Field(None, description="hash of the train and dev examples")
     best: CandidateSummary
+    acceptance: Acceptance | None = Field(None, description="why the best candidate replaced the seed, or why the seed was kept")
+    search_best: CandidateSummary | None = Field(None, description="the search's own winner, when the seed was kept instead")
     candidates: list[CandidateSummary]
     dropped: dict[str, int] = Field(default_factory=dict)
     failures: dict[str, int] = Field(default_factory=dict, description="failed evaluations and proposals by reason")
@@ -212,6 +219,9 @@ class Teleprompter(DSPyTeleprompter):
         prompt_retries / retry_wait: a failed prompt-model call is retried this many times, waiting
             ``retry_wait`` seconds, doubling; a proposal that still fails is skipped and counted.
         metric_version: a version string that identifies the metric in place of its code.
+        acceptance: the rule a winner must pass against the seed on the same dev examples to replace
+            it (default :class:`~cuecard.acceptance.SignTest`, one-sided at 0.1); ``AlwaysAccept()``
+            returns the search's winner unchecked.
     """
 
     name = "teleprompter"
@@ -239,6 +249,7 @@ class Teleprompter(DSPyTeleprompter):
         prompt_retries: int = 3,
         retry_wait: float = 1.0,
         metric_version: str | None = None,
+        acceptance: AcceptanceRule | None = None,
         **config: Any,
     ) -> None:
         super().__init__()
@@ -266,6 +277,7 @@ class Teleprompter(DSPyTeleprompter):
         self.prompt_retries = prompt_retries
         self.retry_wait = retry_wait
         self.metric_version = metric_version
+        self.acceptance = acceptance or SignTest()
         self.current_run: str | None = None
         self.config = self.make_config(config)
 
@@ -412,8 +424,12 @@ class Teleprompter(DSPyTeleprompter):
             except EvaluationFailed as exc:
                 engine.finish(failed=str(exc))
                 raise
+            seed_arm = engine.arm_of(seed_instructions)
+            acceptance = engine.compare(final.best.arm, seed_arm, self.acceptance)
+            if acceptance.cut_short:
+                ctx.capped = ctx.capped or acceptance.cut_short
         engine.finish(sorted(ctx.pruned), stopped=ctx.capped)
-        report = self.build_report(ctx, final, seed_instructions, train, dev, identity)
+        report = self.build_report(ctx, final, seed_instructions, train, dev, identity, acceptance)
         compiled = apply_instructions(student, report.best.instructions)
         compiled.cuecard_report = report
         return compiled
@@ -443,30 +459,35 @@ class Teleprompter(DSPyTeleprompter):
         train: list[dspy.Example],
         dev: list[dspy.Example],
         identity: RunIdentity,
+        acceptance: Acceptance,
     ) -> CompileReport:
         engine = ctx.engine
-        ranked = list(final.ranking)
-        in_final = {estimate.arm for estimate in ranked}
-        others = [e for e in engine.ranking() if e.arm not in in_final]  # earlier rounds' candidates
+        order = [estimate.arm for estimate in final.ranking]
+        order += [e.arm for e in engine.ranking() if e.arm not in set(order)]  # earlier rounds' candidates
         summaries = []
-        for estimate in ranked + others:
-            record = engine.candidates[estimate.arm]
+        for arm in order:
+            record = engine.candidates[arm]
+            scores = engine.scores(arm)
             summaries.append(
                 CandidateSummary(
-                    arm=estimate.arm,
+                    arm=arm,
                     key=record.key,
                     instructions=record.instructions,
                     origin=record.origin,
                     parent=record.parent,
                     round=record.round,
-                    dev_score=estimate.mean,
-                    dev_examples=estimate.n,
-                    pruned=estimate.arm in ctx.pruned,
+                    dev_score=sum(scores.values()) / len(scores) if scores else 0.0,
+                    dev_examples=len(scores),
+                    pruned=arm in ctx.pruned,
                     meta=record.meta,
                 )
             )
         seed_arm = engine.arm_of(seed_instructions)
         seed_summary = next((s for s in summaries if s.arm == seed_arm), None)
+        best, search_best = summaries[0], None
+        if not acceptance.accepted and seed_summary is not None:
+            best, search_best = seed_summary, summaries[0]
+            ctx.note(f"the search's winner did not replace the seed: {acceptance.reason}")
         usage, prompt_usage = engine.run_usage()
         failures = dict(engine.failures)
         for reason, count in ctx.failures.items():
@@ -485,7 +506,9 @@ class Teleprompter(DSPyTeleprompter):
             task_model=self.task_lm.model,
             prompt_model=self.prompt_lm.model,
             data_fingerprint=data_fingerprint(train + dev),
-            best=summaries[0],
+            best=best,
+            acceptance=acceptance,
+            search_best=search_best,
             candidates=summaries,
             dropped=ctx.dropped,
             failures=failures,
@@ -528,8 +551,41 @@ class Teleprompter(DSPyTeleprompter):
             return None
         return text
 
+    def propose(
+        self,
+        ctx: SearchContext,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        count: int = 1,
+        read: Callable[[str], list[str]] | None = None,
+    ) -> list[str] | None:
+        """Up to ``count`` instructions from the prompt model (None when the call failed).
+
+        When the prompt model supports JSON schemas (and ``structured_proposals`` is on) the request
+        asks for an analysis of the examples, then the instructions, and the model can write nothing
+        else; otherwise ``read`` (default: :func:`~cuecard.teleprompters.proposals.parse_items`) takes
+        them from the tagged reply the meta-prompt asked for.
+        """
+        if self.config.structured_proposals and _supports_json_schema(self.prompt_lm):
+            asked = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + STRUCTURED_REQUEST.format(count=count)}]
+            reply = self.ask_prompt_lm(ctx, asked, temperature=temperature, max_tokens=max_tokens + 120,
+                                       **structured_options(count))
+            if reply is None:
+                return None
+            items = read_structured(reply, count)
+            if items is not None:
+                return items
+            ctx.drop("structured reply not readable")
+            return (read or (lambda text: parse_items(text, count)))(reply)
+        reply = self.ask_prompt_lm(ctx, messages, temperature=temperature, max_tokens=max_tokens)
+        if reply is None:
+            return None
+        return (read or (lambda text: parse_items(text, count)))(reply)
+
     def ask_prompt_lm(
-        self, ctx: SearchContext, messages: list[dict[str, str]], *, temperature: float, max_tokens: int = 200
+        self, ctx: SearchContext, messages: list[dict[str, str]], *, temperature: float, max_tokens: int = 200, **extra: Any
     ) -> str | None:
         """One sample from the prompt LM (own rollout id and seed, so samples differ and cache one by one).
 
@@ -541,7 +597,7 @@ class Teleprompter(DSPyTeleprompter):
 
         index = ctx.next_sample_index()
         options = sampling_kwargs(self.config.seed, index, temperature) if temperature > 0 else {"temperature": 0.0}
-        call = functools.partial(self.prompt_lm, messages=messages, max_tokens=max_tokens, **options)
+        call = functools.partial(self.prompt_lm, messages=messages, max_tokens=max_tokens, **options, **extra)
         retrying = Retrying(
             stop=stop_after_attempt(self.prompt_retries + 1),
             wait=wait_exponential(multiplier=self.retry_wait, max=60 * max(self.retry_wait, 0.01)),
@@ -608,27 +664,17 @@ class Teleprompter(DSPyTeleprompter):
         return "\n\n".join(blocks)
 
 
-_ECHO_PREFIXES = re.compile(
-    r"^\s*(?:the\s+instruction\s+(?:was|is)\s+to|instruction\s*:|new\s+instruction\s*:|improved\s+instruction\s*:|"
-    r"answer\s*:|output\s*:|here(?:'s| is) (?:the|an|my) (?:improved |new )?instruction\s*:?)\s*",
-    re.IGNORECASE,
-)
+def _supports_json_schema(lm: Any) -> bool:
+    check = getattr(lm, "supports_json_schema", None)
+    return bool(check()) if callable(check) else False
 
 
-def clean_instruction(text: str) -> str:
-    """Strip quotes, echoes such as "The instruction was to" and markup; first paragraph; sentence-cased."""
-    text = (text or "").strip()
-    text = re.sub(r"</?(?:INS|START|END)>", "", text, flags=re.IGNORECASE).strip()
-    for _ in range(3):
-        stripped = _ECHO_PREFIXES.sub("", text).strip().strip("\"'`*“”").strip()
-        if stripped == text:
-            break
-        text = stripped
-    lines = [line.strip() for line in text.splitlines()]
-    while len(lines) > 1 and (not lines[0] or (lines[0].endswith(":") and len(lines[0]) < 120)):
-        lines.pop(0)  # a header such as "Here is the rewritten instruction:" before the instruction itself
-    text = "\n".join(lines).split("\n\n")[0].strip()
-    text = _ECHO_PREFIXES.sub("", text).strip().strip("\"'`*“”").strip()
-    if text and text[0].islower():
-        text = text[0].upper() + text[1:]
-    return text
+__all__ = [
+    "CandidateSummary",
+    "CompileReport",
+    "ProcessStats",
+    "SearchContext",
+    "Teleprompter",
+    "TeleprompterConfig",
+    "clean_instruction",
+]

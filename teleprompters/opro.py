@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import dspy
 from cuecard.adapter import PlainAdapter, field_label
@@ -44,11 +44,12 @@ META_PROMPT = (
     "You write instructions for a language model. Below are instructions tried so far, each with the "
     "score it earned (0 to 100, higher is better), listed from the lowest score to the highest.\n\n"
     f"{HISTORY}\n\n"
-    f"In each example below, {TAG} marks where the instruction is placed in what the model is given, "
-    "and the correct output follows.\n\n"
+    f"In each example below, {TAG} marks where the instruction is placed in what the model is given; then "
+    "comes what the model wrote with the best instruction so far, and the correct output.\n\n"
     f"{EXEMPLARS}\n\n"
     "Write one new instruction that is different from every instruction above and would earn a higher "
-    f"score. Keep it short and direct. Put it between {TAG} and </INS>."
+    "score: one that makes the model write exactly the correct output, in the same form and nothing more. "
+    f"Keep it short and direct. Put it between {TAG} and </INS>."
 )
 
 POSITIONS = {"Q_begin": "before_inputs", "Q_end": "after_inputs", "A_begin": "answer_start"}
@@ -105,6 +106,9 @@ class OPROConfig(TeleprompterConfig):
     patience: int = Field(5, ge=1, description="steps without a better best score before stopping")
     seed_instructions: list[str] = Field(default_factory=list)
     meta_prompt: str = Field(META_PROMPT, description=f"the meta-prompt, with {HISTORY}, {EXEMPLARS} and the {TAG} tag")
+    show_model_outputs: bool = Field(
+        True, description="show, per exemplar, what the model wrote with the best instruction so far (not in the paper)"
+    )
     max_proposal_tokens: int = Field(100, ge=8)
 
     @model_validator(mode="after")
@@ -160,11 +164,12 @@ class OPRO(Teleprompter):
             prompt = self.build_meta_prompt(ctx, name, base, exemplars)
             try:
                 replies = [
-                    self.ask_prompt_lm(
+                    self.propose(
                         ctx,
                         [{"role": "user", "content": prompt}],
                         temperature=self.config.temperature,
                         max_tokens=self.config.max_proposal_tokens,
+                        read=lambda reply: [extract_instruction(reply)],
                     )
                     for _ in range(self.config.instructions_per_step)
                 ]
@@ -240,11 +245,20 @@ class OPRO(Teleprompter):
         history = "\n\n".join(
             f"Instruction: {text}\nScore: {bucket(score)}" for text, score in self.history_pairs(ctx, name)
         )
-        shown = "\n\n".join(self.render_exemplar(ctx, name, instructions, example) for example in exemplars)
+        outputs: list[dict[str, Any] | None] = [None] * len(exemplars)
+        if self.config.show_model_outputs and exemplars and len(predictors(ctx.student)) == 1:
+            outputs = [result.output for result in ctx.engine.run_on(instructions, exemplars)]
+        shown = "\n\n".join(
+            self.render_exemplar(ctx, name, instructions, example, output) for example, output in zip(exemplars, outputs, strict=True)
+        )
         return self.config.meta_prompt.replace(HISTORY, history).replace(EXEMPLARS, shown or "(no examples)")
 
-    def render_exemplar(self, ctx: SearchContext, name: str, instructions: dict[str, str], example: dspy.Example) -> str:
-        """The predictor's prompt with ``<INS>`` where the instruction goes, and the correct output.
+    def render_exemplar(
+        self, ctx: SearchContext, name: str, instructions: dict[str, str], example: dspy.Example,
+        output: dict[str, Any] | None = None,
+    ) -> str:
+        """The predictor's prompt with ``<INS>`` where the instruction goes, what the model wrote with the
+        best instruction so far (when ``output`` is given), and the correct output.
 
         For a pipeline, the predictor's inputs come from a traced run of the current best candidate."""
         named = dict(predictors(ctx.student))
@@ -252,17 +266,26 @@ class OPRO(Teleprompter):
         if len(named) > 1:
             run = ctx.engine.trace(instructions, example)
             inputs = next((seen for step, seen, _ in run.steps if step == name), inputs)
+            if self.config.show_model_outputs:
+                output = next((said for step, _, said in run.steps if step == name), None)
         signature = named[name].signature
         rendered = self.rendered_prompt(ctx, name, TAG, inputs, instructions)
+        written = ""
+        if output:
+            said = {key: value for key, value in output.items() if key in signature.output_fields}
+            text = str(next(iter(said.values()))) if len(said) == 1 else "\n".join(
+                f"{field_label(signature, key)}: {value}" for key, value in said.items()
+            )
+            written = f"Model's output:\n{text}\n"
         labels = example.labels()
         if labels and all(key in signature.output_fields for key in labels):
             if len(labels) == 1:
                 answer = str(next(iter(labels.values())))
             else:
                 answer = "\n".join(f"{field_label(signature, key)}: {value}" for key, value in labels.items())
-            return f"Input:\n{rendered}\nCorrect output:\n{answer}"
+            return f"Input:\n{rendered}\n{written}Correct output:\n{answer}"
         answer = "\n".join(f"{key}: {value}" for key, value in labels.items())
-        return f"Input:\n{rendered}\nCorrect final output of the program:\n{answer}"
+        return f"Input:\n{rendered}\n{written}Correct final output of the program:\n{answer}"
 
     # ---- filtering proposals -------------------------------------------------------------------
     def add_proposals(
@@ -270,7 +293,7 @@ class OPRO(Teleprompter):
         ctx: SearchContext,
         name: str,
         base: dict[str, str],
-        replies: list[str],
+        replies: list[list[str] | None],
         exemplars: list[dspy.Example],
         step: int,
         parent: int,
@@ -285,10 +308,7 @@ class OPRO(Teleprompter):
         ]
         copied = [str(v).lower() for e in exemplars for v in e.inputs().values() if len(str(v)) > 20]
         arms: list[int] = []
-        for reply in replies:
-            if reply is None:
-                continue  # the prompt model failed (counted in the report's failures)
-            raw = extract_instruction(reply)
+        for raw in (text for items in replies for text in (items or [])[:1]):  # None: the call failed (counted)
             if "ins>" in raw.lower():
                 ctx.drop("leaks the tag")
                 continue

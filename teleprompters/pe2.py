@@ -30,8 +30,8 @@ from cuecard.program import get_instructions, predictors
 from pydantic import Field
 
 from .ape import APE
-from .base import SearchContext, Teleprompter, TeleprompterConfig, clean_instruction
-from .protegi import parse_items
+from .base import SearchContext, Teleprompter, TeleprompterConfig
+from .proposals import clean_instruction, parse_items
 
 PROMPT_SLOT = "<<PROMPT>>"
 
@@ -45,15 +45,16 @@ TASK_DESCRIPTION = (
 ONE_STEP_DESCRIPTION = "Improve the prompt below for a language model. Examples it gets wrong follow."
 REASONING_TEMPLATE = (
     "For each example, reason step by step:\n"
-    "1. Is the model's output correct?\n"
-    "2. Does the output follow what the prompt asks?\n"
-    "3. Does the prompt describe the task correctly?\n"
-    "4. Does the prompt need an edit for this example?\n"
-    "5. If so, what edit would fix it?"
+    "1. What turns the input into the label?\n"
+    "2. Is the model's output correct? If not, does it differ from the label in content, or in form "
+    "(length, wording, extra words)?\n"
+    "3. Does the output follow what the prompt asks?\n"
+    "4. Does the prompt describe the task, and the form of the answer, correctly?\n"
+    "5. Does the prompt need an edit for this example? If so, what edit would fix it?"
 )
 NEW_PROMPT_REQUEST = (
-    "Now write the improved prompt, using your analysis. Reply with the new prompt only, between "
-    "<START> and <END>."
+    "Now write the improved prompt, using your analysis: it must say what to do and exactly what form the "
+    "answer takes. Reply with the new prompt only, between <START> and <END>."
 )
 
 
@@ -66,6 +67,9 @@ class PE2Config(TeleprompterConfig):
     batch_size: int = Field(2, ge=1, description="examples shown per proposal")
     negatives: Literal["hard", "random"] = Field("hard", description="'hard': examples the prompt gets wrong")
     error_threshold: float = Field(1.0, gt=0, le=1, description="an example scoring below this is an error")
+    negatives_sample: int | None = Field(
+        None, ge=1, description="train examples a parent is run on to find its errors (None: the whole train split)"
+    )
     n_init: int = Field(0, ge=0, description="prompts induced APE-style to start from (0: the program's own)")
     init_demos: int = Field(5, ge=1, description="demonstrations shown per induction")
     step_size: int | None = Field(None, ge=1, description="ask to change at most this many words (None: no limit)")
@@ -156,7 +160,7 @@ class PE2(Teleprompter):
     def expand(self, ctx: SearchContext, parent: int, step: int) -> list[int]:
         engine = ctx.engine
         record = engine.candidates[parent]
-        results = engine.run_on(record.instructions, ctx.train)
+        results = engine.run_on(record.instructions, ctx.train[: self.config.negatives_sample])
         errors = [r for r in results if r.score < self.config.error_threshold]
         if self.config.negatives == "hard" and not errors:
             ctx.note(f"step {step}: {record.key} gets every train example right; no hard negative to learn from")
@@ -178,11 +182,13 @@ class PE2(Teleprompter):
             if analysis is None:
                 continue  # the prompt model failed (counted in the report's failures)
             messages += [{"role": "assistant", "content": analysis}, {"role": "user", "content": self.new_prompt_request()}]
-            reply = self.ask_prompt_lm(
-                ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens
+            replies = self.propose(
+                ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens,
+                read=lambda reply: [reply],
             )
-            if reply is None:
-                continue
+            if not replies:
+                continue  # the prompt model failed (counted in the report's failures)
+            reply = replies[0]
             arm = self.add_child(ctx, parent, name, reply, analysis, [ctx.train[r.index] for r in batch], step)
             if arm is not None:
                 children.append(arm)

@@ -16,7 +16,6 @@ Example:
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from typing import Literal
 
@@ -28,12 +27,15 @@ from cuecard.program import predictors
 from pydantic import Field
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
+from .proposals import parse_items
 
 GRADIENT_PROMPT = (
     "I am writing an instruction for a language model. The current instruction is:\n"
     '"{instruction}"\n\n'
     "Following it, the model got these examples wrong:\n\n{errors}\n\n"
-    "Give {count} reason(s) why the instruction led the model to these mistakes. "
+    "Compare each model output with the correct output: what turns the input into the correct output, and how "
+    "does the model's output differ from it, in content and in form (length, wording, extra text)? Then give "
+    "{count} reason(s) why the instruction led the model to these mistakes. "
     "Put each reason between <START> and <END>."
 )
 EDIT_PROMPT = (
@@ -41,29 +43,14 @@ EDIT_PROMPT = (
     '"{instruction}"\n\n'
     "Following it, the model got these examples wrong:\n\n{errors}\n\n"
     "One reason it fails: {gradient}\n\n"
-    "Taking this reason into account, write {count} better instruction(s). "
+    "Taking this reason into account, write {count} better instruction(s). Each must say what to do with the "
+    "input and exactly what to write back, in the form of the correct outputs above. "
     "Put each instruction between <START> and <END>."
 )
 PARAPHRASE_PROMPT = (
     "Say the following instruction again in other words, keeping its meaning. "
     "Put the new instruction between <START> and <END>.\n\nInstruction: {instruction}"
 )
-
-_TAGGED = re.compile(r"<START>(.*?)(?:<END>|$)", re.IGNORECASE | re.DOTALL)
-_ITEM = re.compile(r"^\s*(?:\d+[.)]|[-*•])\s+(.*)$")
-
-
-def parse_items(text: str, count: int) -> list[str]:
-    """Up to ``count`` items from a reply: ``<START>...<END>`` spans, else numbered/bulleted lines, else the text."""
-    tagged = [item.strip() for item in _TAGGED.findall(text or "") if item.strip()]
-    if tagged:
-        return tagged[:count]
-    listed = [m.group(1).strip() for line in (text or "").splitlines() if (m := _ITEM.match(line))]
-    if len(listed) >= 2:
-        return listed[:count]
-    text = (text or "").strip()
-    return [text] if text else []
-
 
 class ProTeGiConfig(TeleprompterConfig):
     """ProTeGi's settings; defaults are the official code's (rounds 6, beam 4, minibatch 64, 4 x 4 errors...)."""
@@ -175,13 +162,14 @@ class ProTeGi(Teleprompter):
                     max_tokens=self.config.max_proposal_tokens,
                 )
                 for gradient in parse_items(reply, self.config.gradients_per_error):
-                    edit_reply = self.ask_prompt_lm(
+                    edits = self.propose(
                         ctx,
                         [{"role": "user", "content": EDIT_PROMPT.format(instruction=instruction, errors=shown, gradient=gradient, count=self.config.steps_per_gradient)}],
                         temperature=self.config.temperature,
                         max_tokens=self.config.max_proposal_tokens,
+                        count=self.config.steps_per_gradient,
                     )
-                    for edit in parse_items(edit_reply, self.config.steps_per_gradient):
+                    for edit in edits or []:
                         meta = {"gradient": gradient, "kind": "edit", "errors": [r.index for _, r in group]}
                         proposals.append(({**record.instructions, name: edit}, meta))
                         for paraphrase in self.paraphrases(ctx, edit):
@@ -208,13 +196,13 @@ class ProTeGi(Teleprompter):
     def paraphrases(self, ctx: SearchContext, instruction: str) -> list[str]:
         found = []
         for _ in range(self.config.mc_samples_per_step):
-            reply = self.ask_prompt_lm(
+            items = self.propose(
                 ctx,
                 [{"role": "user", "content": PARAPHRASE_PROMPT.format(instruction=instruction)}],
                 temperature=self.config.temperature,
                 max_tokens=self.config.max_proposal_tokens,
             )
-            found.extend(parse_items(reply, 1))
+            found.extend(items or [])
         return found
 
     def choose_children(self, ctx: SearchContext, usable: list, errors: list) -> list:

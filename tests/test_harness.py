@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import dspy
+import optuna
 import pytest
 from cuecard.errors import BudgetExhausted
 from cuecard.metrics import exact_match
@@ -172,11 +173,33 @@ def test_harness_resumes_from_stored_cells_and_recomputes_when_the_settings_chan
     assert not any(": stored (" in line for line in lines)
 
 
+def test_the_same_out_with_another_model_or_metric_recomputes_every_cell_and_study(tmp_path, fresh_cache):
+    """Cells and the teleprompters' studies under one --out are reused only for the same models and metric."""
+    first = scripted_models()
+    run(config(tmp_path, methods=["seed", "ape"], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=first)
+    other = Models(scripted_lm(level_reply, name="scripted/other-task", cache=True),
+                   scripted_lm(proposer_reply, name="scripted/prompt", cache=True))
+    lines = []
+    run(config(tmp_path, methods=["seed", "ape"], seeds=1), log=lines.append, tasks=[scripted_task()], models=other)
+    assert not any(": stored (" in line for line in lines)
+    assert other.task.meter.usage.model_calls > 0, "the other model's cells reused the first model's scores"
+    lines.clear()
+    task = scripted_task()
+    task.metric = exact_match("sentiment", normalize=str.strip)  # another metric, same name of field
+    run(config(tmp_path, methods=["seed", "ape"], seeds=1), log=lines.append, tasks=[task], models=other)
+    assert not any(": stored (" in line for line in lines)
+    studies = list((tmp_path / "bench" / "runs" / "levels__ape__seed0").glob("*.db"))
+    names = optuna.get_all_study_names(f"sqlite:///{studies[0]}")
+    assert len(names) == 3, "each model and metric gets its own study (run identity)"
+
+
 def test_cells_of_a_method_whose_code_changed_are_recomputed(tmp_path, fresh_cache, monkeypatch):
     harness_run = importlib.import_module("benchmarks.harness.run")
     from benchmarks.harness.methods import method_code_hash
 
-    assert method_code_hash("ape") == method_code_hash("opro") != method_code_hash("copro")
+    hashes = {name: method_code_hash(name) for name in ("ape", "opro", "protegi", "pe2", "copro", "miprov2", "gepa")}
+    assert len(set(hashes.values())) == len(hashes), "each method is hashed on its own file"
+    assert method_code_hash("pe2-no-context") == hashes["pe2"]
     models = scripted_models()
     run(config(tmp_path, methods=["seed", "ape"]), log=lambda line: None, tasks=[scripted_task()], models=models)
     edited = {"ape": "edited"}
@@ -202,7 +225,8 @@ def test_a_method_that_fails_gets_its_reason_in_its_row(tmp_path, fresh_cache, m
     def broken(program, **kw):
         raise RuntimeError("the proposer wrote nothing usable\non two lines")
 
-    monkeypatch.setitem(methods.CUECARD_METHODS, "pe2", broken)
+    real = methods.cuecard_runner
+    monkeypatch.setattr(methods, "cuecard_runner", lambda name: broken if name == "pe2" else real(name))
     paths = run(config(tmp_path, methods=["seed", "pe2"], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=scripted_models())
     table = paths["markdown"].read_text()
     assert "| levels | pe2 | — |" in table

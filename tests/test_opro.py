@@ -80,10 +80,14 @@ def test_meta_prompt_holds_the_top_pairs_ascending_with_bucketed_scores_and_exem
         # the top pairs among everything scored before this step
         earlier = [c.dev_score for c in report.candidates if c.round < step]
         assert shown == sorted(round(s * 100) for s in sorted(earlier, reverse=True)[:3])
-        # exemplars: the real adapter's prompt with <INS> where the instruction goes, then the gold
-        exemplars = re.findall(r"Input:\nReview: (.*)\n\n<INS>\nCorrect output:\n(\w+)", prompt)
+        # exemplars: the real adapter's prompt with <INS> where the instruction goes, what the task model
+        # says with the best instruction so far, then the gold
+        exemplars = re.findall(r"Input:\nReview: (.*)\n\n<INS>\nModel's output:\n(.*)\nCorrect output:\n(\w+)", prompt)
         assert len(exemplars) == 2
-        assert all(GOLD[review] == gold for review, gold in exemplars)
+        assert all(GOLD[review] == gold for review, _, gold in exemplars)
+        best = re.findall(r"Instruction: (.*)\nScore", prompt)[-1]
+        for review, said, _ in exemplars:
+            assert said == level_task([{"role": "user", "content": f"Review: {review}\n\n{best}"}])
     # the history really climbs, and each step is in the report with its scores
     assert [h["step"] for h in report.history] == [1, 2, 3, 4]
     assert report.history[-1]["best_score"] > report.history[0]["best_score"] >= report.seed_dev_score
@@ -118,7 +122,7 @@ def test_answer_start_position_primes_the_output():
     task, proposer = scripted_lm(level_task), LevelProposer()
     report = opro(task, proposer, steps=1, position="A_begin", num_exemplars=1).compile(
         sentiment_program(), trainset=REVIEWS).cuecard_report
-    assert re.search(r"Review: .*\nSentiment: <INS>\nCorrect output:", proposer.prompts()[0])
+    assert re.search(r"Review: .*\nSentiment: <INS>\nModel's output:\n.*\nCorrect output:", proposer.prompts()[0])
     sent = [r[-1]["content"] for r in task.engine.requests]
     assert any(re.search(r"\nSentiment: Level 1 answer\.$", text) for text in sent)
     assert report.config["position"] == "A_begin"

@@ -11,7 +11,7 @@ from cuecard.datasets import reviews
 from cuecard.metrics import exact_match
 from cuecard.policies import UCB, FullEvaluation, SuccessiveHalving
 from cuecard.teleprompters import ProTeGi
-from cuecard.teleprompters.protegi import parse_items
+from cuecard.teleprompters.proposals import parse_items
 from cuecard.testing import scripted_lm
 
 GOLD = {example.review: example.sentiment for example in reviews()}
@@ -29,7 +29,7 @@ class ScriptedProposer:
     def reply(self, messages):
         text = messages[-1]["content"]
         n = next(self.counter)
-        if "Give 1 reason" in text:
+        if "give 1 reason" in text:
             return f"<START>Reason {n}: it never says what to do with praise.<END>"
         if "better instruction" in text:
             return f"<START>Fix {n}: answer positive for praise, else negative.<END>"
@@ -66,7 +66,7 @@ def test_round_structure_with_a_scripted_prompt_model():
     report = compiled.cuecard_report
 
     # the gradient call sees exactly the sampled errors: every example shown is one the seed got wrong
-    first_gradient = proposer.prompts("Give 1 reason")[0]
+    first_gradient = proposer.prompts("give 1 reason")[0]
     shown = re.findall(r"Review: (.*)", first_gradient)
     assert len(shown) == 3
     assert all(GOLD[review] == "positive" for review in shown)  # the seed always says negative
@@ -76,7 +76,7 @@ def test_round_structure_with_a_scripted_prompt_model():
     for edit_prompt in proposer.prompts("better instruction"):
         assert re.search(r"One reason it fails: Reason \d+: it never says", edit_prompt)
     # round 1: one parent x 2 gradients; round 2: at most beam_size parents x 2 gradients
-    assert len(proposer.prompts("Give 1 reason")) <= 2 + 2 * 2
+    assert len(proposer.prompts("give 1 reason")) <= 2 + 2 * 2
     # the beam and the per-round budget
     round_one = [c for c in report.candidates if c.round == 1]
     assert 0 < len(round_one) <= 4

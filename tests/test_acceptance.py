@@ -1,0 +1,67 @@
+"""Do no harm: a winner replaces the seed only with paired evidence on the same dev examples."""
+
+import pytest
+from cuecard.acceptance import AlwaysAccept, SignTest, sign_test_p
+from cuecard.metrics import exact_match
+from cuecard.teleprompters import APE
+from cuecard.testing import BernoulliTask, scripted_lm
+
+
+def test_the_sign_test_counts_wins_and_losses_and_leaves_ties_out():
+    assert sign_test_p(3, 0) == pytest.approx(1 / 8)
+    assert sign_test_p(5, 1) == pytest.approx(7 / 64)
+    decision = SignTest(alpha=0.1).decide({0: 1, 1: 1, 2: 1, 3: 0, 4: 1}, {0: 0, 1: 0, 2: 1, 3: 0, 4: 0})
+    assert (decision.wins, decision.losses, decision.ties) == (3, 0, 2)
+    assert not decision.accepted and "p=0.125" in decision.reason
+    assert SignTest(alpha=0.2).decide({0: 1, 1: 1, 2: 1}, {0: 0, 1: 0, 2: 0}).accepted
+
+
+def compile_with(task, acceptance=None, dev=15):
+    """APE on a simulated task: the program says "arm 0", a person's instruction "arm 1" competes."""
+    proposer = scripted_lm(lambda messages: "arm 0", name="scripted/proposer")
+    ape = APE(metric=task.metric, task_lm=task.lm, prompt_lm=proposer, storage=":memory:", progress=False,
+              num_subsamples=1, num_prompts_per_subsample=1, num_demos=2, seed_instructions=["arm 1"],
+              **({"acceptance": acceptance} if acceptance else {}))
+    return ape.compile(task.program, trainset=task.examples[:4], valset=task.examples[4 : 4 + dev]).cuecard_report
+
+
+def lead(task, dev):
+    """Dev examples arm 1 gets right and arm 0 wrong, minus the reverse (the order is the valset's shuffle:
+    the count does not depend on it)."""
+    items = range(4, 4 + dev)
+    wins = sum(task.outcome(1, i) and not task.outcome(0, i) for i in items)
+    losses = sum(task.outcome(0, i) and not task.outcome(1, i) for i in items)
+    return wins, losses
+
+
+def test_a_candidate_better_on_dev_by_noise_does_not_replace_the_seed():
+    # two instructions of equal quality: find a draw where the person's one leads on dev by a little
+    task = next(t for seed in range(50) if (t := BernoulliTask([0.5, 0.5], pool_size=19, seed=seed)) and 0 < lead(t, 15)[0] - lead(t, 15)[1] <= 2)
+    report = compile_with(task)
+    assert report.search_best is not None and report.search_best.instructions == {"self": "arm 1"}
+    assert report.best.instructions == {"self": "arm 0"}, "a lead by noise replaced the seed"
+    assert not report.acceptance.accepted and "the seed is kept" in report.acceptance.reason
+    assert any("did not replace the seed" in note for note in report.notes)
+    unchecked = compile_with(task, AlwaysAccept())
+    assert unchecked.best.instructions == {"self": "arm 1"}
+
+
+def test_a_clearly_better_candidate_replaces_the_seed():
+    task = BernoulliTask([0.2, 0.95], pool_size=19, seed=1)
+    wins, losses = lead(task, 15)
+    assert sign_test_p(wins, losses) <= 0.1  # the evidence the rule needs is there
+    report = compile_with(task)
+    assert report.best.instructions == {"self": "arm 1"} and report.acceptance.accepted
+    assert report.acceptance.examples == 15 and report.search_best is None
+
+
+def test_the_seed_is_scored_on_the_winners_examples_before_the_comparison():
+    """Multi-stage scoring may prune the seed after 5 examples; the comparison still uses all 15."""
+    task = BernoulliTask([0.1, 0.9, 0.3, 0.2, 0.25, 0.15], pool_size=19, seed=2)
+    proposals = iter(["arm 2", "arm 3", "arm 4", "arm 5"])
+    proposer = scripted_lm(lambda messages: next(proposals), name="scripted/proposer")
+    ape = APE(metric=exact_match("answer"), task_lm=task.lm, prompt_lm=proposer, storage=":memory:", progress=False,
+              num_subsamples=1, num_prompts_per_subsample=4, num_demos=2, seed_instructions=["arm 1"])
+    report = ape.compile(task.program, trainset=task.examples[:4], valset=task.examples[4:]).cuecard_report
+    seed = next(c for c in report.candidates if c.instructions == {"self": "arm 0"})
+    assert seed.pruned and report.acceptance.examples == 15 and seed.dev_examples == 15
