@@ -15,11 +15,13 @@ import dspy
 from cuecard.adapter import adapter_for
 from cuecard.errors import BudgetExhausted
 from cuecard.evaluate import Evaluator
+from cuecard.identity import data_fingerprint, digest, lm_identity, metric_identity
 from cuecard.program import get_instructions
 from cuecard.tasks import Task, bbh, instruction_induction, jsonl_task
 from cuecard.usage import Limits, Usage, track
 from pydantic import BaseModel, Field, field_validator
 
+from ..models import resolve_model_spec
 from .methods import DEFAULT_METHODS, METHOD_NAMES, MethodRun, method_code_hash, runners_for
 from .results import CellResult, CellStore, one_line, write_outputs
 
@@ -87,8 +89,8 @@ class Models:
     @classmethod
     def from_config(cls, config: HarnessConfig) -> Models:
         return cls(
-            cuecard.LM(config.task_model, max_tokens=config.max_tokens),
-            cuecard.LM(config.prompt_model, max_tokens=config.prompt_max_tokens),
+            cuecard.LM(resolve_model_spec(config.task_model), max_tokens=config.max_tokens),
+            cuecard.LM(resolve_model_spec(config.prompt_model), max_tokens=config.prompt_max_tokens),
         )
 
 
@@ -99,10 +101,28 @@ def accuracy(program: dspy.Module, examples: Sequence[dspy.Example], metric: Cal
     return sum(s.score for s in scores) / len(scores)
 
 
-def fingerprint(config: HarnessConfig, task: str, method: str, seed: int | None) -> str:
-    """What a stored cell must match to be reused: the settings that change results, and the method's code."""
-    settings = config.model_dump(exclude={"tasks", "methods", "seeds", "out", "data"})
-    blob = json.dumps([HARNESS_VERSION, settings, task, method, method_code_hash(method), seed], sort_keys=True)
+def task_identity(task: Task) -> dict[str, Any]:
+    """What identifies a task's results: its program, metric, seed instruction and examples."""
+    return {
+        "name": task.name,
+        "signature": task.signature,
+        "seed_instruction": task.seed_instruction,
+        "metric": metric_identity(task.metric),
+        "pool": data_fingerprint(task.pool),
+        "test_pool": data_fingerprint(task.test_pool) if task.test_pool is not None else None,
+        "human": digest(task.human_instructions),
+    }
+
+
+def fingerprint(config: HarnessConfig, task: Task, method: str, seed: int | None, models: Models) -> str:
+    """What a stored cell must match to be reused: the settings that change results, the models and their
+    answer-changing settings, the task's metric and data, and the method's code (the run identity's parts)."""
+    settings = config.model_dump(exclude={"tasks", "methods", "seeds", "out", "data", "task_model", "prompt_model"})
+    models_used = {"task": lm_identity(models.task), "prompt": lm_identity(models.prompt) if method != "human" else None}
+    blob = json.dumps(
+        [HARNESS_VERSION, settings, task_identity(task), models_used, method, method_code_hash(method), seed],
+        sort_keys=True, default=str,
+    )
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -117,7 +137,7 @@ def run_method(
 ) -> CellResult:
     """Compile with one method under the cap, then score the result on dev and test (outside the cap)."""
     splits = task.splits(seed, config.n_train, config.n_dev, config.n_test)
-    cell = CellResult(task=task.name, method=method, seed=seed, fingerprint=fingerprint(config, task.name, method, seed))
+    cell = CellResult(task=task.name, method=method, seed=seed, fingerprint=fingerprint(config, task, method, seed, models))
     task_before, prompt_before = models.task.meter.usage, models.prompt.meter.usage
     started = time.perf_counter()
     compiled = None
@@ -150,7 +170,7 @@ def run_method(
 def run_human(task: Task, config: HarnessConfig, models: Models) -> CellResult:
     """Each human-written instruction scored on the task's test split (shared by all seeds)."""
     test = task.splits(0, config.n_train, config.n_dev, config.n_test).test
-    cell = CellResult(task=task.name, method="human", seed=None, fingerprint=fingerprint(config, task.name, "human", None))
+    cell = CellResult(task=task.name, method="human", seed=None, fingerprint=fingerprint(config, task, "human", None, models))
     started = time.perf_counter()
     cell.human_accuracies = [accuracy(task.program(text), test, task.metric, models.task) for text in task.human_instructions]
     cell.seconds, cell.test_size = time.perf_counter() - started, len(test)
@@ -180,9 +200,10 @@ def run(
     out = Path(config.out)
     store = CellStore(out)
     tasks = list(tasks) if tasks is not None else [load_task(spec, config.data) for spec in config.tasks]
-    if models is None and not report_only:
-        cuecard.configure_cache(out / "lm-cache")
-        models = Models.from_config(config)
+    if models is None:
+        if not report_only:
+            cuecard.configure_cache(out / "lm-cache")
+        models = Models.from_config(config)  # building them loads no model: the fingerprints need their identity
     runners = {} if report_only else runners_for(config.methods)
     plan = cell_plan(tasks, config.methods, config.seeds)
     cells: list[CellResult] = []
@@ -190,25 +211,18 @@ def run(
     try:
         for number, (task, method, seed) in enumerate(plan, start=1):
             label = f"[{number}/{len(plan)}] {task.name} / {method}" + ("" if seed is None else f" / seed {seed}")
-            cell = store.get(task.name, method, seed, fingerprint(config, task.name, method, seed))
+            cell = store.get(task.name, method, seed, fingerprint(config, task, method, seed, models))
             if cell is not None:
                 log(f"{label}: stored ({describe(cell)})")
             elif report_only:
                 log(f"{label}: missing (not run yet with these settings)")
                 continue
             else:
-                assert models is not None
                 if method == "human":
                     cell = run_human(task, config, models)
                 else:
                     workdir = out / "runs" / f"{task.name}__{method}__seed{seed}"
-                    interrupted_before = workdir.exists()
                     cell = run_method(method, task, seed, config, models, workdir, runners[method])
-                    if interrupted_before:
-                        cell.notes.append(
-                            "resumed a compile that was interrupted: scores it had stored were reused, so the "
-                            "calls spent before the interruption are not counted and the total may pass the cap"
-                        )
                 store.put(cell)
                 log(f"{label}: {describe(cell)}")
             cells.append(cell)

@@ -1,0 +1,103 @@
+"""The methods the harness compares, one file each: cuecard's teleprompters, DSPy's optimizers, the baselines.
+
+Each method file has ``run(program, *, train, dev, metric, task_lm, prompt_lm, cap, seed, workdir)``
+returning the compiled program and a :class:`MethodRun`; cuecard's also have ``plan(cap, n_train,
+n_dev)``, their knobs from the engine's estimate. A cell's fingerprint includes a hash of its method's
+file (and of the file it shares with its kind), so editing one method recomputes only its cells.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib
+from pathlib import Path
+from typing import Any
+
+import dspy
+
+from .common import MethodRun, Runner
+from .pe2 import ABLATIONS as PE2_ABLATIONS
+
+HERE = Path(__file__).parent
+
+CUECARD_METHODS = ("ape", "protegi", "opro", "pe2")
+DSPY_METHOD_NAMES = ("copro", "miprov2", "gepa")
+BASELINES = ("seed", "human")
+DEFAULT_METHODS = ("seed", "human", *CUECARD_METHODS, *DSPY_METHOD_NAMES)
+"""What a run compares unless told otherwise: every method once, without the ablations."""
+METHOD_NAMES = (*DEFAULT_METHODS, *PE2_ABLATIONS)
+"""Every method the harness knows."""
+
+
+def run_seed(program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
+    """The baseline: the program as written, no LM call."""
+    return program, MethodRun(planned_calls=0)
+
+
+def _files(name: str) -> list[Path]:
+    """The files a method's results depend on (its own, and what it shares with its kind)."""
+    if name in PE2_ABLATIONS:
+        name = "pe2"
+    shared = "dspy_common.py" if name in DSPY_METHOD_NAMES else "common.py"
+    return [HERE / f"{name}.py", HERE / shared]
+
+
+def method_code_hash(name: str) -> str:
+    """A hash of the files that set the method's knobs and run it (and of the DSPy version).
+
+    It is part of each cell's fingerprint, so cells stored before that code changed are recomputed
+    rather than mixed with new ones. (A change inside a teleprompter itself is not seen: rerun with a
+    new ``--out`` after one.)
+    """
+    if name in BASELINES:
+        return name
+    digest = hashlib.sha256(dspy.__version__.encode())
+    for path in _files(name):
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _dspy_runner(name: str) -> Runner:
+    module = importlib.import_module(f".{name}", __name__)  # imports DSPy's optimizers only when asked
+    run = {"copro": "run_copro", "miprov2": "run_mipro", "gepa": "run_gepa"}[name]
+
+    def runner(program: dspy.Module, *, workdir: Path, **kw: Any) -> tuple[dspy.Module, MethodRun]:
+        return getattr(module, run)(program, **kw)  # DSPy's optimizers keep no run state of their own to resume
+
+    return runner
+
+
+def cuecard_runner(name: str) -> Runner:
+    """The runner of one of cuecard's teleprompters (an ablation of PE2 included)."""
+    if name in PE2_ABLATIONS:
+        from . import pe2
+
+        return functools.partial(pe2.run, ablation=PE2_ABLATIONS[name])
+    return importlib.import_module(f".{name}", __name__).run
+
+
+def runners_for(names: list[str]) -> dict[str, Runner]:
+    """The runner of each named method (the human baseline is handled by the harness itself)."""
+    runners: dict[str, Runner] = {}
+    for name in names:
+        if name == "seed":
+            runners[name] = run_seed
+        elif name in DSPY_METHOD_NAMES:
+            runners[name] = _dspy_runner(name)
+        elif name != "human":
+            runners[name] = cuecard_runner(name)
+    return runners
+
+
+__all__ = [
+    "BASELINES",
+    "CUECARD_METHODS",
+    "DEFAULT_METHODS",
+    "DSPY_METHOD_NAMES",
+    "METHOD_NAMES",
+    "MethodRun",
+    "PE2_ABLATIONS",
+    "method_code_hash",
+    "runners_for",
+]

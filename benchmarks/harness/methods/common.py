@@ -1,0 +1,87 @@
+"""What every harness method shares: the record of a run, and the plan of a cuecard teleprompter's knobs.
+
+A method is a module with ``run(program, *, train, dev, metric, task_lm, prompt_lm, cap, seed,
+workdir) -> (compiled program, MethodRun)``. The harness runs it inside a usage block capped at
+``cap`` LM requests (cached or not), so a method that overspends is stopped, never trusted; each
+method also plans its own knobs from ``cap`` so that it finishes under it: DSPy's optimizers from
+cost formulas read off their source, cuecard's teleprompters from the engine's own estimate of what
+a policy will spend (:meth:`cuecard.policies.Policy.planned_evaluations`), the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import dspy
+from cuecard.policies import Policy
+from cuecard.usage import Limits
+from pydantic import BaseModel, Field
+
+
+class MethodRun(BaseModel):
+    """What one method run reports beside its program."""
+
+    knobs: dict[str, Any] = Field(default_factory=dict, description="the settings the method ran with")
+    planned_calls: int | None = Field(None, description="the LM requests the knobs were chosen to cost at most")
+    notes: list[str] = Field(default_factory=list)
+
+
+class Plan(BaseModel):
+    """A cuecard teleprompter's knobs for a cap, and what they are expected to cost."""
+
+    knobs: dict[str, Any]
+    planned_calls: int
+    notes: list[str] = Field(default_factory=list)
+
+
+Runner = Callable[..., tuple[dspy.Module, MethodRun]]
+
+
+def evaluations(policy: Policy, arms: int, dev: int) -> int:
+    """The engine's estimate: example evaluations ``policy`` spends on ``arms`` candidates over ``dev`` examples."""
+    return policy.planned_evaluations(arms, dev, None) if arms > 0 else 0
+
+
+def largest(low: int, high: int, cost: Callable[[int], int], cap: int) -> int | None:
+    """The largest n in [low, high] with ``cost(n) <= cap`` (costs grow with n), or None."""
+    fitting = [n for n in range(low, high + 1) if cost(n) <= cap]
+    return max(fitting) if fitting else None
+
+
+def compile_with(cls: type, plan: Plan, program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
+    """Compile with a cuecard teleprompter and the planned knobs; the study lives under ``workdir``."""
+    workdir: Path = kw["workdir"]
+    knobs = dict(plan.knobs)
+    teleprompter = cls(
+        metric=kw["metric"],
+        task_lm=kw["task_lm"],
+        prompt_lm=kw["prompt_lm"],
+        seed=kw["seed"],
+        run_dir=workdir,  # the study lives here, named by the run identity: a killed run resumes exactly
+        limits=Limits(max_calls=kw["cap"]),
+        progress=False,
+        **knobs,
+    )
+    compiled = teleprompter.compile(program, trainset=kw["train"], valset=kw["dev"])
+    report = compiled.cuecard_report
+    notes = list(plan.notes) + list(report.notes)
+    if report.process.evaluations_read_back:
+        notes.append(f"resumed: {report.process.evaluations_read_back} evaluations read back from the interrupted run")
+    if report.dropped:
+        notes.append("dropped proposals: " + ", ".join(f"{k} {v}" for k, v in sorted(report.dropped.items())))
+    if report.failures:
+        notes.append("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(report.failures.items())))
+    unspent = kw["cap"] - report.usage.calls
+    if unspent > 0.1 * kw["cap"]:
+        notes.append(f"stopped with {unspent} of {kw['cap']} calls unspent: {stop_reason(report)}")
+    shown = {k: (type(v).__name__ if k == "policy" else v) for k, v in knobs.items()}
+    return compiled, MethodRun(knobs=shown, planned_calls=plan.planned_calls, notes=notes)
+
+
+def stop_reason(report: Any) -> str:
+    """Why a search ended before its cap, from its own notes (or what its plan allowed)."""
+    reasons = [note for note in report.notes if "stopped" in note or "no usable" in note or "no gain" in note
+               or "nothing to learn" in note or "no hard negative" in note]
+    return "; ".join(reasons) if reasons else "the planned search was done"
