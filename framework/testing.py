@@ -25,11 +25,15 @@ Reply = Callable[[list[dict[str, str]]], str]
 
 
 class ScriptedEngine:
-    """A DSPy engine whose answer is ``reply(messages)``; every request it sees is kept in ``requests``."""
+    """A DSPy engine whose answer is ``reply(messages)``; every request it sees is kept in ``requests``
+    (and its ``response_format``, if any, in ``formats``). ``supports_json_schema`` says whether cuecard
+    may hold it to a JSON schema, as it does a local GGUF model."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, *, supports_json_schema: bool = False) -> None:
         self.reply = reply
+        self.supports_json_schema = supports_json_schema
         self.requests: list[list[dict[str, str]]] = []
+        self.formats: list[dict[str, Any] | None] = []
         self._lock = threading.Lock()
 
     def __deepcopy__(self, memo: dict) -> ScriptedEngine:
@@ -41,6 +45,7 @@ class ScriptedEngine:
         messages = request_messages(request)
         with self._lock:
             self.requests.append(messages)
+            self.formats.append(request.config.response_format)
         text = self.reply(messages)
         prompt_tokens = sum(len(m["content"].split()) for m in messages)
         return Response(
@@ -60,16 +65,19 @@ class ScriptedEngine:
         pass
 
 
-def scripted_lm(reply: Reply, *, name: str = "scripted/lm", local: bool = True, cache: bool = False) -> CuecardLM:
+def scripted_lm(
+    reply: Reply, *, name: str = "scripted/lm", local: bool = True, cache: bool = False, structured: bool = False
+) -> CuecardLM:
     """A :class:`~cuecard.lm.CuecardLM` answering with ``reply(messages)``; ``lm.engine.requests`` logs prompts.
 
-    ``local=True`` makes cuecard treat it like an in-process model (plain adapter, serialised calls).
+    ``local=True`` makes cuecard treat it like an in-process model (plain adapter, serialised calls);
+    ``structured=True`` like a model that can be held to a JSON schema (proposals then ask for one).
     """
     return CuecardLM(
         name,
         spec=name,
         is_local=local,
-        engine=ScriptedEngine(reply),
+        engine=ScriptedEngine(reply, supports_json_schema=structured),
         temperature=0.0,
         max_tokens=256,
         cache=cache,
