@@ -10,11 +10,121 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel, Field
+
+from .acceptance import Acceptance
 from .plots import plot_search
+from .usage import Usage
+
+
+class CandidateSummary(BaseModel):
+    """One candidate as the report shows it."""
+
+    arm: int
+    key: str
+    instructions: dict[str, str]
+    origin: str
+    parent: str | None = None
+    round: int = 0
+    dev_score: float
+    dev_examples: int
+    dev_interval: tuple[float, float] | None = Field(None, description="95% interval of the dev score (Wilson)")
+    pruned: bool = False
+    why: str = Field("", description="how the method came to it (a gradient, an analysis...), in the method's words")
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class ExampleEvidence(BaseModel):
+    """A dev example on which the search's winner and the seed scored differently, with both outputs."""
+
+    index: int
+    inputs: dict[str, str]
+    gold: dict[str, str]
+    seed_score: float
+    seed_output: dict[str, str] | None = None
+    winner_score: float
+    winner_output: dict[str, str] | None = None
+
+
+class ProcessStats(BaseModel):
+    """What this process did (a resumed or repeated compile reads much back); not part of the outcome."""
+
+    evaluations_computed: int = 0
+    evaluations_read_back: int = 0
+    lm_requests_replayed: int = 0
+    model_calls: int = 0
+
+
+class CompileReport(BaseModel):
+    """What a compile did: candidates with scores and lineage, the winner, usage, and why it stopped.
+
+    ``usage`` is what the whole run spent, over every process that worked on it (a resumed run
+    includes what the killed one spent); ``process`` is what this process did.
+    """
+
+    teleprompter: str
+    config: dict[str, Any]
+    run_name: str
+    storage: str
+    identity: str | None = Field(None, description="digest of the run identity")
+    seed: int
+    train_size: int
+    dev_size: int
+    seed_instructions: dict[str, str]
+    seed_dev_score: float | None = None
+    task_model: str | None = None
+    prompt_model: str | None = None
+    data_fingerprint: str | None = Field(None, description="hash of the train and dev examples")
+    best: CandidateSummary
+    acceptance: Acceptance | None = Field(None, description="why the best candidate replaced the seed, or why the seed was kept")
+    search_best: CandidateSummary | None = Field(None, description="the search's own winner, when the seed was kept instead")
+    candidates: list[CandidateSummary]
+    dropped: dict[str, int] = Field(default_factory=dict)
+    failures: dict[str, int] = Field(default_factory=dict, description="failed evaluations and proposals by reason")
+    stopped: str | None = Field(None, description="the cap that stopped the search, if one did")
+    evaluations: int = 0
+    usage: Usage = Field(default_factory=Usage)
+    task_usage: Usage = Field(default_factory=Usage)
+    prompt_usage: Usage = Field(default_factory=Usage)
+    notes: list[str] = Field(default_factory=list)
+    history: list[dict[str, Any]] = Field(default_factory=list, description="per round/step, what the method did")
+    evidence: list[ExampleEvidence] = Field(
+        default_factory=list, description="dev examples where the search's winner and the seed differ"
+    )
+    process: ProcessStats = Field(default_factory=ProcessStats)
+
+    @property
+    def improved(self) -> bool:
+        return self.seed_dev_score is None or self.best.dev_score > self.seed_dev_score
+
+    def outcome(self) -> dict[str, Any]:
+        """The report without what depends on the process or the clock (usage, timings): two runs of
+        the same compile, one of them killed and resumed, have equal outcomes."""
+        return self.model_dump(mode="json", exclude={"storage", "usage", "task_usage", "prompt_usage", "process"})
+
+
+
+
+def interval(scores: list[float], z: float = 1.96) -> tuple[float, float] | None:
+    """A 95% interval for the mean of scores in [0, 1] (Wilson's, exact for 0/1 scores).
+
+    >>> interval([1.0, 1.0, 0.0, 1.0])
+    (0.3006, 0.9544)
+    """
+    n = len(scores)
+    if n == 0:
+        return None
+    p = sum(scores) / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return round(max(0.0, centre - half), 4), round(min(1.0, centre + half), 4)
+
+
 
 
 def lineage(report: Any) -> list[Any]:
@@ -29,13 +139,7 @@ def lineage(report: Any) -> list[Any]:
 
 
 def _why(candidate: Any) -> str:
-    meta = candidate.meta or {}
-    for key, label in (("gradient", "gradient"), ("edit_summary", "edit"), ("analysis", "analysis")):
-        if meta.get(key):
-            return f"{label}: {str(meta[key])[:400]}"
-    if "step" in meta:
-        return f"OPRO step {meta['step']} (from the scored history)"
-    return ""
+    return str(getattr(candidate, "why", "") or "")
 
 
 def _instructions(candidate: Any) -> str:

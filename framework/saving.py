@@ -155,7 +155,7 @@ def load(path: str | os.PathLike[str], program: dspy.Module | None = None) -> ds
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise SavedProgramError(f"{path}: the saved state does not fit {type(program).__name__}: {exc!r}") from exc
     if block is not None and block.report is not None:
-        from cuecard.teleprompters.base import CompileReport
+        from .report import CompileReport
 
         try:
             program.cuecard_report = CompileReport(**block.report)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import dspy
 from cuecard.policies import Allocation
@@ -84,6 +84,13 @@ class APE(Teleprompter):
     name = "ape"
     Config = APEConfig
     config: APEConfig
+
+    def why(self, record: Any) -> str:
+        if record.origin.startswith("induced"):
+            return f"induced from demonstrations ({record.origin.split('-', 1)[-1]} mode)"
+        if record.origin == "mc-variation":
+            return f"a variation of its parent (Monte Carlo round {record.round})"
+        return super().why(record)
 
     def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
         if len(trainset) < self.config.num_demos:

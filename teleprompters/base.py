@@ -47,8 +47,9 @@ from cuecard.identity import (
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
+from cuecard.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
 from cuecard.study import Engine
-from cuecard.usage import Limits, Usage
+from cuecard.usage import Limits
 from dspy.teleprompt import Teleprompter as DSPyTeleprompter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -69,75 +70,6 @@ class TeleprompterConfig(BaseModel):
     structured_proposals: bool = Field(
         True, description="hold the prompt model to a JSON schema (analysis, then instructions) when it supports one"
     )
-
-
-class CandidateSummary(BaseModel):
-    """One candidate as the report shows it."""
-
-    arm: int
-    key: str
-    instructions: dict[str, str]
-    origin: str
-    parent: str | None = None
-    round: int = 0
-    dev_score: float
-    dev_examples: int
-    pruned: bool = False
-    meta: dict[str, Any] = Field(default_factory=dict)
-
-
-class ProcessStats(BaseModel):
-    """What this process did (a resumed or repeated compile reads much back); not part of the outcome."""
-
-    evaluations_computed: int = 0
-    evaluations_read_back: int = 0
-    lm_requests_replayed: int = 0
-    model_calls: int = 0
-
-
-class CompileReport(BaseModel):
-    """What a compile did: candidates with scores and lineage, the winner, usage, and why it stopped.
-
-    ``usage`` is what the whole run spent, over every process that worked on it (a resumed run
-    includes what the killed one spent); ``process`` is what this process did.
-    """
-
-    teleprompter: str
-    config: dict[str, Any]
-    run_name: str
-    storage: str
-    identity: str | None = Field(None, description="digest of the run identity")
-    seed: int
-    train_size: int
-    dev_size: int
-    seed_instructions: dict[str, str]
-    seed_dev_score: float | None = None
-    task_model: str | None = None
-    prompt_model: str | None = None
-    data_fingerprint: str | None = Field(None, description="hash of the train and dev examples")
-    best: CandidateSummary
-    acceptance: Acceptance | None = Field(None, description="why the best candidate replaced the seed, or why the seed was kept")
-    search_best: CandidateSummary | None = Field(None, description="the search's own winner, when the seed was kept instead")
-    candidates: list[CandidateSummary]
-    dropped: dict[str, int] = Field(default_factory=dict)
-    failures: dict[str, int] = Field(default_factory=dict, description="failed evaluations and proposals by reason")
-    stopped: str | None = Field(None, description="the cap that stopped the search, if one did")
-    evaluations: int = 0
-    usage: Usage = Field(default_factory=Usage)
-    task_usage: Usage = Field(default_factory=Usage)
-    prompt_usage: Usage = Field(default_factory=Usage)
-    notes: list[str] = Field(default_factory=list)
-    history: list[dict[str, Any]] = Field(default_factory=list, description="per round/step, what the method did")
-    process: ProcessStats = Field(default_factory=ProcessStats)
-
-    @property
-    def improved(self) -> bool:
-        return self.seed_dev_score is None or self.best.dev_score > self.seed_dev_score
-
-    def outcome(self) -> dict[str, Any]:
-        """The report without what depends on the process or the clock (usage, timings): two runs of
-        the same compile, one of them killed and resumed, have equal outcomes."""
-        return self.model_dump(mode="json", exclude={"storage", "usage", "task_usage", "prompt_usage", "process"})
 
 
 class SearchContext:
@@ -337,6 +269,30 @@ class Teleprompter(DSPyTeleprompter):
         """What identifies the metric in the run identity (a method with its own metric overrides this)."""
         return metric_identity(self.metric, self.metric_version)
 
+    def why(self, record: Any) -> str:
+        """How the method came to a candidate, for the report (a method with more to say overrides this)."""
+        return {"program": "the program as written", "user-seed": "an instruction given by the user"}.get(record.origin, "")
+
+    @staticmethod
+    def evidence(ctx: SearchContext, arm: int, seed_arm: int, dev: list[dspy.Example], limit: int = 50) -> list[ExampleEvidence]:
+        """The dev examples where ``arm`` and the seed scored differently, with both outputs."""
+        engine = ctx.engine
+        mine, seeds = engine.scores(arm), engine.scores(seed_arm)
+        my_outputs, seed_outputs = engine.outputs(arm), engine.outputs(seed_arm)
+        found = []
+        for index in sorted(set(mine) & set(seeds)):
+            if mine[index] == seeds[index] or arm == seed_arm:
+                continue
+            example = dev[index]
+            found.append(ExampleEvidence(
+                index=index,
+                inputs={k: str(v) for k, v in example.inputs().items()},
+                gold={k: str(v) for k, v in example.labels().items()},
+                seed_score=seeds[index], seed_output=seed_outputs.get(index),
+                winner_score=mine[index], winner_output=my_outputs.get(index),
+            ))
+        return found[:limit]
+
     def identity_extras(self) -> dict[str, Any]:
         """Method-specific parts of the run identity (e.g. BPO's judge and preference records)."""
         return {}
@@ -478,12 +434,15 @@ class Teleprompter(DSPyTeleprompter):
                     round=record.round,
                     dev_score=sum(scores.values()) / len(scores) if scores else 0.0,
                     dev_examples=len(scores),
+                    dev_interval=interval(list(scores.values())),
                     pruned=arm in ctx.pruned,
+                    why=self.why(record),
                     meta=record.meta,
                 )
             )
         seed_arm = engine.arm_of(seed_instructions)
         seed_summary = next((s for s in summaries if s.arm == seed_arm), None)
+        evidence = self.evidence(ctx, summaries[0].arm, seed_arm, dev) if seed_arm is not None else []
         best, search_best = summaries[0], None
         if not acceptance.accepted and seed_summary is not None:
             best, search_best = seed_summary, summaries[0]
@@ -519,6 +478,7 @@ class Teleprompter(DSPyTeleprompter):
             prompt_usage=prompt_usage,
             notes=ctx.notes,
             history=ctx.history,
+            evidence=evidence,
             process=ProcessStats(
                 evaluations_computed=engine.computed,
                 evaluations_read_back=engine.read_back,

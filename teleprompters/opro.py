@@ -130,6 +130,11 @@ class OPRO(Teleprompter):
     config: OPROConfig
     default_policy = FullEvaluation
 
+    def why(self, record: Any) -> str:
+        if record.origin == "opro":
+            return f"proposed at step {record.meta.get('step')} from the scored history"
+        return super().why(record)
+
     def task_adapter(self) -> dspy.Adapter:
         if self.config.position is not None and self.adapter is None:
             return PlainAdapter(POSITIONS[self.config.position])

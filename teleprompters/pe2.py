@@ -19,7 +19,7 @@ Example:
 from __future__ import annotations
 
 import re
-from typing import Literal
+from typing import Any, Literal
 
 import dspy
 from cuecard.adapter import field_label
@@ -94,6 +94,12 @@ class PE2(Teleprompter):
     Config = PE2Config
     config: PE2Config
     default_policy = FullEvaluation
+
+    def why(self, record: Any) -> str:
+        if record.origin == "pe2":
+            summary, analysis = record.meta.get("edit_summary"), record.meta.get("analysis")
+            return f"edit: {summary}" if summary else f"analysis: {str(analysis or '')[:400]}"
+        return super().why(record)
 
     # ---- the search ------------------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Allocation:

@@ -17,7 +17,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import dspy
 from cuecard.adapter import field_label
@@ -86,6 +86,15 @@ class ProTeGi(Teleprompter):
     Config = ProTeGiConfig
     config: ProTeGiConfig
     default_policy = UCB
+
+    def why(self, record: Any) -> str:
+        gradient = record.meta.get("gradient")
+        if record.origin == "paraphrase":
+            return "a paraphrase of its parent"
+        if gradient:
+            kind = "an edit" if record.origin == "edit" else "a paraphrase of an edit"
+            return f"{kind} answering the gradient: {str(gradient)[:400]}"
+        return super().why(record)
 
     def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
         needed = self.config.selection_budget + self.config.beam_size
