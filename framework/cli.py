@@ -268,7 +268,40 @@ def _load_compiled(args: argparse.Namespace) -> Any:
     import cuecard
 
     user = _program_file(args.program).program if getattr(args, "program", None) else None
+    if user is None:
+        block = cuecard.read_block(args.compiled)
+        if block is None or block.program is None:
+            kind = f"a {block.program_class} program" if block else "a plain dspy program"
+            raise UsageError(
+                f"{args.compiled} holds {kind}, not one of cuecard's built-in programs: give the Python file "
+                "that defines it with --program FILE.py"
+            )
     return cuecard.load(args.compiled, program=user)
+
+
+def _task_model(args: argparse.Namespace) -> Any:
+    """The model to run a compiled program on: --task-model, else the one it was compiled for (a model
+    name only: a file's endpoint or key is never used), else the embedded model; says which on stderr."""
+    import cuecard
+
+    spec, why = args.task_model, "given with --task-model"
+    if spec is None:
+        block = cuecard.read_block(args.compiled)
+        recorded = (block.task_model_spec or block.task_model) if block else None
+        if recorded and _usable_recorded_model(recorded):
+            spec, why = recorded, "the model it was compiled for"
+        else:
+            spec = "local"
+            why = f"the embedded model; it was compiled for {recorded} (give --task-model)" if recorded else "the embedded model"
+    lm = _lm(spec, args.api_base)
+    if not getattr(args, "quiet", False):
+        print(f"cuecard {args.command}: running on {lm.model} ({why})", file=sys.stderr)
+    return lm
+
+
+def _usable_recorded_model(spec: str) -> bool:
+    """A recorded model cuecard may build by itself: the embedded one, or a provider/model name (no path)."""
+    return spec == "local" or ("/" in spec and not spec.startswith(("local", "/", ".", "~")) and not spec.endswith(".gguf"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -278,7 +311,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from cuecard.program import required_inputs
 
     program = _load_compiled(args)
-    lm = _lm(args.task_model, args.api_base)
+    lm = _task_model(args)
     adapter = cuecard.adapter_for(lm)
     fields = required_inputs(program)
     source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8")  # noqa: SIM115
@@ -313,7 +346,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     program = _load_compiled(args)
     data = load_data(args.data, program, args.columns, labelled=True)
     metric = build_metric(args.metric, program)
-    lm = _lm(args.task_model, args.api_base)
+    lm = _task_model(args)
     results = []
     from tqdm.auto import tqdm
 
@@ -483,7 +516,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("compiled", help="a compiled program .json")
     run.add_argument("--input", help="a .jsonl file (default: stdin)")
     run.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
-    run.add_argument("--task-model", default="local", help="the model that answers (default: local, the embedded model)")
+    run.add_argument("--task-model", help="the model that answers (default: the model the program was compiled "
+                                          "for when it is a model name, else local, the embedded model)")
+    run.add_argument("--quiet", action="store_true", help="do not say which model runs")
     run.add_argument("--api-base", metavar="URL", help="the task model's endpoint (litellm models: ollama, vLLM, a proxy...)")
     run.set_defaults(handler=cmd_run)
 
@@ -493,7 +528,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--columns", help="rename columns, e.g. input=review,output=sentiment")
     evaluate.add_argument("--metric", choices=METRICS, default="exact_match")
     evaluate.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
-    evaluate.add_argument("--task-model", default="local", help="the model that answers (default: local, the embedded model)")
+    evaluate.add_argument("--task-model", help="the model that answers (default: the model the program was compiled "
+                                               "for when it is a model name, else local, the embedded model)")
     evaluate.add_argument("--api-base", metavar="URL", help="the task model's endpoint (litellm models: ollama, vLLM, a proxy...)")
     evaluate.add_argument("--out", help="write per-example results as JSONL here")
     evaluate.add_argument("--quiet", action="store_true")

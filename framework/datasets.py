@@ -129,6 +129,10 @@ def load_examples(
     if not isinstance(rows, list) or not rows:
         raise DataFileError(f"{path}: holds no examples")
     renames = dict(columns or {})
+    present = {key for row in rows if isinstance(row, dict) for key in row}
+    unknown = sorted(old for old in renames if old not in present)
+    if unknown:
+        raise DataFileError(f"{path}: no column {unknown} to rename (its columns: {sorted(present)})")
     examples = []
     for number, row in enumerate(rows, start=1):
         if not isinstance(row, dict):

@@ -60,6 +60,7 @@ class SavedBlock(BaseModel):
     data_fingerprint: str | None = None
     scores: dict[str, float] = Field(default_factory=dict, description="e.g. dev, train, test")
     task_model: str | None = None
+    task_model_spec: str | None = Field(None, description="the model string the compile was given (never a key)")
     prompt_model: str | None = None
     usage: Usage = Field(default_factory=Usage)
     report: dict[str, Any] | None = Field(None, description="the compile report (candidates, lineage, history)")
@@ -96,6 +97,7 @@ def save(
         data_fingerprint=report.data_fingerprint if report else None,
         scores={**({"dev": report.best.dev_score} if report else {}), **(scores or {})},
         task_model=task_model or (report.task_model if report else None),
+        task_model_spec=task_model or (report.task_model_spec if report else None),
         prompt_model=prompt_model or (report.prompt_model if report else None),
         usage=report.usage if report else Usage(),
         report=report.model_dump(mode="json") if report else None,

@@ -85,6 +85,42 @@ class APE(Teleprompter):
     Config = APEConfig
     config: APEConfig
 
+    def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
+        config = self.config
+        proposals = config.num_subsamples * config.num_prompts_per_subsample * predictors
+        arms = 1 + len(config.seed_instructions) * predictors + proposals
+        evaluations = self.policy.planned_evaluations(arms, n_dev, None)
+        prompt, side = proposals, n_train if predictors > 1 else 0  # a pipeline is traced on train for demos
+        for _ in range(config.mc_rounds):
+            kept = max(1, int(arms * config.mc_top_fraction))
+            new = kept * config.mc_variations * predictors
+            prompt += new
+            evaluations += self.policy.planned_evaluations(kept + new, n_dev, None)
+            arms = kept + new
+        evaluations += n_dev  # the seed check: a seed pruned early is scored on the rest of dev
+        return prompt, evaluations, side
+
+    @classmethod
+    def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
+        """As many induced proposals as ``cap`` affords, screened multi-stage (3 examples, x3, 2 survivors).
+
+        Example:
+            >>> APE.plan(100, n_train=20, n_dev=15)["num_prompts_per_subsample"]
+            3
+        """
+        from cuecard.policies import MultiStage
+
+        policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=2)
+        best: dict[str, Any] = {}
+        for proposals in range(2, 61):
+            subsamples = min(3, proposals)
+            knobs = dict(policy=policy, num_subsamples=subsamples, num_prompts_per_subsample=proposals // subsamples,
+                         num_demos=max(1, min(5, n_train)))
+            if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
+                break
+            best = knobs
+        return best
+
     def why(self, record: Any) -> str:
         if record.origin.startswith("induced"):
             return f"induced from demonstrations ({record.origin.split('-', 1)[-1]} mode)"

@@ -72,6 +72,23 @@ class TeleprompterConfig(BaseModel):
     )
 
 
+class CompileEstimate(BaseModel):
+    """A dry run: what a compile with these settings asks of the LMs at most, before any LM call.
+
+    ``requests`` counts every LM request (task and prompt model, the way ``Limits(max_calls=...)``
+    counts them); tokens and dollars are rough (the prompts as rendered for one example, the answer
+    caps) and dollars are given only where litellm knows the model's prices.
+    """
+
+    requests: int
+    prompt_requests: int
+    task_requests: int
+    evaluations: int = Field(description="pool example evaluations (dev), the seed check included")
+    tokens: int | None = None
+    cost: float | None = None
+    notes: list[str] = Field(default_factory=list)
+
+
 class SearchContext:
     """What :meth:`Teleprompter.search` works with: the engine, the data, the LMs, a seeded RNG, and a log."""
 
@@ -390,6 +407,67 @@ class Teleprompter(DSPyTeleprompter):
         compiled.cuecard_report = report
         return compiled
 
+    # ---- estimates and plans ------------------------------------------------------------------------
+    def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int] | None:
+        """(prompt-model requests, pool evaluations, task runs outside the pool) this search takes at
+        most with its settings, the seed check included; None when the method cannot tell."""
+        return None
+
+    def estimate(
+        self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None = None
+    ) -> CompileEstimate:
+        """What :meth:`compile` would spend at most, from the method's own plan and the engine's
+        estimate of its policy; no LM call is made.
+
+        Example:
+            >>> APE(metric=m, task_lm=lm, num_prompts_per_subsample=5).estimate(program, train).requests  # doctest: +SKIP
+            131
+        """
+        check_examples(student, trainset, what="trainset")
+        train, dev = self.split(list(trainset), list(valset) if valset is not None else None)
+        count = len(predictors(student))
+        planned = self.planned_calls(len(train), len(dev), count)
+        if planned is None:
+            raise TeleprompterConfigError(f"{type(self).__name__} cannot estimate its cost before running")
+        prompt, evaluations, side = planned
+        task = (evaluations + side) * count
+        tokens, cost = self._tokens_and_cost(student, train, prompt, task)
+        return CompileEstimate(
+            requests=prompt + task, prompt_requests=prompt, task_requests=task, evaluations=evaluations,
+            tokens=tokens, cost=cost,
+            notes=[f"{len(train)} train and {len(dev)} dev examples; policy {self.policy.name}"],
+        )
+
+    def _tokens_and_cost(self, student: dspy.Module, train: list[dspy.Example], prompt: int, task: int) -> tuple[int, float | None]:
+        """Rough tokens (the first predictor's prompt as rendered for one example, the answer caps) and
+        dollars where litellm knows the models' prices (None for an unknown price; 0 for local models)."""
+        _, predictor = predictors(student)[0]
+        rendered = self.task_adapter().format(predictor.signature, [], {k: train[0][k] for k in predictor.signature.input_fields if k in train[0]})
+        task_in = sum(len(str(m["content"])) for m in rendered) // 4 + 8
+        task_out = int((getattr(self.task_lm, "kwargs", None) or {}).get("max_tokens") or 256)
+        prompt_in, prompt_out = 800, 200
+        tokens = task * (task_in + task_out) + prompt * (prompt_in + prompt_out)
+        cost = 0.0
+        for lm, n, tokens_in, tokens_out in ((self.task_lm, task, task_in, task_out), (self.prompt_lm, prompt, prompt_in, prompt_out)):
+            price = _price(lm, tokens_in, tokens_out)
+            if price is None:
+                return tokens, None
+            cost += n * price
+        return tokens, cost
+
+    @classmethod
+    def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
+        """Knobs (a policy included) that make the method spend about ``cap`` LM requests on data of
+        these sizes, found through :meth:`estimate`'s own arithmetic; ``{}`` when the method has no plan."""
+        return {}
+
+    @classmethod
+    def fits(cls, knobs: dict[str, Any], cap: int, n_train: int, n_dev: int, predictors: int) -> int:
+        """The requests a compile with ``knobs`` may take on data of these sizes (for :meth:`plan`)."""
+        probe = cls(metric=None, task_lm=_PLANNING_LM, **knobs)
+        prompt, evaluations, side = probe.planned_calls(n_train, n_dev, predictors) or (0, 0, 0)
+        return prompt + (evaluations + side) * predictors
+
     def split(self, trainset: list[dspy.Example], valset: list[dspy.Example] | None) -> tuple[list, list]:
         """Seeded train/dev split (dev capped at ``max_dev``); a given valset is the dev set."""
         rng = random.Random(self.config.seed)
@@ -463,6 +541,7 @@ class Teleprompter(DSPyTeleprompter):
             seed_instructions=seed_instructions,
             seed_dev_score=seed_summary.dev_score if seed_summary else None,
             task_model=self.task_lm.model,
+            task_model_spec=getattr(self.task_lm, "spec", None),
             prompt_model=self.prompt_lm.model,
             data_fingerprint=data_fingerprint(train + dev),
             best=best,
@@ -624,6 +703,31 @@ class Teleprompter(DSPyTeleprompter):
         return "\n\n".join(blocks)
 
 
+class _PlanningLM:
+    """Stands for the LMs while a plan is worked out: plans need the settings only, never a model."""
+
+    model = "planning"
+    kwargs: dict[str, Any] = {}
+
+
+_PLANNING_LM: Any = _PlanningLM()
+
+
+def _price(lm: Any, tokens_in: int, tokens_out: int) -> float | None:
+    """Dollars of one request where litellm knows the price; 0 for a local model; None when unknown."""
+    if getattr(lm, "is_local", False):
+        return 0.0
+    try:
+        import litellm
+
+        prompt_cost, completion_cost = litellm.cost_per_token(
+            model=lm.model, prompt_tokens=tokens_in, completion_tokens=tokens_out
+        )
+    except Exception:  # litellm does not know this model's price
+        return None
+    return float(prompt_cost + completion_cost)
+
+
 def _supports_json_schema(lm: Any) -> bool:
     check = getattr(lm, "supports_json_schema", None)
     return bool(check()) if callable(check) else False
@@ -631,6 +735,7 @@ def _supports_json_schema(lm: Any) -> bool:
 
 __all__ = [
     "CandidateSummary",
+    "CompileEstimate",
     "CompileReport",
     "ProcessStats",
     "SearchContext",

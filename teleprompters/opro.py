@@ -130,6 +130,35 @@ class OPRO(Teleprompter):
     config: OPROConfig
     default_policy = FullEvaluation
 
+    def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
+        config = self.config
+        per_step = self.policy.planned_evaluations(config.instructions_per_step, n_dev, None)
+        seeds = 1 + len(config.seed_instructions) * predictors
+        evaluations = self.policy.planned_evaluations(seeds, n_dev, None) + config.steps * per_step
+        shown = config.num_exemplars if config.show_model_outputs else 0
+        wrong = n_train if config.exemplar_selection == "wrong" else 0
+        return config.steps * config.instructions_per_step, evaluations, config.steps * (shown + wrong)
+
+    @classmethod
+    def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
+        """Steps of 4 proposals, each screened on 3 dev examples and the best on all, as many as ``cap`` affords.
+
+        Example:
+            >>> OPRO.plan(100, n_train=20, n_dev=15)["steps"]
+            2
+        """
+        from cuecard.policies import MultiStage
+
+        policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=1)
+        best: dict[str, Any] = {}
+        for steps in range(1, 101):
+            knobs = dict(policy=policy, steps=steps, instructions_per_step=4, num_exemplars=min(3, n_train),
+                         max_proposal_tokens=80, patience=max(2, steps))
+            if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
+                break
+            best = knobs
+        return best
+
     def why(self, record: Any) -> str:
         if record.origin == "opro":
             return f"proposed at step {record.meta.get('step')} from the scored history"

@@ -95,6 +95,35 @@ class PE2(Teleprompter):
     config: PE2Config
     default_policy = FullEvaluation
 
+    def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
+        config = self.config
+        per_parent = min(config.negatives_sample or n_train, n_train)
+        children = config.beam * config.proposals_per_prompt
+        evaluations = self.policy.planned_evaluations(1 + config.n_init * predictors, n_dev, None)
+        evaluations += config.steps * self.policy.planned_evaluations(children, n_dev, None)
+        prompt = config.n_init * predictors + config.steps * children * 2
+        return prompt, evaluations, config.steps * config.beam * per_parent
+
+    @classmethod
+    def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
+        """Steps expanding the best prompt (beam 1) with 3 proposals from hard negatives, as many as ``cap`` affords.
+
+        Example:
+            >>> PE2.plan(100, n_train=20, n_dev=15)["steps"]
+            2
+        """
+        from cuecard.policies import MultiStage
+
+        policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=1)
+        best: dict[str, Any] = {}
+        for steps in range(1, 51):
+            knobs = dict(policy=policy, steps=steps, beam=1, proposals_per_prompt=3, batch_size=2,
+                         negatives_sample=min(8, n_train), max_reasoning_tokens=200, max_proposal_tokens=80)
+            if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
+                break
+            best = knobs
+        return best
+
     def why(self, record: Any) -> str:
         if record.origin == "pe2":
             summary, analysis = record.meta.get("edit_summary"), record.meta.get("analysis")

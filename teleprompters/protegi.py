@@ -87,6 +87,43 @@ class ProTeGi(Teleprompter):
     config: ProTeGiConfig
     default_policy = UCB
 
+    def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
+        config = self.config
+        edits = config.n_gradients * config.gradients_per_error
+        per_parent_prompt = (config.n_gradients + edits + config.mc_samples_per_step * (edits * config.steps_per_gradient + 1)) * predictors
+        per_parent_side = min(config.minibatch_size, n_train)
+        if config.expansion == "prescreen":
+            per_parent_side += config.max_expansion_factor * 2 * config.errors_per_gradient
+        parents = [1] + [config.beam_size] * (config.rounds - 1)
+        prompt = sum(parents) * per_parent_prompt
+        side = sum(parents) * per_parent_side
+        evaluations = n_dev + config.rounds * config.selection_budget + config.beam_size * n_dev
+        return prompt, evaluations, side
+
+    @classmethod
+    def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
+        """Rounds of 2 gradients x 1 edit per beam prompt (beam 2), UCB spending 2 x dev evaluations a round
+        (smaller minibatch and selection where ``cap`` is tight), as many rounds as ``cap`` affords.
+
+        Example:
+            >>> ProTeGi.plan(100, n_train=20, n_dev=15)["rounds"]
+            1
+        """
+        from cuecard.policies import UCB
+
+        for minibatch, selection in ((min(8, n_train), 2 * n_dev), (min(4, n_train), n_dev)):
+            best: dict[str, Any] = {}
+            for rounds in range(1, 31):
+                knobs = dict(policy=UCB(batch=3), rounds=rounds, beam_size=2, minibatch_size=minibatch, n_gradients=2,
+                             errors_per_gradient=3, steps_per_gradient=1, mc_samples_per_step=0, max_expansion_factor=4,
+                             samples_per_eval=selection, eval_rounds=1, prompts_per_round=1, patience=rounds)
+                if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
+                    break
+                best = knobs
+            if best:
+                return best
+        return {}
+
     def why(self, record: Any) -> str:
         gradient = record.meta.get("gradient")
         if record.origin == "paraphrase":

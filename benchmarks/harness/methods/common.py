@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from cuecard.policies import Policy
 from cuecard.usage import Limits
 from pydantic import BaseModel, Field
 
@@ -39,15 +38,14 @@ class Plan(BaseModel):
 Runner = Callable[..., tuple[dspy.Module, MethodRun]]
 
 
-def evaluations(policy: Policy, arms: int, dev: int) -> int:
-    """The engine's estimate: example evaluations ``policy`` spends on ``arms`` candidates over ``dev`` examples."""
-    return policy.planned_evaluations(arms, dev, None) if arms > 0 else 0
-
-
-def largest(low: int, high: int, cost: Callable[[int], int], cap: int) -> int | None:
-    """The largest n in [low, high] with ``cost(n) <= cap`` (costs grow with n), or None."""
-    fitting = [n for n in range(low, high + 1) if cost(n) <= cap]
-    return max(fitting) if fitting else None
+def plan_for(cls: type, cap: int, n_train: int, n_dev: int) -> Plan:
+    """A teleprompter's own plan for the cap (:meth:`cuecard.teleprompters.Teleprompter.plan`, worked
+    out through its estimate of what its policy and proposals cost) and the calls it expects."""
+    knobs = cls.plan(cap, n_train, n_dev)
+    if not knobs:
+        raise ValueError(f"{cls.__name__}: a cap of {cap} calls is too small for one search step on {n_dev} dev examples")
+    shown = ", ".join(f"{k}={type(v).__name__ if k == 'policy' else v}" for k, v in knobs.items())
+    return Plan(knobs=knobs, planned_calls=cls.fits(knobs, cap, n_train, n_dev, 1), notes=[f"plan for the cap: {shown}"])
 
 
 def compile_with(cls: type, plan: Plan, program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
