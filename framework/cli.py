@@ -171,11 +171,16 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 
 # ---- commands ---------------------------------------------------------------------------------------
-def _lm(spec: str, api_base: str | None) -> Any:
+def _lm(spec: str, api_base: str | None, max_tokens: int | None = None) -> Any:
     """``cuecard.LM(spec)``, with the endpoint the user gave (never one read from a file)."""
     import cuecard
 
-    return cuecard.LM(spec, api_base=api_base) if api_base else cuecard.LM(spec)
+    options: dict[str, Any] = {}
+    if api_base:
+        options["api_base"] = api_base
+    if max_tokens:
+        options["max_tokens"] = max_tokens
+    return cuecard.LM(spec, **options)
 
 
 def _check_out(path: str) -> Path:
@@ -203,14 +208,15 @@ def cmd_compile(args: argparse.Namespace) -> int:
     out = _check_out(args.out)
     program, file_metric = build_program(args)
     cls = {"ape": APE, "protegi": ProTeGi, "opro": OPRO, "pe2": PE2, "bpo": BPO}[args.teleprompter]
+    options = _options(args.set)
     try:
-        config = cls.make_config({"seed": args.seed, **_options(args.set)})
+        cls.make_config({"seed": args.seed, **options})
     except TeleprompterConfigError as exc:
         raise UsageError(f"--set: {exc}") from None
     labelled = args.teleprompter != "bpo"  # BPO needs prompts only: a judge compares answers
     train = load_data(args.train, program, args.columns, labelled=labelled)
     dev = load_data(args.dev, program, args.columns, labelled=labelled) if args.dev else None
-    task_lm = _lm(args.task_model, args.api_base)
+    task_lm = _lm(args.task_model, args.api_base, args.max_tokens)
     separate = args.prompt_model and (args.prompt_model != args.task_model or args.prompt_api_base)
     prompt_lm = _lm(args.prompt_model, args.prompt_api_base) if separate else task_lm
     kwargs: dict[str, Any] = dict(task_lm=task_lm, prompt_lm=prompt_lm)
@@ -221,12 +227,18 @@ def cmd_compile(args: argparse.Namespace) -> int:
         if args.preferences or args.judge_model:
             raise UsageError("--preferences and --judge-model are for --teleprompter bpo")
         kwargs["metric"] = file_metric if file_metric is not None and not args.metric else build_metric(args.metric or "exact_match", program)
-    limits = {"max_calls": args.max_calls, "max_model_calls": args.max_model_calls}
+    max_calls = args.max_calls
+    planned: dict[str, Any] = {}
+    if args.budget:
+        max_calls = max_calls or BUDGETS[args.budget]
+        sizes = cls(metric=None, task_lm=task_lm, **options).split(list(train), list(dev) if dev else None)
+        planned = cls.plan(max_calls, len(sizes[0]), len(sizes[1]), len(program.predictors()))
+    limits = {"max_calls": max_calls, "max_model_calls": args.max_model_calls}
     kwargs.update(
         storage=args.storage, progress=not args.quiet, runs_root=args.run_dir, run_name=args.run_name,
         limits=cuecard.Limits(**limits) if any(v is not None for v in limits.values()) else None,
         max_evaluations=args.max_evaluations, timeout=args.timeout, max_failure_share=args.max_failure_share,
-        **config.model_dump(exclude_unset=True),
+        **{**planned, "seed": args.seed, **options},
     )
     if args.policy:
         kwargs["policy"] = make_policy(args.policy)
@@ -237,16 +249,21 @@ def cmd_compile(args: argparse.Namespace) -> int:
     adapter = teleprompter.task_adapter()
     for flag, path, examples in (("--train", args.train, train), ("--dev", args.dev, dev or [])):
         check_context(program, task_lm, adapter, examples, [f"{flag} {path}, example {i + 1}" for i in range(len(examples))])
+    if args.estimate:
+        return _print_estimate(teleprompter, program, train, dev, max_calls)
     try:
         compiled = teleprompter.compile(program, trainset=train, valset=dev)
     finally:
         args.run_name = teleprompter.current_run or args.run_name  # named in the message if interrupted
     report = compiled.cuecard_report
+    if report.best.dev_examples == 0:
+        raise cuecard.CuecardError(
+            f"nothing was scored ({report.stopped or 'no candidate got an example'}): no program written to {out}. "
+            "Raise the cap; `--estimate` shows what the settings need"
+        )
     path = cuecard.save(compiled, out)
     print(f"compiled {args.teleprompter} -> {path}")
-    print(f"winner (dev {report.best.dev_score:.3f} on {report.best.dev_examples} examples; seed {report.seed_dev_score or 0:.3f}):")
-    for name, text in report.best.instructions.items():
-        print(f"  {name}: {text if len(text) <= 300 else text[:300] + '...'}")
+    _print_winner(report)
     usage, process = report.usage, report.process
     print(
         f"run {report.run_name} in {report.storage}; LM calls reaching a model {usage.model_calls} over the run "
@@ -261,6 +278,43 @@ def cmd_compile(args: argparse.Namespace) -> int:
         print(f"stopped by a cap: {report.stopped}; the same command with a larger cap continues the run")
     for note in report.notes:
         print(f"note: {note}")
+    return 0
+
+
+BUDGETS = {"light": 150, "medium": 600, "heavy": 2400}
+"""``--budget`` presets: LM requests per compile; the teleprompter plans its knobs for them."""
+
+
+def _score(summary: Any) -> str:
+    low_high = f" (95% {summary.dev_interval[0]:.2f}-{summary.dev_interval[1]:.2f})" if summary.dev_interval else ""
+    return f"{summary.dev_score:.3f}{low_high} on {summary.dev_examples} dev examples"
+
+
+def _print_winner(report: Any) -> None:
+    """The winner with its evidence: dev scores with intervals, and whether it replaced the seed and why."""
+    seed = next((c for c in report.candidates if c.instructions == report.seed_instructions), None)
+    searched = report.search_best or report.best
+    print(f"search's best: {_score(searched)}; the seed: {_score(seed) if seed else 'not scored'}")
+    if report.acceptance is not None:
+        print(f"  {report.acceptance.reason}")
+    label = "winner (the seed)" if report.search_best is not None else "winner"
+    for name, text in report.best.instructions.items():
+        print(f"{label} {name}: {text if len(text) <= 300 else text[:300] + '...'}")
+    if report.search_best is not None:
+        for name, text in report.search_best.instructions.items():
+            print(f"search's best {name}: {text if len(text) <= 300 else text[:300] + '...'}")
+
+
+def _print_estimate(teleprompter: Any, program: Any, train: list, dev: list | None, cap: int | None) -> int:
+    """``--estimate``: what the compile would ask of the LMs at most; no LM call."""
+    estimate = teleprompter.estimate(program, train, dev)
+    dollars = "unknown (litellm has no price for the model)" if estimate.cost is None else f"${estimate.cost:.4f}"
+    print(f"estimate for {teleprompter.name} ({'; '.join(estimate.notes)}):")
+    print(f"  LM requests at most: {estimate.requests} ({estimate.task_requests} task model, {estimate.prompt_requests} prompt model)")
+    print(f"  dev evaluations: {estimate.evaluations}; tokens: about {estimate.tokens}; dollars: {dollars}")
+    if cap is not None:
+        verdict = "fits" if estimate.requests <= cap else "does not fit: the compile stops at the cap with the best so far"
+        print(f"  cap: {cap} requests ({verdict})")
     return 0
 
 
@@ -498,6 +552,14 @@ def build_parser() -> argparse.ArgumentParser:
                           help="cap on LM calls that reach a model, over the whole run (a resumed run counts the "
                                "calls made before it was interrupted)")
     compile_.add_argument("--max-evaluations", type=_positive_int, metavar="N", help="cap on example evaluations")
+    compile_.add_argument("--budget", choices=sorted(BUDGETS),
+                          help="a preset: " + ", ".join(f"{k} = {v} LM requests" for k, v in BUDGETS.items())
+                               + ", with the teleprompter's knobs planned for it (--set and --max-calls override)")
+    compile_.add_argument("--max-tokens", type=_positive_int, metavar="N",
+                          help="cap on the task model's answer length in tokens (default: the model's, 256)")
+    compile_.add_argument("--estimate", action="store_true",
+                          help="print what the compile would ask of the LMs at most (requests, evaluations, tokens, "
+                               "dollars where litellm knows the price) and stop: no LM call")
     compile_.add_argument("--timeout", type=_positive_float, metavar="SECONDS",
                           help="abandon an example or a prompt-model call that takes longer; it counts as a failure")
     compile_.add_argument("--max-failure-share", type=_share, default=0.5, metavar="SHARE",
@@ -507,7 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--run-dir", default="runs", help="where runs live (default: runs/)")
     compile_.add_argument("--storage", help="an Optuna storage URL (default: runs/<name>/study.db)")
     compile_.add_argument("--out", required=True, help="the compiled program's .json file")
-    compile_.add_argument("--quiet", action="store_true", help="no progress bars")
+    compile_.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
     compile_.set_defaults(handler=cmd_compile)
 
     run = commands.add_parser("run", help="answer JSONL inputs with a compiled program (JSONL out)",

@@ -105,7 +105,7 @@ class Evaluator:
         task_lm: dspy.LM,
         adapter: dspy.Adapter | None = None,
         objective: Objective = "metric",
-        num_threads: int = 8,
+        num_threads: int = 16,
         timeout: float | None = None,
         max_failure_share: float = 0.5,
         min_examples_for_failure_check: int = 10,

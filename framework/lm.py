@@ -24,7 +24,7 @@ from typing import Any
 import dspy
 from dspy.utils.callback import with_callbacks
 
-from .errors import MissingCredentialsError, ModelSpecError, ScoringUnsupportedError
+from .errors import BudgetExhausted, MissingCredentialsError, ModelSpecError, ScoringUnsupportedError
 from .local import EMBEDDED_MODEL_NAME, LlamaCppEngine, LocalScorer, LogProb, embedded_model_path
 from .record import StoredReply, active_record, request_key, storable
 from .usage import CallRecord, UsageMeter, check_limits
@@ -49,6 +49,7 @@ class CuecardLM(dspy.LM):
         is_local: bool,
         scorer: Any = None,
         meter: UsageMeter | None = None,
+        requests_per_minute: int | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(model, **kwargs)
@@ -56,6 +57,7 @@ class CuecardLM(dspy.LM):
         self.is_local = is_local
         self.scorer = scorer
         self.meter = meter or UsageMeter(model)
+        self.rate_limit = RateLimit(requests_per_minute) if requests_per_minute else None
         self._credentials_checked = is_local
 
     @with_callbacks
@@ -70,12 +72,14 @@ class CuecardLM(dspy.LM):
             replayed = record.get(key)
             if replayed is not None:
                 return self._replay(replayed)
-        self._before_call(_completions(call))
         start = time.perf_counter()
         try:
+            self._before_call(_completions(call))
             result = execute(self, call)
-        except Exception:
-            record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
+        except Exception as exc:
+            self._abandon(record, key)
+            if not isinstance(exc, BudgetExhausted):
+                record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
         self._record(result, time.perf_counter() - start, _completions(call))
         outputs = finalize(self, call, result)
@@ -96,12 +100,14 @@ class CuecardLM(dspy.LM):
             replayed = record.get(key)
             if replayed is not None:
                 return self._replay(replayed)
-        self._before_call(_completions(call))
         start = time.perf_counter()
         try:
+            self._before_call(_completions(call))
             result = await aexecute(self, call)
-        except Exception:
-            record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
+        except Exception as exc:
+            self._abandon(record, key)
+            if not isinstance(exc, BudgetExhausted):
+                record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
         self._record(result, time.perf_counter() - start, _completions(call))
         outputs = finalize(self, call, result)
@@ -125,6 +131,12 @@ class CuecardLM(dspy.LM):
         check_limits(reply.requests)
         record_usage(self.meter, CallRecord(model=self.model, requests=reply.requests, replayed=True))
         return list(reply.outputs)
+
+    @staticmethod
+    def _abandon(record: Any, key: str) -> None:
+        abandon = getattr(record, "abandon", None)
+        if abandon is not None:
+            abandon(key)
 
     @staticmethod
     def _keep(record: Any, key: str, outputs: Any, call: Any) -> None:
@@ -179,6 +191,8 @@ class CuecardLM(dspy.LM):
 
     def _before_call(self, completions: int = 1) -> None:
         check_limits(completions)
+        if self.rate_limit is not None:
+            self.rate_limit.wait(completions)
         if not self._credentials_checked:
             check_credentials(self.model, self.kwargs)
             self._credentials_checked = True
@@ -199,6 +213,25 @@ class CuecardLM(dspy.LM):
         )
 
 
+class RateLimit:
+    """An optional cap on requests per minute for one model, shared by every thread and copy of the LM
+    (a leaky bucket from ``pyrate-limiter``): a request waits for its turn instead of drawing 429s."""
+
+    def __init__(self, per_minute: int) -> None:
+        from pyrate_limiter import Duration, Limiter, Rate
+
+        if per_minute < 1:
+            raise ValueError(f"requests_per_minute={per_minute} must be at least 1")
+        self.per_minute = per_minute
+        self._limiter = Limiter(Rate(per_minute, Duration.MINUTE))
+
+    def __deepcopy__(self, memo: dict) -> RateLimit:
+        return self
+
+    def wait(self, requests: int = 1) -> None:
+        self._limiter.try_acquire("requests", weight=requests, blocking=True)
+
+
 def _completions(call: Any) -> int:
     """How many completions a DSPy call asks for (``n``); each is one request to an in-process engine."""
     return max(1, int(getattr(call, "n", 1) or 1))
@@ -211,6 +244,7 @@ def LM(  # noqa: N802 - a factory that reads like the class it returns, as dspy.
     max_tokens: int = DEFAULT_MAX_TOKENS,
     cache: bool = True,
     n_ctx: int = 2048,
+    requests_per_minute: int | None = None,
     **kwargs: Any,
 ) -> CuecardLM:
     """Build a ``dspy.LM`` from a model string.
@@ -223,7 +257,10 @@ def LM(  # noqa: N802 - a factory that reads like the class it returns, as dspy.
         max_tokens: default cap on generated tokens.
         cache: use DSPy's response cache (``DSPY_CACHEDIR``, or :func:`configure_cache`).
         n_ctx: context size of a local model.
-        **kwargs: passed to ``dspy.LM`` (remote models: ``api_base``, ``api_key``, ``num_retries``...).
+        requests_per_minute: remote models: at most this many requests a minute, shared by all threads
+            (requests wait their turn; a 429 with ``Retry-After`` is retried after the time it names).
+        **kwargs: passed to ``dspy.LM`` (remote models: ``api_base``, ``api_key``, ``num_retries`` (default
+            8: DSPy retries transient errors and 429s, waiting what ``Retry-After`` says)...).
 
     Raises:
         ModelSpecError: the string names no model cuecard can build.
@@ -260,10 +297,12 @@ def LM(  # noqa: N802 - a factory that reads like the class it returns, as dspy.
             **kwargs,
         )
     provider = _litellm_provider(spec, kwargs.get("api_base"))
+    kwargs.setdefault("num_retries", 8)
     return CuecardLM(
         spec,
         spec=spec,
         is_local=False,
+        requests_per_minute=requests_per_minute,
         scorer=RemoteCompletionScorer(spec, provider, kwargs) if _can_echo(provider, kwargs) else None,
         engine="litellm",
         temperature=temperature,

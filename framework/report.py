@@ -9,17 +9,22 @@ Example:
 from __future__ import annotations
 
 import base64
+import difflib
 import html
 import math
 import os
+import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from .acceptance import Acceptance
 from .plots import plot_search
 from .usage import Usage
+
+if TYPE_CHECKING:
+    import jinja2
 
 
 class CandidateSummary(BaseModel):
@@ -78,6 +83,7 @@ class CompileReport(BaseModel):
     seed_instructions: dict[str, str]
     seed_dev_score: float | None = None
     task_model: str | None = None
+    task_model_spec: str | None = Field(None, description="the model string the task LM was built from")
     prompt_model: str | None = None
     data_fingerprint: str | None = Field(None, description="hash of the train and dev examples")
     best: CandidateSummary
@@ -127,10 +133,15 @@ def interval(scores: list[float], z: float = 1.96) -> tuple[float, float] | None
 
 
 
-def lineage(report: Any) -> list[Any]:
-    """The winner and its ancestors, winner first (each a candidate summary)."""
+def lineage(report: Any, start: Any = None) -> list[Any]:
+    """The winner (or ``start``) and its ancestors, winner first (each a candidate summary).
+
+    Example:
+        >>> [c.origin for c in lineage(report)]  # doctest: +SKIP
+        ['edit', 'program']
+    """
     by_key = {candidate.key: candidate for candidate in report.candidates}
-    chain, node, seen = [], report.best, set()
+    chain, node, seen = [], start if start is not None else report.best, set()
     while node is not None and node.key not in seen:
         chain.append(node)
         seen.add(node.key)
@@ -139,69 +150,227 @@ def lineage(report: Any) -> list[Any]:
 
 
 def _why(candidate: Any) -> str:
+    """How the method came to ``candidate``, in its own words ("" when it says nothing)."""
     return str(getattr(candidate, "why", "") or "")
 
 
-def _instructions(candidate: Any) -> str:
+def _instructions(candidate: Any) -> list[tuple[str | None, str]]:
+    """A candidate's instructions as (predictor name, text) pairs; the name is None for one predictor."""
     items = candidate.instructions
     if len(items) == 1:
-        return html.escape(next(iter(items.values())))
-    return "<br>".join(f"<b>{html.escape(name)}</b>: {html.escape(text)}" for name, text in items.items())
+        return [(None, next(iter(items.values())))]
+    return list(items.items())
 
 
-def render_html(report: Any, png: bytes, *, top: int = 15) -> str:
-    """The report as one HTML page (the plot embedded), with no external resources."""
-    usage = report.usage
-    rows = "\n".join(
-        f"<tr><td>{i}</td><td>{c.dev_score:.3f}</td><td>{c.dev_examples}</td><td>{html.escape(c.origin)}</td>"
-        f"<td>{c.round}</td><td>{'yes' if c.pruned else ''}</td><td>{_instructions(c)}</td></tr>"
-        for i, c in enumerate(report.candidates[:top], start=1)
+def word_diff(old: str, new: str) -> list[tuple[str, str]]:
+    """A word-level diff of two texts as ``(op, text)`` pieces, ``op`` one of ``equal``, ``delete`` and
+    ``insert``: the ``equal`` and ``delete`` pieces spell ``old``, the ``equal`` and ``insert`` ones ``new``.
+
+    Example:
+        >>> word_diff("Classify the sentiment.", "Classify the review's sentiment.")
+        [('equal', 'Classify the '), ('insert', "review's "), ('equal', 'sentiment.')]
+    """
+    a, b = re.findall(r"\S+\s*|\s+", old), re.findall(r"\S+\s*|\s+", new)
+    pieces: list[tuple[str, str]] = []
+
+    def add(op: str, text: str) -> None:
+        if not text:
+            return
+        if pieces and pieces[-1][0] == op:
+            pieces[-1] = (op, pieces[-1][1] + text)
+        else:
+            pieces.append((op, text))
+
+    for tag, i1, i2, j1, j2 in difflib.SequenceMatcher(None, a, b, autojunk=False).get_opcodes():
+        if tag == "equal":
+            add("equal", "".join(a[i1:i2]))
+        else:
+            add("delete", "".join(a[i1:i2]))
+            add("insert", "".join(b[j1:j2]))
+    return pieces
+
+
+def _seed_candidate(report: Any) -> Any:
+    """The program as written among the candidates (None when it was never scored as one)."""
+    found = [c for c in report.candidates if c.instructions == report.seed_instructions]
+    return next(iter(found), None) or next((c for c in report.candidates if c.origin == "program"), None)
+
+
+def _overlap(a: Any, b: Any) -> bool:
+    """Whether two candidates' 95% intervals overlap (True when either has none)."""
+    if a is None or b is None or a.dev_interval is None or b.dev_interval is None:
+        return True
+    return a.dev_interval[0] <= b.dev_interval[1] and b.dev_interval[0] <= a.dev_interval[1]
+
+
+def _outcome(report: Any) -> dict[str, Any]:
+    """What the headline says: which instructions won, against what, and in plain words why."""
+    seed, acceptance = _seed_candidate(report), report.acceptance
+    searched = report.search_best or report.best  # the search's own winner
+    kept = seed is not None and (searched.key == seed.key or report.best.key == seed.key)
+    if kept and searched.key == seed.key:
+        verdict = "No candidate did better than the program as written: its instructions are kept."
+        distinguishable = False
+    elif kept:
+        verdict = ("The program's own instructions are kept: the search's winner did not do clearly better "
+                   "on the same dev examples, so it is not distinguishable from them.")
+        distinguishable = False
+    elif seed is None:
+        verdict = "The winner replaced the program's instructions (the program as written was not scored)."
+        distinguishable = False
+    elif acceptance is not None and acceptance.accepted and acceptance.rule != "always":
+        verdict = "The winner replaced the program's instructions: it did better on the same dev examples."
+        distinguishable = True
+    else:
+        distinguishable = not _overlap(report.best, seed)
+        verdict = "The winner replaced the program's instructions without a check against them" + (
+            "." if distinguishable else "; their 95% intervals overlap: it is not distinguishable from them."
+        )
+    return {
+        "replaced": not kept,
+        "kept_seed": kept,
+        "distinguishable": distinguishable,
+        "verdict": verdict,
+        "reason": acceptance.reason if acceptance is not None else None,
+        "winner": report.best,
+        "seed": seed,
+        "searched": searched,
+        "acceptance": acceptance,
+    }
+
+
+def _diffs(report: Any, candidate: Any) -> dict[str, Any]:
+    """``candidate``'s instructions against its parent's (or the program's, when it has no parent), and
+    against the program's when its parent is another candidate."""
+    by_key = {c.key: c for c in report.candidates}
+    parent = by_key.get(candidate.parent) if candidate.parent else None
+    seed = report.seed_instructions
+
+    def against(old: dict[str, str]) -> list[dict[str, Any]]:
+        names = list(dict.fromkeys([*candidate.instructions, *old]))
+        pairs = [(name, old.get(name, ""), candidate.instructions.get(name, "")) for name in names]
+        return [{"name": n, "changed": was != now, "pieces": word_diff(was, now)} for n, was, now in pairs]
+
+    base = parent.instructions if parent is not None else seed
+    return {
+        "candidate": candidate,
+        "parent": parent,
+        "unchanged": candidate.instructions == seed and parent is None,
+        "predictors": against(base),
+        "against_seed": against(seed) if parent is not None and parent.instructions != seed else None,
+    }
+
+
+def _score(candidate: Any) -> str:
+    """A candidate's dev score, or "not scored" (never 0.000 for a candidate no example was scored on)."""
+    if candidate is None or not candidate.dev_examples:
+        return "not scored"
+    return f"{candidate.dev_score:.3f}"
+
+
+def _ci(candidate: Any) -> str:
+    """A candidate's 95% interval as "0.219-0.613" ("" when it has none)."""
+    if candidate is None or not candidate.dev_examples or candidate.dev_interval is None:
+        return ""
+    low, high = candidate.dev_interval
+    return f"{low:.3f}\u2013{high:.3f}"
+
+
+def _fields(values: dict[str, Any] | None) -> str:
+    """An example's fields as text: the value alone for one field, ``name: value`` lines for several."""
+    if values is None:
+        return ""
+    if len(values) == 1:
+        return str(next(iter(values.values())))
+    return "\n".join(f"{name}: {value}" for name, value in values.items())
+
+
+def _escape(value: Any) -> Any:
+    """Plain strings escaped with :func:`html.escape` (``'`` as ``&#x27;``, as the page always had)."""
+    from markupsafe import Markup
+
+    if isinstance(value, str) and not isinstance(value, Markup):
+        return Markup(html.escape(value))
+    return value
+
+
+def _environment(search_path: Path) -> jinja2.Environment:
+    """A Jinja2 environment loading templates from ``search_path``, autoescaping, with the report filters."""
+    import jinja2
+
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(search_path)),
+        autoescape=True,
+        finalize=_escape,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
     )
-    chain = "\n".join(
-        f"<li><b>{html.escape(c.origin)}</b> (round {c.round}, dev {c.dev_score:.3f}): {_instructions(c)}"
-        + (f"<div class='why'>{html.escape(_why(c))}</div>" if _why(c) else "")
-        + "</li>"
-        for c in lineage(report)
-    )
-    notes = "".join(f"<li>{html.escape(n)}</li>" for n in report.notes) or "<li>none</li>"
-    dropped = ", ".join(f"{html.escape(k)}: {v}" for k, v in report.dropped.items()) or "none"
-    image = base64.b64encode(png).decode()
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>cuecard report: {html.escape(report.run_name)}</title>
-<style>
-body {{ font-family: system-ui, sans-serif; max-width: 1000px; margin: 2em auto; color: #222; }}
-table {{ border-collapse: collapse; width: 100%; font-size: 0.9em; }}
-td, th {{ border: 1px solid #ccc; padding: 4px 6px; vertical-align: top; text-align: left; }}
-.why {{ color: #555; font-size: 0.85em; margin: 0.2em 0 0.6em 0; white-space: pre-wrap; }}
-code {{ background: #f4f4f4; padding: 0 3px; }}
-</style></head><body>
-<h1>{html.escape(report.teleprompter)} &middot; {html.escape(report.run_name)}</h1>
-<p>Winner dev score <b>{report.best.dev_score:.3f}</b> on {report.best.dev_examples} examples
-(seed {'' if report.seed_dev_score is None else f'{report.seed_dev_score:.3f}'}); train {report.train_size}, dev {report.dev_size};
-{len(report.candidates)} candidates, {report.evaluations} example evaluations.</p>
-<p>Task model <code>{html.escape(str(report.task_model))}</code>, prompt model <code>{html.escape(str(report.prompt_model))}</code>.</p>
-<h2>Search</h2>
-<img alt="dev score of every candidate against the round it was proposed in" src="data:image/png;base64,{image}" style="max-width:100%">
-<h2>How the winner came about</h2>
-<ol>{chain}</ol>
-<h2>Top candidates</h2>
-<table><tr><th>#</th><th>dev score</th><th>examples</th><th>origin</th><th>round</th><th>pruned</th><th>instructions</th></tr>
-{rows}</table>
-<h2>Cost</h2>
-<p>{usage.calls} LM calls ({usage.model_calls} reached a model, {usage.cache_hits} from cache);
-task model {report.task_usage.model_calls} calls, prompt model {report.prompt_usage.model_calls} calls;
-{usage.prompt_tokens} prompt + {usage.completion_tokens} completion tokens; ${usage.cost:.4f}; {usage.lm_seconds:.1f} s in LM calls.</p>
-<h2>Notes</h2><ul>{notes}</ul>
-<p>Dropped proposals: {dropped}</p>
-</body></html>
-"""
+    environment.filters.update(score=_score, ci=_ci, fields=_fields, instructions=_instructions, why=_why)
+    return environment
 
 
-def write_report(report: Any, out_dir: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """Write ``report.png`` and ``report.html`` into ``out_dir``; return both paths."""
+TEMPLATES = Path(__file__).parent / "templates"
+DEFAULT_TEMPLATE = TEMPLATES / "report.html.j2"
+
+
+def render_html(
+    report: Any, png: bytes, *, top: int = 15, template: str | os.PathLike[str] | None = None
+) -> str:
+    """The report as one HTML page with the plot embedded and no external resources.
+
+    ``template`` is a Jinja2 template file of your own (default ``cuecard/templates/report.html.j2``);
+    it is rendered with autoescaping on and gets: ``report`` (the :class:`CompileReport`), ``image``
+    (the plot as base64 PNG), ``outcome`` (``verdict``, ``reason``, ``winner``, ``seed``, ``searched``,
+    ``replaced``, ``kept_seed``, ``distinguishable``), ``evidence``, ``diff`` (the search's winner
+    against its parent, word by word), ``chain`` (its lineage), ``candidates`` (the top ``top``),
+    ``hidden`` (how many more), ``unscored``, ``usage_rows``, and the filters ``score``, ``ci``,
+    ``fields``, ``instructions`` and ``why``.
+
+    Example:
+        >>> page = render_html(report, Path("report.png").read_bytes())  # doctest: +SKIP
+        >>> page = render_html(report, png, template="my_report.html.j2")  # doctest: +SKIP
+    """
+    path = Path(template) if template is not None else DEFAULT_TEMPLATE
+    if not path.is_file():
+        raise FileNotFoundError(f"report template {path} does not exist")
+    outcome = _outcome(report)
+    searched = outcome["searched"]
+    same_model = report.task_model == report.prompt_model
+    context = {
+        "report": report,
+        "image": base64.b64encode(png).decode(),
+        "outcome": outcome,
+        "evidence": report.evidence,
+        "diff": _diffs(report, searched),
+        "chain": lineage(report, searched),
+        "candidates": report.candidates[:top],
+        "hidden": max(0, len(report.candidates) - top),
+        "unscored": sum(1 for c in report.candidates if not c.dev_examples),
+        "usage_rows": [
+            ("whole run", "", report.usage),
+            ("task model", report.task_model or "", report.task_usage),
+            ("prompt model", (report.prompt_model or "") + (" (the same model)" if same_model else ""),
+             report.prompt_usage),
+        ],
+    }
+    return _environment(path.parent).get_template(path.name).render(**context)
+
+
+def write_report(
+    report: Any, out_dir: str | os.PathLike[str], template: str | os.PathLike[str] | None = None
+) -> tuple[Path, Path]:
+    """Write ``report.png`` and ``report.html`` into ``out_dir``; return both paths.
+
+    ``template`` is your own Jinja2 template for the page (see :func:`render_html`).
+
+    Example:
+        >>> write_report(compiled.cuecard_report, "report/")  # doctest: +SKIP
+        (PosixPath('report/report.png'), PosixPath('report/report.html'))
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     png = plot_search(report, out / "report.png")
     page = out / "report.html"
-    page.write_text(render_html(report, png.read_bytes()), encoding="utf-8")
+    page.write_text(render_html(report, png.read_bytes(), template=template), encoding="utf-8")
     return png, page

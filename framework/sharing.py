@@ -3,8 +3,14 @@
 Before a process scores example ``i`` for a candidate (or creates a candidate's trial), it claims
 ``(run, candidate key, i)`` with an ``INSERT`` into a ``cuecard_claims`` table in the same database as
 the Optuna study; the primary key makes the claim atomic, on SQLite as on PostgreSQL. A process that
-loses a claim waits for the winner's score to appear in the trial. A claim whose owner died (same
-host, process gone) is taken over at once; any other claim older than ``stale_after`` seconds too.
+loses a claim waits for the winner's score to appear in the trial. Each process refreshes its claims
+every ``heartbeat`` seconds from a background thread, so a claim is taken over only when its owner
+is gone: at once when the owner was a process of this host that died, else once its heartbeat is
+older than ``stale_after`` seconds (a worker on another machine that crashed or lost the database).
+
+Optuna's own heartbeat (``RDBStorage(heartbeat_interval=...)``, ``fail_stale_trials``) fails a
+*trial* whose worker died; here a trial is a candidate that every worker scores examples of, so the
+unit of work is an (candidate, example) pair and it needs its own claims.
 
 Storages without a database (``:memory:``, journal files) get :class:`NoClaims`: one process only.
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
 import uuid
 from typing import Protocol
@@ -63,13 +70,17 @@ class SQLClaims:
 
     shared = True
 
-    def __init__(self, url: str, run: str, *, stale_after: float = 900.0) -> None:
+    def __init__(self, url: str, run: str, *, stale_after: float = 60.0, heartbeat: float = 10.0) -> None:
         import sqlalchemy as sa
 
         self.run = run
         self.stale_after = stale_after
+        self.heartbeat = heartbeat
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        from .store import database_url
+
+        url = database_url(url)
         kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
         self.engine = sa.create_engine(url, **kwargs)
         if url.startswith("sqlite"):
@@ -87,6 +98,21 @@ class SQLClaims:
             sa.Column("claimed_at", sa.Float, nullable=False),
         )
         metadata.create_all(self.engine, checkfirst=True)
+        self._stop = threading.Event()
+        self._beating = threading.Thread(target=self._beat, daemon=True, name="cuecard-claims-heartbeat")
+        self._beating.start()
+
+    def _beat(self) -> None:
+        """Refresh this process's claims, so no live worker's unfinished work is taken over."""
+        while not self._stop.wait(self.heartbeat):
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(
+                        self.table.update().where(self.table.c.run == self.run, self.table.c.owner == self.owner)
+                        .values(claimed_at=time.time())
+                    )
+            except Exception:  # the next beat tries again; a claim goes stale only after stale_after
+                continue
 
     def claim(self, key: str, index: int) -> bool:
         import sqlalchemy as sa
@@ -144,10 +170,11 @@ class SQLClaims:
         return now - claimed_at > self.stale_after
 
     def close(self) -> None:
+        self._stop.set()
         self.engine.dispose()
 
 
-def open_claims(storage_url: str, run: str, *, stale_after: float = 900.0) -> Claims:
+def open_claims(storage_url: str, run: str, *, stale_after: float = 60.0) -> Claims:
     """SQL claims for a database storage URL, :class:`NoClaims` for anything else."""
     if storage_url in (":memory:", "sqlite:///:memory:") or "://" not in storage_url:
         return NoClaims()

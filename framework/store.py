@@ -59,10 +59,22 @@ def _racing(exc: BaseException) -> bool:
     return any(text in str(exc) for text in ("already exists", "UNIQUE constraint", "duplicate key"))
 
 
+def database_url(url: str) -> str:
+    """``postgresql://`` names SQLAlchemy's psycopg2 driver; with only psycopg 3 installed (cuecard's
+    ``postgres`` extra), use that one."""
+    if url.startswith("postgresql://"):
+        import importlib.util
+
+        if importlib.util.find_spec("psycopg2") is None and importlib.util.find_spec("psycopg") is not None:
+            return "postgresql+psycopg://" + url[len("postgresql://"):]
+    return url
+
+
 def open_storage(url: str) -> optuna.storages.BaseStorage:
     """An Optuna storage for ``url``; clear :class:`StorageError` when it cannot be opened."""
     if not is_database(url):
         return optuna.storages.InMemoryStorage()
+    url = database_url(url)
     kwargs: dict[str, Any] = {"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}}
     lock = None
     if url.startswith("sqlite:///"):

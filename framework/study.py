@@ -76,6 +76,7 @@ IDENTITY = ATTR + "run"
 STATUS = ATTR + "status"
 SPENT = ATTR + "spent."
 REPLY = "r."
+REPLY_CLAIM = "reply:"
 SCORE = "s."
 DETAIL = "x."
 FAILURE = "f."
@@ -160,19 +161,40 @@ def _now() -> str:
 
 
 class _StoreRecord:
-    """The run's record of LM replies, kept in the study (see :mod:`cuecard.record`)."""
+    """The run's record of LM replies, kept in the study (see :mod:`cuecard.record`).
+
+    When several processes work on one run, the first to reach a request claims it and asks the LM;
+    the others wait for its reply to appear in the study (a dead or stalled claimer is taken over),
+    so every proposal is asked for once and every process goes on with the same one.
+    """
 
     def __init__(self, engine: Engine, replies: dict[str, StoredReply]) -> None:
         self.engine = engine
         self.replies = replies
 
     def get(self, key: str) -> StoredReply | None:
-        return self.replies.get(key)
+        reply = self.replies.get(key)
+        claims = self.engine.claims
+        if reply is not None or not claims.shared:
+            return reply
+        claim = REPLY_CLAIM + key[:48]
+        while True:
+            self.engine.refresh_run()
+            if key in self.replies:
+                return self.replies[key]
+            if claims.claim(claim, CREATE):
+                return None  # this process asks the LM; put() stores the reply for the others
+            time.sleep(self.engine.claim_poll)
 
     def put(self, key: str, reply: StoredReply) -> None:
         self.replies[key] = reply
         self.engine.store.set_study_attr(REPLY + key, reply.model_dump())
         self.engine.save_spending()
+
+    def abandon(self, key: str) -> None:
+        """The call for ``key`` failed: give its claim back, so another process (or a later run) asks again."""
+        if self.engine.claims.shared:
+            self.engine.claims.release(REPLY_CLAIM + key[:48], [CREATE])
 
 
 class Engine:
@@ -191,8 +213,8 @@ class Engine:
         max_evaluations: a cap on example evaluations over the whole run.
         progress: show a progress bar.
         calls_per_example: LM calls one example evaluation takes (for estimates and caps).
-        claim_timeout: seconds after which another process's unfinished claim on an evaluation is
-            taken over (a claim of a dead process on the same host is taken over at once).
+        claim_timeout: seconds without a heartbeat after which another process's claim on an
+            evaluation is taken over (a claim of a dead process on the same host is taken over at once).
 
     Several processes may run the same study on one database storage (SQLite file, PostgreSQL):
     each candidate gets one trial and each example evaluation is done by one process, the others
@@ -212,7 +234,7 @@ class Engine:
         max_evaluations: int | None = None,
         progress: bool = True,
         calls_per_example: int = 1,
-        claim_timeout: float = 900.0,
+        claim_timeout: float = 60.0,
     ) -> None:
         if not examples:
             raise ValueError("The example pool is empty")
@@ -430,6 +452,13 @@ class Engine:
                     mine.append(index)
                     if len(mine) >= chunk:
                         break
+            if mine and self.claims.shared:  # a claim taken over from a dead process may hide a stored score
+                self._refresh(arm)
+                done = [i for i in mine if i in state.stored]
+                for index in done:
+                    if index not in state.seen:
+                        self._read_back(arm, index)
+                mine = [i for i in mine if i not in state.stored]
             if mine:
                 try:
                     with activate(self.block), not_recorded():
@@ -576,7 +605,9 @@ class Engine:
         return totals
 
     def save_spending(self, *, force: bool = False) -> None:
-        """Write this process's real spending (not what it replayed) to the run's storage, at most once a second."""
+        """Write this process's real spending (not what it replayed) to the run's storage, at most once a
+        second; when other processes share the run, read theirs, so caps on model calls, tokens and
+        dollars hold for the whole run."""
         now = time.monotonic()
         if not force and now - self._saved_at < 1.0:
             return
@@ -584,8 +615,19 @@ class Engine:
         spent = {"all": _real(self.block.usage).model_dump(), "prompt": _real(self.prompt_block.usage).model_dump()}
         try:
             self.store.set_study_attr(SPENT + self.owner, spent)
+            if self.claims.shared:
+                self.refresh_run()
         except Exception as exc:  # never lose a compile over its accounting
             logger.warning("could not save the run's spending: %s", exc)
+
+    def refresh_run(self) -> None:
+        """Read what other processes stored in the run's study: LM replies, and what they spent."""
+        attrs = self.store.study_attrs()
+        for key, value in attrs.items():
+            if key.startswith(REPLY) and key[len(REPLY):] not in self.record.replies:
+                self.record.replies[key[len(REPLY):]] = StoredReply(**value)
+        self.spent_before = self._spent_by_others(attrs)
+        self.block.spent_before = self.spent_before["all"]
 
     def run_usage(self) -> tuple[Usage, Usage]:
         """What the whole run spent (every process, this one included): (all, prompt model)."""

@@ -191,7 +191,7 @@ class Teleprompter(DSPyTeleprompter):
         limits: Limits | None = None,
         max_evaluations: int | None = None,
         progress: bool = True,
-        num_threads: int = 8,
+        num_threads: int = 16,
         adapter: dspy.Adapter | None = None,
         timeout: float | None = None,
         max_failure_share: float = 0.5,
