@@ -584,20 +584,27 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--api-base", metavar="URL", help="the task model's endpoint (litellm models: ollama, vLLM, a proxy...)")
     run.set_defaults(handler=cmd_run)
 
-    evaluate = commands.add_parser("evaluate", help="score a compiled program on labelled examples")
+    evaluate = commands.add_parser("evaluate", help="score a compiled program on labelled examples",
+                                   description="Run a compiled program on labelled examples and print the mean "
+                                               "score; --out writes every example with the program's outputs "
+                                               "and its score.")
     evaluate.add_argument("compiled", help="a compiled program .json")
     evaluate.add_argument("--data", required=True, help="labelled examples: .jsonl, .json or .csv")
     evaluate.add_argument("--columns", help="rename columns, e.g. input=review,output=sentiment")
-    evaluate.add_argument("--metric", choices=METRICS, default="exact_match")
+    evaluate.add_argument("--metric", choices=METRICS, default="exact_match",
+                          help="the metric on the output field(s) (default: exact_match)")
     evaluate.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
     evaluate.add_argument("--task-model", help="the model that answers (default: the model the program was compiled "
                                                "for when it is a model name, else local, the embedded model)")
     evaluate.add_argument("--api-base", metavar="URL", help="the task model's endpoint (litellm models: ollama, vLLM, a proxy...)")
     evaluate.add_argument("--out", help="write per-example results as JSONL here")
-    evaluate.add_argument("--quiet", action="store_true")
+    evaluate.add_argument("--quiet", action="store_true", help="no progress bar, and do not say which model runs")
     evaluate.set_defaults(handler=cmd_evaluate)
 
-    report = commands.add_parser("report", help="draw a compiled program's search: PNG plot and HTML page")
+    report = commands.add_parser("report", help="draw a compiled program's search: PNG plot and HTML page",
+                                 description="Write report.png (every candidate's dev score in the order proposed) "
+                                             "and report.html (the winner's evidence against the seed, per-example "
+                                             "outputs, the lineage, the candidates, the cost) for a compiled program.")
     report.add_argument("compiled", help="a compiled program .json saved by `cuecard compile` or cuecard.save")
     report.add_argument("--out-dir", help="where report.png and report.html go (default: next to the file)")
     report.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")

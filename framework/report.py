@@ -226,9 +226,11 @@ def _outcome(report: Any) -> dict[str, Any]:
         verdict = "The winner replaced the program's instructions without a check against them" + (
             "." if distinguishable else "; their 95% intervals overlap: it is not distinguishable from them."
         )
+    others = [c for c in report.candidates if c.dev_examples and c.key not in {searched.key, report.best.key}]
     return {
         "replaced": not kept,
         "kept_seed": kept,
+        "runner_up": others[0] if others and kept and searched.key == report.best.key else None,
         "distinguishable": distinguishable,
         "verdict": verdict,
         "reason": acceptance.reason if acceptance is not None else None,
@@ -322,7 +324,7 @@ def render_html(
     ``template`` is a Jinja2 template file of your own (default ``cuecard/templates/report.html.j2``);
     it is rendered with autoescaping on and gets: ``report`` (the :class:`CompileReport`), ``image``
     (the plot as base64 PNG), ``outcome`` (``verdict``, ``reason``, ``winner``, ``seed``, ``searched``,
-    ``replaced``, ``kept_seed``, ``distinguishable``), ``evidence``, ``diff`` (the search's winner
+    ``runner_up``, ``replaced``, ``kept_seed``, ``distinguishable``), ``evidence``, ``diff`` (the search's winner
     against its parent, word by word), ``chain`` (its lineage), ``candidates`` (the top ``top``),
     ``hidden`` (how many more), ``unscored``, ``usage_rows``, and the filters ``score``, ``ci``,
     ``fields``, ``instructions`` and ``why``.

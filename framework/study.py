@@ -36,6 +36,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import sys
 import time
 import uuid
 from collections import Counter
@@ -352,7 +353,9 @@ class Engine:
             record = CandidateRecord(
                 key=key, instructions=dict(instructions), parent=parent, round=round, origin=origin, meta=dict(meta or {})
             )
-            arm = Arm(record=record, trial_id=self.store.new_trial({CANDIDATE: record.model_dump()}))
+            texts = {name: text for name, text in record.instructions.items() if not name.endswith(".demos")}
+            readable = {("instruction" if len(texts) == 1 else f"instruction.{name}"): text for name, text in texts.items()}
+            arm = Arm(record=record, trial_id=self.store.new_trial({CANDIDATE: record.model_dump(), **readable}))
             self._trials[key] = self.store.trial(arm.trial_id)
         self.arms.append(arm)
         self._by_key[key] = len(self.arms) - 1
@@ -561,17 +564,36 @@ class Engine:
             raise ValueError("No candidate to evaluate")
         view = _ArmsView(self, chosen, budget)
         self._pruner = policy.pruner()
-        total = policy.planned_evaluations(len(chosen), len(self.examples), budget)
+        total = self._planned_under_caps(policy.planned_evaluations(len(chosen), len(self.examples), budget))
         from tqdm.auto import tqdm
+        from tqdm.contrib.logging import logging_redirect_tqdm
 
+        self.status(f"scoring {len(chosen)} candidate(s) with {policy.name}: at most {total} example evaluations")
         self._bar = tqdm(total=total, desc=f"{self.name}: {policy.name}", unit="ex", disable=not self.progress, leave=False)
         try:
-            allocation = policy.run(view, budget)
+            with logging_redirect_tqdm():  # library warnings print above the bar, not through it
+                allocation = policy.run(view, budget)
         finally:
             self._bar.close()
             self._bar = None
         ranking = [estimate.model_copy(update={"arm": chosen[estimate.arm]}) for estimate in allocation.ranking]
         return allocation.model_copy(update={"ranking": ranking})
+
+    def _planned_under_caps(self, evaluations: int) -> int:
+        """``evaluations``, or fewer when a cap on requests or evaluations leaves room for fewer."""
+        limits = self.block.limits
+        if limits.max_calls is not None:
+            evaluations = min(evaluations, max(0, limits.max_calls - self.block.usage.calls) // self.calls_per_example)
+        if self.max_evaluations is not None:
+            evaluations = min(evaluations, max(0, self.max_evaluations - self.evaluations))
+        return evaluations
+
+    def status(self, text: str) -> None:
+        """A line saying what the run does now (with progress on), printed above any progress bar."""
+        if self.progress:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"cuecard: {self.name}: {text}", file=sys.stderr)
 
     def estimate(self, policy: Policy, n_candidates: int, budget: int | None = None) -> Estimate:
         """A dry run: the evaluations and LM calls an allocation over ``n_candidates`` would take at most."""

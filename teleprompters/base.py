@@ -386,6 +386,10 @@ class Teleprompter(DSPyTeleprompter):
         )
         ctx = SearchContext(self, student, engine, train)
         seed_instructions = get_instructions(student)
+        engine.status(
+            f"{self.name} with {self.task_lm.model} as task model and {self.prompt_lm.model} as prompt model; "
+            f"{len(train)} train and {len(dev)} dev examples; stored in {engine.storage_url}"
+        )
         with engine.session():
             engine.add_candidate(seed_instructions, origin="program")
             try:
@@ -398,6 +402,8 @@ class Teleprompter(DSPyTeleprompter):
                 engine.finish(failed=str(exc))
                 raise
             seed_arm = engine.arm_of(seed_instructions)
+            if final.best.arm != seed_arm:
+                engine.status("checking the winner against the seed on the same dev examples")
             acceptance = engine.compare(final.best.arm, seed_arm, self.acceptance)
             if acceptance.cut_short:
                 ctx.capped = ctx.capped or acceptance.cut_short
@@ -635,6 +641,8 @@ class Teleprompter(DSPyTeleprompter):
         from cuecard.lm import sampling_kwargs
 
         index = ctx.next_sample_index()
+        if index == 1:
+            ctx.engine.status(f"proposing with {self.prompt_lm.model} (a local model loads on its first call)")
         options = sampling_kwargs(self.config.seed, index, temperature) if temperature > 0 else {"temperature": 0.0}
         call = functools.partial(self.prompt_lm, messages=messages, max_tokens=max_tokens, **options, **extra)
         retrying = Retrying(

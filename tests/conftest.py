@@ -99,3 +99,20 @@ def same_answers_after_reload(answers_after_reload, local_lm):
         assert [answer["sentiment"] for answer in reloaded] == expected
 
     return check
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on 127.0.0.1 for the session (``tests/postgres.py``): yields a URL like
+    ``postgresql://postgres@127.0.0.1:PORT/cuecard``; skips, with the reason, when no server can be
+    started here (no binaries, no psycopg). pytest-postgresql is not used: it refuses to run as root."""
+    import postgres
+
+    reason = postgres.missing_reason()
+    if reason is not None:
+        pytest.skip(reason)
+    server = postgres.PostgresServer().start()
+    try:
+        yield server.url
+    finally:
+        server.stop()

@@ -111,8 +111,10 @@ def test_a_program_file_compiles_runs_and_evaluates(tmp_path, monkeypatch, capsy
     assert code == 0, err
     assert "compiled opro" in stdout and out.exists()
     assert list((tmp_path / "runs").glob("opro-*/study.db")), "the run lives under runs/<name>/"
-    code, _, err = run_main(["run", str(out)], capsys)
-    assert code == 1 and "not one of cuecard's built-in programs" in err and "pass it" in err
+    with pytest.raises(SystemExit) as exit_:
+        main(["run", str(out)])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and "not one of cuecard's built-in programs" in err and "--program FILE.py" in err
     inputs = tmp_path / "in.jsonl"
     inputs.write_text('{"review": "Great!"}\n{"review": "Awful."}\n')
     code, stdout, _ = run_main(["run", str(out), "--program", str(source), "--input", str(inputs)], capsys)
