@@ -85,7 +85,7 @@ class SignTest:
         accepted = p <= self.alpha and wins - losses >= self.min_margin
         evidence = (
             f"on {len(common)} paired dev examples the winner won {wins}, lost {losses}, tied {ties} "
-            f"(mean {means[0]:.3f} vs the seed's {means[1]:.3f}; one-sided sign test p={p:.3f}"
+            f"(mean {means[0]:.3f} vs the seed's {means[1]:.3f}; one-sided sign test p={p:.3g}"
         )
         if accepted:
             reason = f"accepted: {evidence} <= {self.alpha:g})"

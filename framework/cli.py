@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import inspect
 import json
 import os
 import sys
@@ -22,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-TELEPROMPTERS = ("ape", "protegi", "opro", "pe2", "bpo")
 POLICY_NAMES = ("full", "multistage", "ucb", "ucb-e", "successive-rejects", "successive-halving", "wilcoxon")
 METRICS = ("exact_match", "token_f1", "contains")
 
@@ -54,40 +54,30 @@ def _program_file(path: str) -> Any:
 
 
 def build_program(args: argparse.Namespace) -> tuple[Any, Any]:
-    """(program, metric or None) from ``--program`` and its options."""
-    from cuecard.programs import PROGRAM_NAMES
+    """(program, metric or None) from ``--program`` and its options (a registered program builds itself)."""
+    from cuecard.registry import programs
 
     if args.program.endswith(".py"):
         module = _program_file(args.program)
         return module.program, getattr(module, "metric", None)
-    if args.program not in PROGRAM_NAMES:
-        raise UsageError(f"--program {args.program!r}: not a built-in ({', '.join(PROGRAM_NAMES)}) nor a .py file")
-    cls = PROGRAM_NAMES[args.program]
+    known = programs()
+    if args.program not in known:
+        raise UsageError(f"--program {args.program!r}: not a registered program ({', '.join(sorted(known))}) nor a .py file")
     if args.signature:
         _check_signature(args.signature)
-    kwargs: dict[str, Any] = {}
-    if args.instructions:
-        kwargs["instructions"] = args.instructions
-    if args.program in ("classify", "two-stage"):
-        if not args.labels:
-            raise UsageError(f"--program {args.program} needs --labels (comma-separated)")
-        kwargs["labels"] = _labels(args.labels)
-    if args.program == "extract":
-        if not args.fields:
-            raise UsageError('--program extract needs --fields, e.g. \'{"name": "str", "age": "int"}\'')
+    fields = None
+    if args.fields:
         try:
-            kwargs["fields"] = json.loads(args.fields)
+            fields = json.loads(args.fields)
         except json.JSONDecodeError as exc:
             raise UsageError(f"--fields is not JSON: {exc.msg}") from None
-    if args.program == "two-stage":
-        source, _, output = (args.signature or "text -> label").partition("->")
-        kwargs.update(source=source.strip(), output=output.strip())
-    elif args.program != "extract" and args.signature:
-        kwargs["signature"] = args.signature
     try:
-        return cls(**kwargs), None
-    except ValueError as exc:
+        program = known[args.program].from_options(
+            signature=args.signature, labels=_labels(args.labels), fields=fields, instructions=args.instructions
+        )
+    except (ValueError, TypeError) as exc:
         raise UsageError(f"--program {args.program}: {exc}") from None
+    return program, None
 
 
 def _check_signature(text: str) -> None:
@@ -203,29 +193,32 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from cuecard.errors import TeleprompterConfigError
     from cuecard.evaluate import check_context
     from cuecard.policies import make_policy
-    from cuecard.teleprompters import APE, BPO, OPRO, PE2, ProTeGi
+    from cuecard.registry import teleprompter as registered
 
     out = _check_out(args.out)
     program, file_metric = build_program(args)
-    cls = {"ape": APE, "protegi": ProTeGi, "opro": OPRO, "pe2": PE2, "bpo": BPO}[args.teleprompter]
+    cls = registered(args.teleprompter)
     options = _options(args.set)
     try:
         cls.make_config({"seed": args.seed, **options})
     except TeleprompterConfigError as exc:
         raise UsageError(f"--set: {exc}") from None
-    labelled = args.teleprompter != "bpo"  # BPO needs prompts only: a judge compares answers
+    labelled = cls.needs_labels  # BPO needs prompts only: a judge compares answers
     train = load_data(args.train, program, args.columns, labelled=labelled)
     dev = load_data(args.dev, program, args.columns, labelled=labelled) if args.dev else None
     task_lm = _lm(args.task_model, args.api_base, args.max_tokens)
     separate = args.prompt_model and (args.prompt_model != args.task_model or args.prompt_api_base)
     prompt_lm = _lm(args.prompt_model, args.prompt_api_base) if separate else task_lm
     kwargs: dict[str, Any] = dict(task_lm=task_lm, prompt_lm=prompt_lm)
-    if args.teleprompter == "bpo":
+    accepted = inspect.signature(cls.__init__).parameters
+    for flag, name, value in (("--preferences", "preferences", args.preferences), ("--judge-model", "judge_lm", args.judge_model)):
+        if value and name not in accepted:
+            raise UsageError(f"{flag} is not an option of --teleprompter {args.teleprompter}")
+    if "judge_lm" in accepted:
         kwargs["judge_lm"] = cuecard.LM(args.judge_model) if args.judge_model else task_lm
+    if "preferences" in accepted:
         kwargs["preferences"] = _preferences(args.preferences) if args.preferences else []
-    else:
-        if args.preferences or args.judge_model:
-            raise UsageError("--preferences and --judge-model are for --teleprompter bpo")
+    if cls.needs_labels:
         kwargs["metric"] = file_metric if file_metric is not None and not args.metric else build_metric(args.metric or "exact_match", program)
     max_calls = args.max_calls
     planned: dict[str, Any] = {}
@@ -427,7 +420,9 @@ def cmd_report(args: argparse.Namespace) -> int:
     if report is None:
         raise cuecard.CuecardError(f"{args.compiled} holds no compile report (it was not saved by a cuecard compile)")
     out_dir = Path(args.out_dir or Path(args.compiled).with_suffix(""))
-    png, page = write_report(report, out_dir)
+    if args.template and not Path(args.template).is_file():
+        raise UsageError(f"--template {args.template}: no such file")
+    png, page = write_report(report, out_dir, template=args.template)
     print(f"wrote {png} and {page}")
     return 0
 
@@ -477,9 +472,9 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 
 # ---- the parser -------------------------------------------------------------------------------------
-def _program_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+def _program_options(parser: argparse.ArgumentParser, *, required: bool, names: list[str]) -> None:
     parser.add_argument("--program", required=required, metavar="NAME|FILE.py",
-                        help="a built-in program (classify, qa, extract, rewrite-answer, two-stage, respond) or a Python file "
+                        help=f"a registered program ({', '.join(names)}) or a Python file "
                              "defining `program` (and optionally `metric`)")
     parser.add_argument("--signature", help='the task signature, e.g. "review -> sentiment"')
     parser.add_argument("--labels", help="comma-separated labels (classify, two-stage)")
@@ -514,7 +509,27 @@ def _share(text: str) -> float:
     return value
 
 
+def cmd_teleprompters(args: argparse.Namespace) -> int:
+    """List every registered teleprompter (ours and third parties') with its settings."""
+    from cuecard.registry import teleprompters
+
+    for name, cls in sorted(teleprompters().items()):
+        policy = getattr(cls.default_policy, "name", getattr(cls.default_policy, "__name__", ""))
+        print(f"{name}: {cls.summary or cls.__doc__.strip().splitlines()[0]}")
+        print(f"  class {cls.__module__}.{cls.__qualname__}; default policy {policy}; "
+              f"{'needs labelled examples' if cls.needs_labels else 'needs no labels'}")
+        for field, info in cls.Config.model_fields.items():
+            default = info.default if info.default_factory is None else info.default_factory()
+            shown = repr(default) if len(repr(default)) <= 60 else repr(default)[:57] + "..."
+            help_text = f": {info.description}" if info.description else ""
+            print(f"    --set {field}=...  (default {shown}){help_text}")
+        print()
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from cuecard.registry import programs, teleprompters
+
     parser = argparse.ArgumentParser(
         prog="cuecard", description="Compile DSPy programs with automatic prompt engineering (APE, ProTeGi, OPRO, PE2, BPO).",
         epilog="Run `cuecard COMMAND --help` for each command's options.",
@@ -525,14 +540,15 @@ def build_parser() -> argparse.ArgumentParser:
                                    description="Optimise a program's instructions with a teleprompter and save the "
                                                "compiled program as JSON (plain dspy loads it). Interrupted runs resume "
                                                "when the same command is run again.")
-    _program_options(compile_, required=True)
+    _program_options(compile_, required=True, names=sorted(programs()))
     compile_.add_argument("--train", required=True, help="training examples: .jsonl, .json or .csv with named columns")
     compile_.add_argument("--dev", help="dev examples (default: part of --train)")
     compile_.add_argument("--columns", help="rename columns, e.g. input=review,output=sentiment")
     compile_.add_argument("--metric", choices=METRICS, help="metric on the output field(s) (default exact_match, "
                                                              "or the `metric` of a program file)")
-    compile_.add_argument("--teleprompter", choices=TELEPROMPTERS, default="ape",
-                          help="the method that rewrites the instructions (default: ape)")
+    compile_.add_argument("--teleprompter", choices=sorted(teleprompters()), default="ape",
+                          help="the method that rewrites the instructions (default: ape; `cuecard teleprompters` "
+                               "lists them with their settings)")
     compile_.add_argument("--set", action="append", metavar="KEY=VALUE", help="a teleprompter option (JSON value), repeatable")
     compile_.add_argument("--policy", choices=POLICY_NAMES, metavar="POLICY",
                           help=f"how candidates are scored: {', '.join(POLICY_NAMES)} (default: the method's own)")
@@ -607,8 +623,16 @@ def build_parser() -> argparse.ArgumentParser:
                                              "outputs, the lineage, the candidates, the cost) for a compiled program.")
     report.add_argument("compiled", help="a compiled program .json saved by `cuecard compile` or cuecard.save")
     report.add_argument("--out-dir", help="where report.png and report.html go (default: next to the file)")
+    report.add_argument("--template", metavar="FILE.j2",
+                        help="your own Jinja2 template for report.html (start from cuecard's templates/report.html.j2)")
     report.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
     report.set_defaults(handler=cmd_report)
+
+    listing = commands.add_parser("teleprompters", help="list the teleprompters and their settings",
+                                  description="List every registered teleprompter (cuecard's and any installed "
+                                              "package's, through the cuecard.teleprompters entry points) with "
+                                              "its default policy and each setting --set takes.")
+    listing.set_defaults(handler=cmd_teleprompters)
 
     runs = commands.add_parser("runs", help="list runs (studies) and whether they finished",
                                description="List the runs under --run-dir: candidates, how many were scored, the best "

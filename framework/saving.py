@@ -128,7 +128,7 @@ def load(path: str | os.PathLike[str], program: dspy.Module | None = None) -> ds
     Raises :class:`SavedProgramError` naming what is wrong: an unreadable or truncated file, a newer
     format version, a user program not passed in, or predictors that do not match.
     """
-    from cuecard.programs import BUILTIN
+    from .registry import program_class, programs
 
     path = Path(path)
     state = _read_state(path)
@@ -140,11 +140,11 @@ def load(path: str | os.PathLike[str], program: dspy.Module | None = None) -> ds
                 f"{path} holds {kind}, not one of cuecard's built-in programs; build the program yourself "
                 f"and pass it: cuecard.load(path, program=MyProgram())"
             )
-        cls = BUILTIN.get(block.program.class_name)
+        cls = program_class(block.program.class_name)
         if cls is None:
             raise SavedProgramError(
-                f"{path} names the program class {block.program.class_name!r}, which is not a cuecard built-in "
-                f"({sorted(BUILTIN)})"
+                f"{path} names the program class {block.program.class_name!r}, which no installed package registers "
+                f"(registered: {sorted(c.__name__ for c in programs().values())})"
             )
         try:
             program = cls(**block.program.kwargs)

@@ -28,10 +28,32 @@ def builtin(cls: type[dspy.Module]) -> type[dspy.Module]:
 
 
 class _Spec:
-    """Records the constructor's arguments, so the program can be rebuilt from a saved file."""
+    """Records the constructor's arguments, so the program can be rebuilt from a saved file; builds the
+    program from the ``cuecard`` command's options (``from_options``, the CLI's only way to make one)."""
 
     def _remember(self, **kwargs: Any) -> None:
         self.cuecard_spec = {"class": type(self).__name__, "kwargs": kwargs}
+
+    @classmethod
+    def from_options(
+        cls,
+        *,
+        signature: str | None = None,
+        labels: list[str] | None = None,
+        fields: dict[str, str] | None = None,
+        instructions: str | None = None,
+    ) -> Any:
+        """The program from ``--signature``, ``--labels``, ``--fields``, ``--instructions`` (those it takes);
+        ``ValueError`` names a missing or unused option."""
+        kwargs: dict[str, Any] = {}
+        if signature:
+            kwargs["signature"] = signature
+        if instructions:
+            kwargs["instructions"] = instructions
+        for name, value in (("labels", labels), ("fields", fields)):
+            if value:
+                raise ValueError(f"--{name} is not an option of this program")
+        return cls(**kwargs)
 
 
 def _one(fields: dict, what: str, signature: str) -> str:
@@ -59,6 +81,15 @@ class Classify(dspy.Module, _Spec):
         output = _one(base.output_fields, "output", signature)
         self.output = output
         self.predict = dspy.Predict(base.with_updated_fields(output, type_=Literal[tuple(labels)]))
+
+    @classmethod
+    def from_options(cls, *, signature: str | None = None, labels: list[str] | None = None,
+                     fields: dict[str, str] | None = None, instructions: str | None = None) -> Classify:
+        if not labels:
+            raise ValueError("needs --labels (comma-separated)")
+        if fields:
+            raise ValueError("--fields is not an option of this program")
+        return cls(signature or "text -> label", labels=labels, **({"instructions": instructions} if instructions else {}))
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
         return self.predict(**inputs)
@@ -102,6 +133,15 @@ class Extract(dspy.Module, _Spec):
         spec = {source: (str, dspy.InputField())}
         spec.update({name: (_TYPES[kind], dspy.OutputField()) for name, kind in fields.items()})
         self.extract = dspy.Predict(dspy.Signature(spec, instructions))
+
+    @classmethod
+    def from_options(cls, *, signature: str | None = None, labels: list[str] | None = None,
+                     fields: dict[str, str] | None = None, instructions: str | None = None) -> Extract:
+        if not fields:
+            raise ValueError('needs --fields, e.g. \'{"name": "str", "age": "int"}\'')
+        if labels:
+            raise ValueError("--labels is not an option of this program")
+        return cls(fields, **({"instructions": instructions} if instructions else {}))
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
         return self.extract(**inputs)
@@ -164,6 +204,14 @@ class SummarizeThenClassify(dspy.Module, _Spec):
         self.summarize = dspy.Predict(dspy.Signature(f"{source} -> summary", summary_instructions))
         classify = dspy.Signature(f"summary -> {output}", instructions)
         self.classify = dspy.Predict(classify.with_updated_fields(output, type_=Literal[tuple(labels)]))
+
+    @classmethod
+    def from_options(cls, *, signature: str | None = None, labels: list[str] | None = None,
+                     fields: dict[str, str] | None = None, instructions: str | None = None) -> SummarizeThenClassify:
+        if not labels:
+            raise ValueError("needs --labels (comma-separated)")
+        source, _, output = (signature or "text -> label").partition("->")
+        return cls(labels, source=source.strip(), output=output.strip(), **({"instructions": instructions} if instructions else {}))
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
         summary = self.summarize(**{self.source: inputs[self.source]}).summary
@@ -254,6 +302,10 @@ class Rewritten(dspy.Module, _Spec):
         self.rewriter_lm: Any = None
         self.judge: Any = None
         self.kept_original = 0
+
+    @classmethod
+    def from_options(cls, **options: Any) -> Rewritten:
+        raise ValueError("is BPO's wrapper around another program: compile that program with --teleprompter bpo")
 
     def rewrite(self, field: str, text: str, *, sample: int | None = None) -> str:
         """One rewrite of ``text`` (``sample``: a distinct sample at temperature 0.9)."""

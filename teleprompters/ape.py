@@ -82,6 +82,7 @@ class APE(Teleprompter):
     """Automatic Prompt Engineer: instruction induction + selection on dev (+ iterative Monte Carlo search)."""
 
     name = "ape"
+    summary = "instructions induced from demonstrations, scored multi-stage; optional Monte Carlo rounds (Zhou et al. 2023)"
     Config = APEConfig
     config: APEConfig
 

@@ -176,6 +176,10 @@ class Teleprompter(DSPyTeleprompter):
     name = "teleprompter"
     Config: type[TeleprompterConfig] = TeleprompterConfig
     default_policy: ClassVar[Callable[[], Policy]] = MultiStage
+    needs_labels: ClassVar[bool] = True
+    """Whether the trainset must carry the outputs (a metric compares them); BPO's judge needs none."""
+    summary: ClassVar[str] = ""
+    """One line on what the method does, for ``cuecard teleprompters``."""
 
     def __init__(
         self,

@@ -108,6 +108,8 @@ class BPO(Teleprompter):
     """
 
     name = "bpo"
+    summary = "a rewriter in front of the untouched program, chosen by pairwise win rate; no labels (Cheng et al. 2024)"
+    needs_labels = False
     Config = BPOConfig
     config: BPOConfig
 

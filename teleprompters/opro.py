@@ -126,6 +126,7 @@ class OPRO(Teleprompter):
     """Optimisation by prompting: the prompt LM proposes instructions from a scored history."""
 
     name = "opro"
+    summary = "the prompt model as optimiser over a scored history of instructions (Yang et al. 2024)"
     Config = OPROConfig
     config: OPROConfig
     default_policy = FullEvaluation

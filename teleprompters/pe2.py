@@ -91,6 +91,7 @@ class PE2(Teleprompter):
     """Prompt engineering with a detailed meta-prompt, hard negatives and back-tracking."""
 
     name = "pe2"
+    summary = "a prompt engineer's meta-prompt on hard negatives, with back-tracking (Ye et al. 2024)"
     Config = PE2Config
     config: PE2Config
     default_policy = FullEvaluation

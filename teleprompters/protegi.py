@@ -83,6 +83,7 @@ class ProTeGi(Teleprompter):
     """Prompt optimisation with textual gradients and beam search (bandit selection by default: UCB)."""
 
     name = "protegi"
+    summary = "textual gradients from errors, edits and paraphrases, beam search with bandit selection (Pryzant et al. 2023)"
     Config = ProTeGiConfig
     config: ProTeGiConfig
     default_policy = UCB

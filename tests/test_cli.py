@@ -48,7 +48,7 @@ def test_bad_usage_and_bad_files_are_named(tmp_path, capsys):
     assert "needs --labels" in capsys.readouterr().err
     with pytest.raises(SystemExit) as exit_:
         main(["compile", "--program", "nonsense", "--train", str(REVIEWS), "--out", out])
-    assert exit_.value.code == 2 and "not a built-in" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "not a registered program" in capsys.readouterr().err
 
     code, _, err = run_main(["compile", *CLASSIFY, "--train", str(tmp_path / "missing.jsonl"), "--out", out], capsys)
     assert code == 1 and "missing.jsonl: no such file" in err
@@ -187,4 +187,4 @@ def test_bpo_compiles_from_unlabelled_prompts_and_preference_records(tmp_path, m
     assert code == 0 and len(stdout.splitlines()) == 6
     with pytest.raises(SystemExit) as exit_:
         main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--judge-model", "x", "--out", "y.json"])
-    assert exit_.value.code == 2 and "are for --teleprompter bpo" in capsys.readouterr().err
+    assert exit_.value.code == 2 and "--judge-model is not an option of --teleprompter ape" in capsys.readouterr().err

@@ -1,4 +1,4 @@
-"""The benchmark harness (benchmarks/harness) and the task loaders it reads data with (cuecard.tasks).
+"""The benchmark harness (benchmarks/harness) and the task loaders it reads data with (benchmarks.harness.tasks).
 
 Task loaders run on the shared benchmark data (skipped with a message when it is absent). The
 harness's bookkeeping (cap, cold-cost accounting, resume, outputs) is checked with scripted models;
@@ -21,13 +21,20 @@ import optuna
 import pytest
 from cuecard.errors import BudgetExhausted
 from cuecard.metrics import exact_match
-from cuecard.tasks import Task, bbh, bbh_exact_match, instruction_induction, jsonl_task, normalize_target
 from cuecard.testing import scripted_lm
 from cuecard.usage import Limits, track
 from sentiment_cases import GOLD, REVIEWS
 
 from benchmarks.harness import HarnessConfig, markdown_table, run, summarize
 from benchmarks.harness.run import Models
+from benchmarks.harness.tasks import (
+    Task,
+    bbh,
+    bbh_exact_match,
+    instruction_induction,
+    jsonl_task,
+    normalize_target,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -333,7 +340,7 @@ def test_harness_command_runs_on_the_embedded_model_given_as_a_gguf_path(tmp_pat
 def test_task_docstring_examples_hold():
     import doctest
 
-    import cuecard.tasks
+    import benchmarks.harness.tasks as tasks_module
 
-    failures, tried = doctest.testmod(cuecard.tasks, raise_on_error=False)
+    failures, tried = doctest.testmod(tasks_module, raise_on_error=False)
     assert tried > 0 and failures == 0

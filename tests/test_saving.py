@@ -106,7 +106,7 @@ def test_bad_files_get_clear_errors(tmp_path):
     with pytest.raises(SavedProgramError, match=r"block is malformed \(predictors: .*seed: "):
         cuecard.load(edited)
     unknown = write("unknown.json", {**state, "cuecard": {**state["cuecard"], "program": {"class": "os.system", "kwargs": {}}}})
-    with pytest.raises(SavedProgramError, match="'os.system', which is not a cuecard built-in"):
+    with pytest.raises(SavedProgramError, match="'os.system', which no installed package registers"):
         cuecard.load(unknown)
     with pytest.raises(SavedProgramError, match="does not match RewriteThenAnswer: predictors in the program but not "
                                                  r"the file \['rewrite', 'answer'\], in the file but not the program \['predict'\]"):

@@ -17,13 +17,13 @@ from cuecard.errors import BudgetExhausted
 from cuecard.evaluate import Evaluator
 from cuecard.identity import data_fingerprint, digest, lm_identity, metric_identity
 from cuecard.program import get_instructions
-from cuecard.tasks import Task, bbh, instruction_induction, jsonl_task
 from cuecard.usage import Limits, Usage, track
 from pydantic import BaseModel, Field, field_validator
 
 from ..models import resolve_model_spec
 from .methods import DEFAULT_METHODS, METHOD_NAMES, MethodRun, method_code_hash, runners_for
 from .results import CellResult, CellStore, one_line, write_outputs
+from .tasks import Task, bbh, instruction_induction, jsonl_task
 
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)  # "response was truncated": answers are capped on purpose
 

@@ -26,9 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-
-from .datasets import DataFileError, load_examples
-from .metrics import FieldMetric, exact_match
+from cuecard.datasets import DataFileError, load_examples
+from cuecard.metrics import FieldMetric, exact_match
 
 II_SEED_INSTRUCTIONS = {
     "sentiment": "Classify the sentiment.",
