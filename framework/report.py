@@ -324,10 +324,10 @@ def render_html(
     ``template`` is a Jinja2 template file of your own (default ``cuecard/templates/report.html.j2``);
     it is rendered with autoescaping on and gets: ``report`` (the :class:`CompileReport`), ``image``
     (the plot as base64 PNG), ``outcome`` (``verdict``, ``reason``, ``winner``, ``seed``, ``searched``,
-    ``runner_up``, ``replaced``, ``kept_seed``, ``distinguishable``), ``evidence``, ``diff`` (the search's winner
-    against its parent, word by word), ``chain`` (its lineage), ``candidates`` (the top ``top``),
-    ``hidden`` (how many more), ``unscored``, ``usage_rows``, and the filters ``score``, ``ci``,
-    ``fields``, ``instructions`` and ``why``.
+    ``runner_up``, ``replaced``, ``kept_seed``, ``distinguishable``), ``evidence``, ``diff`` (the
+    search's winner against its parent, word by word), ``chain`` (its lineage), ``candidates`` (the
+    top ``top``), ``hidden`` (how many more), ``unscored``, ``usage_rows``, and the filters ``score``,
+    ``ci``, ``fields``, ``instructions`` and ``why``.
 
     Example:
         >>> page = render_html(report, Path("report.png").read_bytes())  # doctest: +SKIP
