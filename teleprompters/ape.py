@@ -23,7 +23,7 @@ from typing import Any, Literal
 import dspy
 from cuecard.policies import Allocation
 from cuecard.program import get_instructions, predictors
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
 
@@ -161,73 +161,23 @@ class APE(Teleprompter):
         return allocation
 
     # ---- proposal by induction ------------------------------------------------------------------
-    def induction_messages(self, demos: str) -> list[dict[str, str]]:
-        template = self.config.template or (FORWARD_TEMPLATE if self.config.mode == "forward" else REVERSE_TEMPLATE)
-        if template.rstrip().endswith(BLANK):
-            text = template.rstrip()[: -len(BLANK)].rstrip()
-        else:
-            text = template.replace(BLANK, "____")
-        return [{"role": "user", "content": text.replace(DEMOS, demos)}]
-
-    def demo_pool(self, ctx: SearchContext, predictor_name: str) -> list[dspy.Example]:
-        """Train examples as the predictor sees them: the examples themselves for a one-predictor
-        program; for a pipeline, the predictor's own inputs/outputs in runs the metric judged right."""
-        if len(predictors(ctx.student)) == 1:
-            return ctx.train
-        return collect_traces(ctx, predictor_name)
+    def induction(self) -> Induction:
+        """The induction settings of this APE (template, subsamples, demos, samples, temperature)."""
+        config = self.config
+        return Induction(
+            template=config.template or (FORWARD_TEMPLATE if config.mode == "forward" else REVERSE_TEMPLATE),
+            subsamples=config.num_subsamples, demos=config.num_demos, per_subsample=config.num_prompts_per_subsample,
+            temperature=config.temperature, max_tokens=config.max_proposal_tokens,
+        )
 
     def induce(self, ctx: SearchContext, predictor_name: str) -> list[str]:
-        pool = self.demo_pool(ctx, predictor_name)
-        if len(pool) < min(self.config.num_demos, 1):
-            ctx.note(f"{predictor_name}: no successful trace to induce from")
-            return []
-        proposals: list[str] = []
-        seen: set[str] = set()
-        demo_texts = [str(value) for example in pool for value in example.values()]
-        for _ in range(self.config.num_subsamples):
-            demos = ctx.rng.sample(pool, min(self.config.num_demos, len(pool)))
-            rendered = self.format_demos(ctx.student, demos, predictor_name if len(predictors(ctx.student)) > 1 else None)
-            messages = self.induction_messages(rendered)
-            for _ in range(self.config.num_prompts_per_subsample):
-                items = self.propose(
-                    ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens,
-                    read=lambda reply: [reply],
-                )
-                for raw in items or []:
-                    text = self.hygiene(ctx, raw, demo_texts)
-                    if text is None:
-                        continue
-                    if text.lower() in seen:
-                        ctx.drop("duplicate")
-                        continue
-                    seen.add(text.lower())
-                    proposals.append(text)
-        return proposals
+        return induce(self, ctx, predictor_name, self.induction())
 
     def hygiene(self, ctx: SearchContext, raw: str, demo_texts: Sequence[str]) -> str | None:
-        """Clean a proposal, or drop it (counted by reason): empty, over-long, or copying training text."""
-        text = self.screen(ctx, raw)
-        if text is None:
-            return None
-        lowered = text.lower()
-        if any(len(demo) > 20 and demo.lower() in lowered for demo in demo_texts):
-            ctx.drop("copies a demonstration")
-            return None
-        if text.count(":") >= 3 or "\n" in text:
-            ctx.drop("echoes the demo format")
-            return None
-        return text
+        return hygiene(self, ctx, raw, demo_texts)
 
     def combine(self, ctx: SearchContext, seed: dict[str, str], pools: dict[str, list[str]]) -> list[dict[str, str]]:
-        """Full candidates: for one predictor, one per proposal; for several, seeded combinations."""
-        names = list(seed)
-        if len(names) == 1:
-            return [{names[0]: text} for text in pools[names[0]]]
-        options = [pools[name] or [seed[name]] for name in names]
-        count = max(len(option) for option in options)
-        combos = list(itertools.product(*options))
-        ctx.rng.shuffle(combos)
-        return [dict(zip(names, combo, strict=True)) for combo in combos[:count]]
+        return combine(ctx, seed, pools)
 
     # ---- iterative Monte Carlo search -----------------------------------------------------------
     def resample(self, ctx: SearchContext, kept: list[int], round_: int) -> list[int]:
@@ -275,3 +225,91 @@ def collect_traces(ctx: SearchContext, predictor_name: str) -> list[dspy.Example
             if name == predictor_name:
                 examples.append(dspy.Example(**inputs, **outputs).with_inputs(*inputs))
     return examples
+
+
+# ---- induction, shared with the teleprompters that start from induced prompts (PE2) --------------------
+class Induction(BaseModel):
+    """How instructions are induced: the template (with the demos and blank markers), how many demo
+    subsamples, demos each, samples per subsample, and the sampling settings."""
+
+    template: str = FORWARD_TEMPLATE
+    subsamples: int = 1
+    demos: int = 5
+    per_subsample: int = 10
+    temperature: float = 0.9
+    max_tokens: int = 80
+
+
+def induction_messages(template: str, demos: str) -> list[dict[str, str]]:
+    """The induction request: the template with the demos in, the blank cut (forward) or marked."""
+    if template.rstrip().endswith(BLANK):
+        text = template.rstrip()[: -len(BLANK)].rstrip()
+    else:
+        text = template.replace(BLANK, "____")
+    return [{"role": "user", "content": text.replace(DEMOS, demos)}]
+
+
+def demo_pool(ctx: SearchContext, predictor_name: str) -> list[dspy.Example]:
+    """Train examples as the predictor sees them: the examples themselves for a one-predictor
+    program; for a pipeline, the predictor's own inputs/outputs in runs the metric judged right."""
+    if len(predictors(ctx.student)) == 1:
+        return ctx.train
+    return collect_traces(ctx, predictor_name)
+
+
+def induce(teleprompter: Teleprompter, ctx: SearchContext, predictor_name: str, settings: Induction) -> list[str]:
+    """Instructions for ``predictor_name`` induced from train demonstrations by the prompt model,
+    cleaned and screened (:func:`hygiene`), duplicates dropped; every drop is counted in the report."""
+    pool = demo_pool(ctx, predictor_name)
+    if not pool:
+        ctx.note(f"{predictor_name}: no successful trace to induce from")
+        return []
+    proposals: list[str] = []
+    seen: set[str] = set()
+    demo_texts = [str(value) for example in pool for value in example.values()]
+    pipeline = len(predictors(ctx.student)) > 1
+    for _ in range(settings.subsamples):
+        demos = ctx.rng.sample(pool, min(settings.demos, len(pool)))
+        rendered = teleprompter.format_demos(ctx.student, demos, predictor_name if pipeline else None)
+        messages = induction_messages(settings.template, rendered)
+        for _ in range(settings.per_subsample):
+            items = teleprompter.propose(
+                ctx, messages, temperature=settings.temperature, max_tokens=settings.max_tokens, read=lambda reply: [reply]
+            )
+            for raw in items or []:
+                text = hygiene(teleprompter, ctx, raw, demo_texts)
+                if text is None:
+                    continue
+                if text.lower() in seen:
+                    ctx.drop("duplicate")
+                    continue
+                seen.add(text.lower())
+                proposals.append(text)
+    return proposals
+
+
+def hygiene(teleprompter: Teleprompter, ctx: SearchContext, raw: str, demo_texts: Sequence[str]) -> str | None:
+    """Clean a proposal, or drop it (counted by reason): empty, over-long, or copying training text."""
+    text = teleprompter.screen(ctx, raw)
+    if text is None:
+        return None
+    lowered = text.lower()
+    if any(len(demo) > 20 and demo.lower() in lowered for demo in demo_texts):
+        ctx.drop("copies a demonstration")
+        return None
+    if text.count(":") >= 3 or "\n" in text:
+        ctx.drop("echoes the demo format")
+        return None
+    return text
+
+
+def combine(ctx: SearchContext, seed: dict[str, str], pools: dict[str, list[str]]) -> list[dict[str, str]]:
+    """Full candidates: for one predictor, one per proposal; for several, seeded combinations."""
+    names = list(seed)
+    if len(names) == 1:
+        return [{names[0]: text} for text in pools[names[0]]]
+    options = [pools[name] or [seed[name]] for name in names]
+    count = max(len(option) for option in options)
+    combos = list(itertools.product(*options))
+    ctx.rng.shuffle(combos)
+    return [dict(zip(names, combo, strict=True)) for combo in combos[:count]]

@@ -280,6 +280,15 @@ class Teleprompter(DSPyTeleprompter):
     def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
         """Method-specific checks that must fail before any LM call."""
 
+    def prepare(self, student: dspy.Module) -> tuple[dspy.Module, Callable[..., Any] | None]:
+        """The program the search optimises and the metric that scores it (default: the student and the
+        metric given). A method that wraps the program or builds its own metric (BPO) overrides this."""
+        return student, self.metric
+
+    def finalize(self, compiled: dspy.Module, report: CompileReport) -> dspy.Module:
+        """Last touches on the compiled program (default: none)."""
+        return compiled
+
     def task_adapter(self) -> dspy.Adapter:
         """The adapter the program runs with while compiling."""
         from cuecard.adapter import adapter_for
@@ -339,10 +348,10 @@ class Teleprompter(DSPyTeleprompter):
         """``<method>-<identity digest>``: each identity gets its own run, the same one continues it."""
         return f"{self.name}-{self.run_identity(student, trainset, valset).digest()}"
 
-    def make_evaluator(self, student: dspy.Module) -> Evaluator:
+    def make_evaluator(self, student: dspy.Module, metric: Callable[..., Any] | None = None) -> Evaluator:
         return Evaluator(
             student,
-            self.metric,
+            metric if metric is not None else self.metric,
             task_lm=self.task_lm,
             adapter=self.task_adapter(),
             objective=self.config.objective,
@@ -363,12 +372,13 @@ class Teleprompter(DSPyTeleprompter):
         check_examples(student, trainset, what="trainset")
         if valset is not None:
             check_examples(student, valset, what="valset")
+        student, metric = self.prepare(student)
         if self.config.objective == "logprob" and getattr(self.task_lm, "scorer", None) is None:
             raise ScoringUnsupportedError(
                 f"objective='logprob' needs a task model that can score text; {self.task_lm.model!r} cannot"
             )
         self.validate(student, trainset)
-        evaluator = self.make_evaluator(student)
+        evaluator = self.make_evaluator(student, metric)
         check_context(student, self.task_lm, evaluator.adapter, trainset, [f"trainset[{i}]" for i in range(len(trainset))])
         if valset is not None:
             check_context(student, self.task_lm, evaluator.adapter, valset, [f"valset[{i}]" for i in range(len(valset))])
@@ -415,7 +425,7 @@ class Teleprompter(DSPyTeleprompter):
         report = self.build_report(ctx, final, seed_instructions, train, dev, identity, acceptance)
         compiled = apply_instructions(student, report.best.instructions)
         compiled.cuecard_report = report
-        return compiled
+        return self.finalize(compiled, report)
 
     # ---- estimates and plans ------------------------------------------------------------------------
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int] | None:

@@ -131,8 +131,10 @@ class BPO(Teleprompter):
         self.judge: PairwiseJudge | None = None
         self.pairs: list[dict[str, str]] = []
 
-    # ---- compile: wrap the program, judge against its own answers ----------------------------------
-    def compile(self, student: dspy.Module, *, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None = None, **kwargs: Any) -> dspy.Module:
+    # ---- the program searched: a rewriter in front, judged against its own answers ----------------------
+    def prepare(self, student: dspy.Module) -> tuple[dspy.Module, Any]:
+        """The student wrapped with a rewriting stage, and a pairwise metric: the wrapped program's answer
+        against the untouched student's answer to the original prompt, judged by ``judge_lm``."""
         from cuecard.programs import Rewritten
 
         fields = self.config.fields or required_inputs(student)
@@ -151,10 +153,11 @@ class BPO(Teleprompter):
                     baselines[key] = str(student(**example.inputs())[output])
             return baselines[key]
 
-        self.metric = PairwiseMetric(self.judge, question=fields[0], answer=output, baseline=baseline)
-        compiled = super().compile(wrapper, trainset=trainset, valset=valset, **kwargs)
+        return wrapper, PairwiseMetric(self.judge, question=fields[0], answer=output, baseline=baseline)
+
+    def finalize(self, compiled: dspy.Module, report: Any) -> dspy.Module:
         compiled.rewriter_lm = self.prompt_lm
-        compiled.cuecard_report.notes.append(f"judge model: {self.judge_lm.model}")
+        report.notes.append(f"judge model: {self.judge_lm.model}")
         return compiled
 
     @property

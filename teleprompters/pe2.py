@@ -29,7 +29,7 @@ from cuecard.policies import Allocation, FullEvaluation
 from cuecard.program import get_instructions, predictors
 from pydantic import Field
 
-from .ape import APE
+from .ape import Induction, combine, induce
 from .base import SearchContext, Teleprompter, TeleprompterConfig
 from .proposals import clean_instruction, parse_items
 
@@ -177,19 +177,10 @@ class PE2(Teleprompter):
         return ctx.ranking_so_far()
 
     def induce_starting_prompts(self, ctx: SearchContext, seed: dict[str, str]) -> None:
-        """``n_init`` prompts per predictor induced with APE's forward induction (APE's own code)."""
-        ape = APE(
-            metric=self.metric,
-            task_lm=self.task_lm,
-            prompt_lm=self.prompt_lm,
-            seed=self.config.seed,
-            num_subsamples=1,
-            num_demos=min(self.config.init_demos, len(ctx.train)),
-            num_prompts_per_subsample=self.config.n_init,
-            max_instruction_chars=self.config.max_instruction_chars,
-        )
-        pools = {name: ape.induce(ctx, name) for name in seed}
-        for candidate in ape.combine(ctx, seed, pools):
+        """``n_init`` prompts per predictor induced from demonstrations, as APE's forward mode does."""
+        settings = Induction(demos=min(self.config.init_demos, len(ctx.train)), per_subsample=self.config.n_init)
+        pools = {name: induce(self, ctx, name, settings) for name in seed}
+        for candidate in combine(ctx, seed, pools):
             ctx.engine.add_candidate(candidate, origin="induced")
 
     # ---- one parent's children -------------------------------------------------------------------

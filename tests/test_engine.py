@@ -274,3 +274,14 @@ def test_two_processes_on_one_storage_share_the_work_without_evaluating_twice(tm
     trials = [t for t in study.get_trials() if "cuecard.candidate" in t.user_attrs]
     assert len(trials) == len(share_worker.ACCURACIES), "a candidate got two trials"
     assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+
+
+def test_optuna_is_a_version_the_storage_module_was_written_against():
+    """framework/store.py is the one module that touches Optuna's storage objects (their private
+    ``_study_id``/``_trial_id`` included); it names the major versions it was checked against."""
+    from cuecard.store import TESTED_OPTUNA
+
+    major = int(optuna.__version__.split(".")[0])
+    assert TESTED_OPTUNA[0] <= major < TESTED_OPTUNA[1], (
+        f"optuna {optuna.__version__} is outside {TESTED_OPTUNA}: check framework/store.py against it"
+    )
