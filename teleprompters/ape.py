@@ -112,15 +112,13 @@ class APE(Teleprompter):
         from cuecard.policies import MultiStage
 
         policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=2)
-        best: dict[str, Any] = {}
-        for proposals in range(2, 61):
-            subsamples = min(3, proposals)
-            knobs = dict(policy=policy, num_subsamples=subsamples, num_prompts_per_subsample=proposals // subsamples,
-                         num_demos=max(1, min(5, n_train)))
-            if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
-                break
-            best = knobs
-        return best
+
+        def knobs(proposals: int) -> dict[str, Any]:
+            subsamples = min(3, proposals + 1)
+            return dict(policy=policy, num_subsamples=subsamples, num_prompts_per_subsample=max(1, (proposals + 1) // subsamples),
+                        num_demos=max(1, min(5, n_train)))
+
+        return cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=60)
 
     def why(self, record: Any) -> str:
         if record.origin.startswith("induced"):

@@ -482,6 +482,19 @@ class Teleprompter(DSPyTeleprompter):
         return {}
 
     @classmethod
+    def largest_plan(
+        cls, cap: int, n_train: int, n_dev: int, predictors: int, knobs_for: Callable[[int], dict[str, Any]], upto: int = 100
+    ) -> dict[str, Any]:
+        """``knobs_for(n)`` for the largest n (1..upto; costs grow with n) whose estimate fits ``cap``; ``{}`` if none."""
+        best: dict[str, Any] = {}
+        for n in range(1, upto + 1):
+            knobs = knobs_for(n)
+            if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
+                break
+            best = knobs
+        return best
+
+    @classmethod
     def fits(cls, knobs: dict[str, Any], cap: int, n_train: int, n_dev: int, predictors: int) -> int:
         """The requests a compile with ``knobs`` may take on data of these sizes (for :meth:`plan`)."""
         probe = cls(metric=None, task_lm=_PLANNING_LM, **knobs)

@@ -151,14 +151,12 @@ class OPRO(Teleprompter):
         from cuecard.policies import MultiStage
 
         policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=1)
-        best: dict[str, Any] = {}
-        for steps in range(1, 101):
-            knobs = dict(policy=policy, steps=steps, instructions_per_step=4, num_exemplars=min(3, n_train),
-                         max_proposal_tokens=80, patience=max(2, steps))
-            if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
-                break
-            best = knobs
-        return best
+
+        def knobs(steps: int) -> dict[str, Any]:
+            return dict(policy=policy, steps=steps, instructions_per_step=4, num_exemplars=min(3, n_train),
+                        max_proposal_tokens=80, patience=max(2, steps))
+
+        return cls.largest_plan(cap, n_train, n_dev, predictors, knobs)
 
     def why(self, record: Any) -> str:
         if record.origin == "opro":

@@ -116,14 +116,12 @@ class PE2(Teleprompter):
         from cuecard.policies import MultiStage
 
         policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=1)
-        best: dict[str, Any] = {}
-        for steps in range(1, 51):
-            knobs = dict(policy=policy, steps=steps, beam=1, proposals_per_prompt=3, batch_size=2,
-                         negatives_sample=min(8, n_train), max_reasoning_tokens=200, max_proposal_tokens=80)
-            if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
-                break
-            best = knobs
-        return best
+
+        def knobs(steps: int) -> dict[str, Any]:
+            return dict(policy=policy, steps=steps, beam=1, proposals_per_prompt=3, batch_size=2,
+                        negatives_sample=min(8, n_train), max_reasoning_tokens=200, max_proposal_tokens=80)
+
+        return cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=50)
 
     def why(self, record: Any) -> str:
         if record.origin == "pe2":

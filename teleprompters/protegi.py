@@ -113,14 +113,13 @@ class ProTeGi(Teleprompter):
         from cuecard.policies import UCB
 
         for minibatch, selection in ((min(8, n_train), 2 * n_dev), (min(4, n_train), n_dev)):
-            best: dict[str, Any] = {}
-            for rounds in range(1, 31):
-                knobs = dict(policy=UCB(batch=3), rounds=rounds, beam_size=2, minibatch_size=minibatch, n_gradients=2,
-                             errors_per_gradient=3, steps_per_gradient=1, mc_samples_per_step=0, max_expansion_factor=4,
-                             samples_per_eval=selection, eval_rounds=1, prompts_per_round=1, patience=rounds)
-                if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
-                    break
-                best = knobs
+
+            def knobs(rounds: int, minibatch: int = minibatch, selection: int = selection) -> dict[str, Any]:
+                return dict(policy=UCB(batch=3), rounds=rounds, beam_size=2, minibatch_size=minibatch, n_gradients=2,
+                            errors_per_gradient=3, steps_per_gradient=1, mc_samples_per_step=0, max_expansion_factor=4,
+                            samples_per_eval=selection, eval_rounds=1, prompts_per_round=1, patience=rounds)
+
+            best = cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=30)
             if best:
                 return best
         return {}
