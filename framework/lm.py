@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import math
 import os
 import time
 from pathlib import Path
@@ -76,9 +77,9 @@ class CuecardLM(dspy.LM):
         try:
             self._before_call(_completions(call))
             result = execute(self, call)
-        except Exception as exc:
+        except BaseException as exc:  # Ctrl-C too: a claimed request is given back
             self._abandon(record, key)
-            if not isinstance(exc, BudgetExhausted):
+            if isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted):
                 record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
         self._record(result, time.perf_counter() - start, _completions(call))
@@ -104,9 +105,9 @@ class CuecardLM(dspy.LM):
         try:
             self._before_call(_completions(call))
             result = await aexecute(self, call)
-        except Exception as exc:
+        except BaseException as exc:  # Ctrl-C too: a claimed request is given back
             self._abandon(record, key)
-            if not isinstance(exc, BudgetExhausted):
+            if isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted):
                 record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
         self._record(result, time.perf_counter() - start, _completions(call))
@@ -223,7 +224,8 @@ class RateLimit:
         if per_minute < 1:
             raise ValueError(f"requests_per_minute={per_minute} must be at least 1")
         self.per_minute = per_minute
-        self._limiter = Limiter(Rate(per_minute, Duration.MINUTE))
+        # a rate per second too, so a burst of threads does not spend the minute's quota at once
+        self._limiter = Limiter([Rate(math.ceil(per_minute / 60), Duration.SECOND), Rate(per_minute, Duration.MINUTE)])
 
     def __deepcopy__(self, memo: dict) -> RateLimit:
         return self

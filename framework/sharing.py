@@ -97,7 +97,13 @@ class SQLClaims:
             sa.Column("owner", sa.String(256), nullable=False),
             sa.Column("claimed_at", sa.Float, nullable=False),
         )
-        metadata.create_all(self.engine, checkfirst=True)
+        from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+        from .store import _racing
+
+        for attempt in Retrying(retry=retry_if_exception(_racing), stop=stop_after_attempt(6), wait=wait_exponential(0.1, max=2), reraise=True):
+            with attempt:  # processes starting together race to create the table
+                metadata.create_all(self.engine, checkfirst=True)
         self._stop = threading.Event()
         self._beating = threading.Thread(target=self._beat, daemon=True, name="cuecard-claims-heartbeat")
         self._beating.start()

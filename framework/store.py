@@ -168,10 +168,16 @@ class RunStore:
         )
 
     def new_trial(self, attrs: dict[str, Any]) -> int:
-        trial = self.study.ask()
-        for key, value in attrs.items():
-            trial.set_user_attr(key, value)
-        return trial._trial_id  # noqa: SLF001
+        """A RUNNING trial created with its attributes in one step (a process killed midway leaves no
+        trial without its record)."""
+        import datetime
+
+        template = optuna.trial.FrozenTrial(
+            number=-1, state=optuna.trial.TrialState.RUNNING, value=None,
+            datetime_start=datetime.datetime.now(), datetime_complete=None, params={}, distributions={},
+            user_attrs=dict(attrs), system_attrs={}, intermediate_values={}, trial_id=-1,
+        )
+        return self.storage.create_new_trial(self._study_id, template_trial=template)
 
     def set_trial_attrs(self, trial_id: int, attrs: dict[str, Any]) -> bool:
         """Write attributes of an open trial; False when the trial was closed (by another process)."""

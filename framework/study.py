@@ -408,6 +408,13 @@ class Engine:
             if room <= 0:
                 raise BudgetExhausted(f"{self.name}: cap of {self.max_evaluations} example evaluations reached")
             wanted = wanted[:room]
+        if wanted and self.block.limits.max_calls is not None:
+            # every process reaches the same point of the run: no worker computes past the examples the
+            # cap affords along the search's order, whichever it gets to first
+            room = (self.block.limits.max_calls - self.block.usage.calls) // self.calls_per_example
+            if room <= 0:
+                self.block.check(self.calls_per_example)
+            wanted = wanted[: max(room, 1)]
         if wanted:
             if self.claims.shared and any(i not in state.stored for i in wanted):
                 self._refresh(arm)
@@ -514,8 +521,8 @@ class Engine:
                 stored = StoredScore(score=result.score, output=_short_output(result.output), requests=result.requests)
                 state.stored[result.index] = stored
                 state.failed.pop(result.index, None)
-                attrs[SCORE + str(result.index)] = result.score
-                attrs[DETAIL + str(result.index)] = stored.model_dump(exclude={"score"})
+                attrs[DETAIL + str(result.index)] = stored.model_dump(exclude={"score"})  # first: a score is read
+                attrs[SCORE + str(result.index)] = result.score  # only once its detail is there
             self._see(arm, result.index, result.score, result.error)
         if state.open and attrs:
             state.open = self.store.set_trial_attrs(state.trial_id, attrs)
@@ -745,7 +752,9 @@ def _read_scores(arm: Arm, trial: StoredTrial) -> None:
     for name, value in trial.attrs.items():
         if name.startswith(SCORE):
             index = int(name[len(SCORE):])
-            detail = trial.attrs.get(DETAIL + str(index)) or {}
+            detail = trial.attrs.get(DETAIL + str(index))
+            if detail is None:
+                continue  # another process is writing it (detail first, then score): read it next time
             arm.stored[index] = StoredScore(score=float(value), **detail)
             arm.failed.pop(index, None)
         elif name.startswith(FAILURE):

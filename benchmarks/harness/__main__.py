@@ -19,6 +19,7 @@ FIELD_FLAGS = {
     "--test": "n_test",
     "--task-model": "task_model",
     "--max-tokens": "max_tokens",
+    "--seeds-from": "seeds_from",
     "--data": "data",
     "--out": "out",
 }

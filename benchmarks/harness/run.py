@@ -8,7 +8,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import cuecard
 import dspy
@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, field_validator
 from ..models import resolve_model_spec
 from .methods import DEFAULT_METHODS, METHOD_NAMES, MethodRun, method_code_hash, runners_for
 from .results import CellResult, CellStore, one_line, write_outputs
-from .tasks import Task, bbh, instruction_induction, jsonl_task
+from .tasks import DEFAULT_SEED_INSTRUCTION, Task, bbh, instruction_induction, jsonl_task
 
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)  # "response was truncated": answers are capped on purpose
 
@@ -45,6 +45,9 @@ class HarnessConfig(BaseModel):
     task_model: str = Field("local", description="'local' (the embedded model), a .gguf path, or a litellm model string")
     prompt_model: str = Field("local", description="the model that writes instructions")
     max_tokens: int = Field(32, ge=1, description="cap on the task model's answer tokens")
+    seeds_from: Literal["generic", "terse"] = Field(
+        "terse", description="the seed instruction: 'generic' (\"Answer the question.\" for every task) or 'terse' (per task)"
+    )
     prompt_max_tokens: int = Field(200, ge=8, description="default cap on the prompt model's tokens")
     data: str = Field(str(DEFAULT_DATA), description="the shared benchmark data folder")
     out: str = Field("runs/bench", description="where cells, the LM cache and the outputs go")
@@ -67,15 +70,20 @@ class HarnessConfig(BaseModel):
         return tasks
 
 
-def load_task(spec: str, data: str | Path) -> Task:
-    """A task from its spec string (see :class:`HarnessConfig`); data files are read in place under ``data``."""
+def load_task(spec: str, data: str | Path, seeds: str = "terse") -> Task:
+    """A task from its spec string (see :class:`HarnessConfig`); data files are read in place under ``data``.
+
+    ``seeds``: ``"generic"`` starts every program from "Answer the question." (the method must find the
+    task from the examples); ``"terse"`` from the task's terse instruction, the kind a user writes first.
+    """
+    generic = DEFAULT_SEED_INSTRUCTION if seeds == "generic" else None
     kind, rest = spec.split(":", 1)
     if kind == "ii":
-        return instruction_induction(rest, Path(data) / "instruction_induction")
+        return instruction_induction(rest, Path(data) / "instruction_induction", seed_instruction=generic)
     if kind == "bbh":
-        return bbh(rest, Path(data) / "bbh")
+        return bbh(rest, Path(data) / "bbh", seed_instruction=generic)
     path, inputs, output = rest.rsplit(":", 2)
-    return jsonl_task(path, inputs=inputs.split(","), output=output)
+    return jsonl_task(path, inputs=inputs.split(","), output=output, seed_instruction=generic)
 
 
 class Models:
@@ -199,7 +207,7 @@ def run(
     """
     out = Path(config.out)
     store = CellStore(out)
-    tasks = list(tasks) if tasks is not None else [load_task(spec, config.data) for spec in config.tasks]
+    tasks = list(tasks) if tasks is not None else [load_task(spec, config.data, config.seeds_from) for spec in config.tasks]
     if models is None:
         if not report_only:
             cuecard.configure_cache(out / "lm-cache")

@@ -1,0 +1,146 @@
+"""One worker of a compile run by several processes: ``python scaleout_worker.py STORAGE OUT GO DELAY SIZE [MAX_CALLS]``.
+
+Every worker runs the same compile (APE: induction from demonstrations, multi-stage scoring, one
+Monte Carlo round) on the same run (``--run-name scaleout`` in STORAGE), as ``cuecard compile`` on
+several machines would. The task model is scripted: each reply takes DELAY seconds and is right or
+wrong by a hash of the instruction and the review, so candidates differ in accuracy the same way in
+every process; the prompt model's reply is a function of the request's sampling seed, so every
+process would get the same proposal for the same request. SIZE is ``small`` (about 170 LM requests
+uncapped) or ``large`` (about 490); MAX_CALLS caps the compile (``Limits(max_calls=MAX_CALLS)``).
+
+The worker touches ``OUT.ready`` once imported and starts when the file GO exists (so all start
+together). Every evaluation it computes and stores itself is appended to ``OUT.log`` (candidate key
+and example index, one per line, as it is stored); at the end ``OUT`` gets the report's outcome and
+the requests this process's scripted models received.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import cuecard
+import dspy
+from cuecard import study
+from cuecard.lm import CuecardLM
+from cuecard.metrics import exact_match
+from cuecard.teleprompters import APE
+from cuecard.testing import ScriptedEngine, scripted_lm
+
+RUN_NAME = "scaleout"
+POSITIVE = ["loved", "great", "wonderful", "excellent", "superb", "delightful", "charming", "brilliant", "fine"]
+NEGATIVE = ["hated", "awful", "terrible", "boring", "dull", "poor", "clumsy", "tedious", "broken"]
+THINGS = ["film", "soup", "hotel", "novel", "phone", "concert", "game", "chair", "museum", "bus", "park"]
+TRAIN = 16
+SIZES = {"small": {"dev": 20, "num_prompts_per_subsample": 5}, "large": {"dev": 60, "num_prompts_per_subsample": 10}}
+"""Dev examples and proposals per subsample of each size of the compile."""
+APE_SETTINGS = dict(num_subsamples=2, num_demos=4, mc_rounds=1, mc_top_fraction=0.5, mc_variations=3, seed=1)
+
+
+def number(*parts: str) -> int:
+    """A number from text, the same in every process (``hash()`` is salted per process)."""
+    return int(hashlib.sha256("|".join(parts).encode()).hexdigest()[:12], 16)
+
+
+def reviews(count: int) -> list[dspy.Example]:
+    """``count`` labelled reviews, alternately positive and negative."""
+    examples = []
+    for i in range(count):
+        positive = i % 2 == 0
+        word = (POSITIVE if positive else NEGATIVE)[(i // 2) % len(POSITIVE)]
+        text = f"Review {i}: the {THINGS[i % len(THINGS)]} was {word}."
+        examples.append(dspy.Example(review=text, sentiment="positive" if positive else "negative").with_inputs("review"))
+    return examples
+
+
+def task_reply(messages: list[dict[str, str]]) -> str:
+    """The right label with a probability (between 0.35 and 0.95) that depends on the instruction alone."""
+    text = messages[-1]["content"]
+    review = re.search(r"Review: (Review \d+: [^\n]*)", text).group(1)
+    instruction = text.replace(review, "")
+    quality = 35 + number(instruction) % 61
+    word = review.rsplit(" ", 1)[-1].strip(".")
+    right = "positive" if word in POSITIVE else "negative"
+    wrong = "negative" if right == "positive" else "positive"
+    return right if number(instruction, review) % 100 < quality else wrong
+
+
+def prompt_reply(messages: list[dict[str, str]], seed: int | None) -> str:
+    """An instruction chosen by the request's sampling seed (a few repeat: APE drops duplicates)."""
+    text = messages[-1]["content"]
+    if text.startswith("Rewrite this instruction"):
+        original = text.rsplit("Instruction: ", 1)[-1].strip().rstrip(".")
+        return f"{original}, put another way ({(seed or 0) % 7})."
+    return f"Tell whether the review is positive or negative, style {(seed or 0) % 97}."
+
+
+class SeededEngine(ScriptedEngine):
+    """A scripted engine whose reply also sees the request's sampling seed (proposals are asked one at a time)."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda messages: prompt_reply(messages, self.seed))
+        self.seed: int | None = None
+
+    def complete(self, request):  # noqa: ANN001, ANN201 - DSPy's engine interface
+        self.seed = request.config.seed
+        return super().complete(request)
+
+
+@contextmanager
+def logged_evaluations(log: Path) -> Iterator[None]:
+    """Append every evaluation this process stores to ``log`` (candidate key and example index)."""
+    original = study.Engine._store
+
+    def store(engine, arm, results):
+        original(engine, arm, results)
+        with log.open("a") as handle:
+            handle.writelines(f"{engine.arms[arm].record.key} {r.index}\n" for r in results if not r.failed)
+
+    study.Engine._store = store
+    try:
+        yield
+    finally:
+        study.Engine._store = original
+
+
+def run(storage: str, log: Path, delay: float, size: str = "small", max_calls: int | None = None) -> dict:
+    """Run the compile of ``size`` on ``storage``; the outcome and the requests the scripted models received."""
+
+    def slow_task(messages: list[dict[str, str]]) -> str:
+        time.sleep(delay)
+        return task_reply(messages)
+
+    task_lm = scripted_lm(slow_task, name="scripted/task")
+    prompt_lm = CuecardLM("scripted/prompt", spec="scripted/prompt", is_local=True, engine=SeededEngine(),
+                          temperature=0.0, max_tokens=256, cache=False, num_retries=0)
+    dev, per_subsample = SIZES[size]["dev"], SIZES[size]["num_prompts_per_subsample"]
+    data = reviews(TRAIN + dev)
+    ape = APE(metric=exact_match("sentiment"), task_lm=task_lm, prompt_lm=prompt_lm, run_name=RUN_NAME, storage=storage,
+              limits=cuecard.Limits(max_calls=max_calls) if max_calls else None, progress=False,
+              num_prompts_per_subsample=per_subsample, **APE_SETTINGS)
+    program = dspy.Predict(dspy.Signature("review -> sentiment", "Classify."))
+    with logged_evaluations(log):
+        report = ape.compile(program, trainset=data[:TRAIN], valset=data[TRAIN:]).cuecard_report
+    return {
+        "outcome": report.outcome(),
+        "task_requests": len(task_lm.engine.requests),
+        "prompt_requests": len(prompt_lm.engine.requests),
+        "computed": report.process.evaluations_computed,
+        "read_back": report.process.evaluations_read_back,
+    }
+
+
+if __name__ == "__main__":
+    storage, out, go, delay = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
+    size, cap = sys.argv[5], int(sys.argv[6]) if len(sys.argv) > 6 else None
+    Path(f"{out}.ready").touch()
+    while not go.exists():
+        time.sleep(0.02)
+    result = run(storage, Path(f"{out}.log"), delay, size, cap)
+    out.write_text(json.dumps(result))
