@@ -454,7 +454,8 @@ class Engine:
         """Evaluate the examples this process can claim, in chunks; wait for other processes' scores."""
         state = self.arms[arm]
         key = state.record.key
-        chunk = max(1, getattr(self.scorer, "num_threads", 1)) if self.claims.shared else len(missing)
+        # claim a few batches at a time: threads stay busy, and other processes still find work to share
+        chunk = 4 * max(1, getattr(self.scorer, "num_threads", 1)) if self.claims.shared else len(missing)
         while missing:
             mine: list[int] = []
             for index in missing:

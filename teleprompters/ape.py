@@ -116,7 +116,7 @@ class APE(Teleprompter):
         def knobs(proposals: int) -> dict[str, Any]:
             subsamples = min(3, proposals + 1)
             return dict(policy=policy, num_subsamples=subsamples, num_prompts_per_subsample=max(1, (proposals + 1) // subsamples),
-                        num_demos=max(1, min(5, n_train)))
+                        num_demos=max(1, min(5, n_train)), until_cap=True)
 
         return cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=60)
 
@@ -144,9 +144,15 @@ class APE(Teleprompter):
             engine.add_candidate(candidate, origin=f"induced-{self.config.mode}")
         allocation = ctx.allocate()
         best = allocation.best.mean
-        for round_ in range(1, self.config.mc_rounds + 1):
+        round_ = 0
+        while True:
             kept = [e.arm for e in allocation.ranking if not e.pruned]
             kept = kept[: max(1, int(len(kept) * self.config.mc_top_fraction))]
+            new = len(kept) * self.config.mc_variations * len(names)
+            cost = new + self.policy.planned_evaluations(len(kept) + new, len(engine.examples), None) * len(names)
+            if not self.more_steps(ctx, round_, self.config.mc_rounds, cost + len(engine.examples)):
+                break
+            round_ += 1
             new_arms = self.resample(ctx, kept, round_)
             if not new_arms:
                 ctx.note(f"Monte Carlo round {round_}: no usable variation; search stopped")

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextvars
 import functools
 import random
+import re
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -67,8 +68,15 @@ class TeleprompterConfig(BaseModel):
     dev_fraction: float = Field(0.5, gt=0, lt=1, description="share of the trainset kept for dev when no valset")
     max_dev: int | None = Field(None, ge=1, description="cap on dev examples (the pool every candidate walks)")
     max_instruction_chars: int = Field(500, ge=10)
+    until_cap: bool = Field(
+        False, description="after the planned steps (rounds), go on while the cap on requests leaves room for one more"
+    )
+    task_rule: bool = Field(
+        True, description="read once what turns the train inputs into their outputs (input/output pairs, as APE's "
+        "induction does) and show it in every proposal request of the reflective methods",
+    )
     structured_proposals: bool = Field(
-        True, description="hold the prompt model to a JSON schema (analysis, then instructions) when it supports one"
+        True, description="hold the prompt model to a JSON schema (the rule, then instructions) when it supports one"
     )
 
 
@@ -103,9 +111,15 @@ class SearchContext:
         self.notes: list[str] = []
         self.pruned: set[int] = set()
         self.capped: str | None = None
+        self.rules: dict[str, str | None] = {}
         self.sample_counter = 0
         self.history: list[dict[str, Any]] = []
         self._train_answers: set[str] | None = None
+
+    def room(self) -> int | None:
+        """LM requests left under the run's cap on requests (None: no such cap)."""
+        cap = self.engine.block.limits.max_calls
+        return None if cap is None else cap - self.engine.block.usage.calls
 
     def fail(self, reason: str) -> None:
         """Count a failed LM call that the search went on without (e.g. a proposal)."""
@@ -621,6 +635,9 @@ class Teleprompter(DSPyTeleprompter):
         if normalize_instruction_induction(text) in ctx.train_answers():
             ctx.drop("an answer, not an instruction")
             return None
+        if TEMPLATE_TALK.search(text):
+            ctx.drop("talks about the template or the examples, not the task")
+            return None
         return text
 
     def propose(
@@ -636,7 +653,7 @@ class Teleprompter(DSPyTeleprompter):
         """Up to ``count`` instructions from the prompt model (None when the call failed).
 
         When the prompt model supports JSON schemas (and ``structured_proposals`` is on) the request
-        asks for an analysis of the examples, then the instructions, and the model can write nothing
+        asks for the rule the examples follow, then the instructions, and the model can write nothing
         else; otherwise ``read`` (default: :func:`~cuecard.teleprompters.proposals.parse_items`) takes
         them from the tagged reply the meta-prompt asked for.
         """
@@ -655,6 +672,39 @@ class Teleprompter(DSPyTeleprompter):
         if reply is None:
             return None
         return (read or (lambda text: parse_items(text, count)))(reply)
+
+    def more_steps(self, ctx: SearchContext, done: int, planned: int, step_cost: int) -> bool:
+        """Whether to run step ``done + 1``: yes within the ``planned`` steps; past them, with ``until_cap``,
+        while the cap on requests leaves room for one more step (``step_cost`` requests at most)."""
+        if done < planned:
+            return True
+        room = ctx.room()
+        if not self.config.until_cap or room is None:
+            return False
+        if room >= step_cost:
+            return True
+        ctx.note(f"stopped: {room} requests left under the cap, fewer than one more step may take ({step_cost})")
+        return False
+
+    def task_rule(self, ctx: SearchContext, predictor_name: str) -> str | None:
+        """What turns an input into its correct output, as the prompt model reads it from a few train
+        input/output pairs (once per predictor and compile, at temperature 0); None when ``task_rule`` is
+        off, for a predictor inside a pipeline (its outputs are not in the examples), or when the call failed.
+
+        The reflective methods (ProTeGi, OPRO, PE2) show it in their proposal requests: reasoning about a
+        model's errors, a small prompt model easily loses sight of the task itself.
+        """
+        if not self.config.task_rule or len(predictors(ctx.student)) > 1:
+            return None
+        if predictor_name not in ctx.rules:
+            demos = random.Random(self.config.seed).sample(ctx.train, min(8, len(ctx.train)))
+            request = RULE_REQUEST.format(pairs=self.format_demos(ctx.student, demos))
+            reply = self.ask_prompt_lm(ctx, [{"role": "user", "content": request}], temperature=0.0, max_tokens=80)
+            rule = clean_instruction(reply) if reply else ""
+            ctx.rules[predictor_name] = rule or None
+            if rule:
+                ctx.note(f"{predictor_name}: read from train examples: {rule}")
+        return ctx.rules[predictor_name]
 
     def ask_prompt_lm(
         self, ctx: SearchContext, messages: list[dict[str, str]], *, temperature: float, max_tokens: int = 200, **extra: Any
@@ -736,6 +786,20 @@ class Teleprompter(DSPyTeleprompter):
             ]
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks)
+
+
+RULE_REQUEST = (
+    "Someone followed one instruction to turn each input below into the output shown with it: the same "
+    "instruction produced every one of them.\n\n{pairs}\n\n"
+    "What was the instruction? It must fit every pair above, not just one of them. Reply with the instruction "
+    "only, in one sentence: what to do with any input, and the exact form of the output (a word, a sentence, "
+    "a number, a label...)."
+)
+"""The request :meth:`Teleprompter.task_rule` sends (APE's forward induction, asked once)."""
+
+TEMPLATE_TALK = re.compile(r"<<[^<>]{1,40}>>|\[\[[^\[\]]{1,40}\]\]|\b(?:correct|model's) output\s*:", re.IGNORECASE)
+"""Text a proposer copied from the meta-prompt's scaffolding (template slots, example labels) instead of
+writing an instruction for the task."""
 
 
 class _PlanningLM:

@@ -37,18 +37,22 @@ from pydantic import Field, model_validator
 from .base import SearchContext, Teleprompter, TeleprompterConfig
 
 TAG = "<INS>"
+SLOT = "[INSTRUCTION]"
 HISTORY = "[[HISTORY]]"
+RULE = "[[RULE]]"
 EXEMPLARS = "[[EXEMPLARS]]"
 
 META_PROMPT = (
     "You write instructions for a language model. Below are instructions tried so far, each with the "
     "score it earned (0 to 100, higher is better), listed from the lowest score to the highest.\n\n"
     f"{HISTORY}\n\n"
-    f"In each example below, {TAG} marks where the instruction is placed in what the model is given; then "
+    f"In each example below, {SLOT} marks where the instruction is placed in what the model is given; then "
     "comes what the model wrote with the best instruction so far, and the correct output.\n\n"
     f"{EXEMPLARS}\n\n"
+    f"{RULE}"
     "Write one new instruction that is different from every instruction above and would earn a higher "
-    "score: one that makes the model write exactly the correct output, in the same form and nothing more. "
+    "score: a general command that works for any input of this kind (not an answer, not an example) and "
+    "makes the model write the correct output in exactly its form, nothing more. "
     f"Keep it short and direct. Put it between {TAG} and </INS>."
 )
 
@@ -131,6 +135,13 @@ class OPRO(Teleprompter):
     config: OPROConfig
     default_policy = FullEvaluation
 
+    def step_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
+        """LM requests one step may take: its proposals, the exemplars' runs, the scoring of its proposals."""
+        config = self.config
+        runs = (config.num_exemplars if config.show_model_outputs else 0) + (n_train if config.exemplar_selection == "wrong" else 0)
+        per_step = self.policy.planned_evaluations(config.instructions_per_step, n_dev, None)
+        return config.instructions_per_step + (runs + per_step) * predictors
+
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
         per_step = self.policy.planned_evaluations(config.instructions_per_step, n_dev, None)
@@ -154,7 +165,7 @@ class OPRO(Teleprompter):
 
         def knobs(steps: int) -> dict[str, Any]:
             return dict(policy=policy, steps=steps, instructions_per_step=4, num_exemplars=min(3, n_train),
-                        max_proposal_tokens=80, patience=max(2, steps))
+                        max_proposal_tokens=80, patience=max(2, steps), until_cap=True)
 
         return cls.largest_plan(cap, n_train, n_dev, predictors, knobs)
 
@@ -185,7 +196,10 @@ class OPRO(Teleprompter):
         counted: set[int] = set()
         best = self.best_so_far(ctx)
         stale = 0
-        for step in range(1, self.config.steps + 1):
+        step_cost = self.step_cost(len(ctx.train), len(engine.examples), len(names))
+        step = 0
+        while self.more_steps(ctx, step, self.config.steps, step_cost):
+            step += 1
             name = names[(step - 1) % len(names)]
             base = engine.candidates[best.arm].instructions
             if self.config.exemplar_selection == "wrong" and best.arm not in counted:
@@ -284,13 +298,15 @@ class OPRO(Teleprompter):
         shown = "\n\n".join(
             self.render_exemplar(ctx, name, instructions, example, output) for example, output in zip(exemplars, outputs, strict=True)
         )
-        return self.config.meta_prompt.replace(HISTORY, history).replace(EXEMPLARS, shown or "(no examples)")
+        read = self.task_rule(ctx, name)
+        rule = f"What turns an input into its correct output, read from training examples: {read}\n\n" if read else ""
+        return self.config.meta_prompt.replace(HISTORY, history).replace(EXEMPLARS, shown or "(no examples)").replace(RULE, rule)
 
     def render_exemplar(
         self, ctx: SearchContext, name: str, instructions: dict[str, str], example: dspy.Example,
         output: dict[str, Any] | None = None,
     ) -> str:
-        """The predictor's prompt with ``<INS>`` where the instruction goes, what the model wrote with the
+        """The predictor's prompt with ``[INSTRUCTION]`` where the instruction goes, what the model wrote with the
         best instruction so far (when ``output`` is given), and the correct output.
 
         For a pipeline, the predictor's inputs come from a traced run of the current best candidate."""
@@ -302,7 +318,7 @@ class OPRO(Teleprompter):
             if self.config.show_model_outputs:
                 output = next((said for step, _, said in run.steps if step == name), None)
         signature = named[name].signature
-        rendered = self.rendered_prompt(ctx, name, TAG, inputs, instructions)
+        rendered = self.rendered_prompt(ctx, name, SLOT, inputs, instructions)
         written = ""
         if output:
             said = {key: value for key, value in output.items() if key in signature.output_fields}

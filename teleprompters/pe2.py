@@ -53,8 +53,9 @@ REASONING_TEMPLATE = (
     "5. Does the prompt need an edit for this example? If so, what edit would fix it?"
 )
 NEW_PROMPT_REQUEST = (
-    "Now write the improved prompt, using your analysis: it must say what to do and exactly what form the "
-    "answer takes. Reply with the new prompt only, between <START> and <END>."
+    "Now write the improved prompt, using your analysis. Write the prompt itself, the instruction the model "
+    "reads where <<PROMPT>> stands, not directions about the template: it must say what to do with any input "
+    "and exactly what form the answer takes. Reply with the new prompt only, between <START> and <END>."
 )
 
 
@@ -96,6 +97,13 @@ class PE2(Teleprompter):
     config: PE2Config
     default_policy = FullEvaluation
 
+    def step_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
+        """LM requests one step may take: the parents' runs on train, two calls per proposal, the scoring."""
+        config = self.config
+        children = config.beam * config.proposals_per_prompt
+        runs = config.beam * min(config.negatives_sample or n_train, n_train)
+        return 2 * children + (runs + self.policy.planned_evaluations(children, n_dev, None)) * predictors
+
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
         per_parent = min(config.negatives_sample or n_train, n_train)
@@ -119,7 +127,7 @@ class PE2(Teleprompter):
 
         def knobs(steps: int) -> dict[str, Any]:
             return dict(policy=policy, steps=steps, beam=1, proposals_per_prompt=3, batch_size=2,
-                        negatives_sample=min(8, n_train), max_reasoning_tokens=200, max_proposal_tokens=80)
+                        negatives_sample=min(8, n_train), max_reasoning_tokens=200, max_proposal_tokens=80, until_cap=True)
 
         return cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=50)
 
@@ -141,7 +149,10 @@ class PE2(Teleprompter):
                 f"steps={self.config.steps}, beam={self.config.beam}, proposals_per_prompt="
                 f"{self.config.proposals_per_prompt}: no new prompt is asked for; the best starting prompt wins"
             )
-        for step in range(1, self.config.steps + 1):
+        step_cost = self.step_cost(len(ctx.train), len(engine.examples), len(seed))
+        step = 0
+        while self.more_steps(ctx, step, self.config.steps, step_cost):
+            step += 1
             if not self.config.beam or not self.config.proposals_per_prompt:
                 break
             ranking = [e for e in ctx.ranking() if e.n > 0 and not e.pruned]
@@ -269,6 +280,9 @@ class PE2(Teleprompter):
         config = self.config
         parts = [config.task_description if config.two_step_description else ONE_STEP_DESCRIPTION]
         parts.append(f"## Current prompt\n{instructions[name]}")
+        rule = self.task_rule(ctx, name)
+        if rule:
+            parts.append(f"## What turns an input into its label (read from training examples)\n{rule}")
         if config.context_specification:
             parts.append(self.context_specification(ctx, name, instructions))
         if config.use_history:

@@ -3,12 +3,13 @@
 Two ways to get instructions out of a proposer. When the prompt model can be held to a JSON schema
 (local GGUF models through llama.cpp's grammars; remote models whose provider supports response
 schemas) the request carries :data:`PROPOSAL_SCHEMA`: the model first writes what it makes of the
-examples (``"analysis"``), then the instructions, and it cannot write anything else. Otherwise the
+examples as a general rule (``"rule"``: what turns an input into its correct output, and in what form),
+then the instructions, and it cannot write anything else. Otherwise the
 reply is read leniently from the tags the meta-prompt asked for (``<START>...<END>``, ``<INS>...</INS>``),
 numbered lines, or the whole text. Either way :func:`clean_instruction` strips echoes and markup.
 
 Example:
-    >>> read_structured('{"analysis": "outputs are plurals", "instructions": ["Write the plural."]}', 3)
+    >>> read_structured('{"rule": "outputs are plurals", "instructions": ["Write the plural."]}', 3)
     ['Write the plural.']
     >>> parse_items("<START>a<END> and <START>b<END>", 5)
     ['a', 'b']
@@ -21,22 +22,22 @@ import re
 from typing import Any
 
 STRUCTURED_REQUEST = (
-    "\n\nReply in JSON only, as {{\"analysis\": \"...\", \"instructions\": [...]}}: first, in \"analysis\", "
-    "say in a sentence or two what the new instruction must get right (where there are examples: what turns "
-    "each input into its correct output, and what form the correct outputs take); then give {count} "
-    "instruction(s) in \"instructions\", each complete on its own, without tags or numbering."
+    "\n\nReply in JSON only, as {{\"rule\": \"...\", \"instructions\": [...]}}. First, in \"rule\", state in "
+    "one sentence the general rule that turns any input of this task into its correct output: what to do, and "
+    "the exact form of the output. Then give {count} instruction(s) in \"instructions\": each a general command "
+    "that tells a model to apply that rule to any input, not an answer and not an example, without tags."
 )
 
 
 def proposal_schema(count: int) -> dict[str, Any]:
-    """The JSON schema a structured proposal is held to: an analysis, then ``count`` instructions at most."""
+    """The JSON schema a structured proposal is held to: a rule, then ``count`` instructions at most."""
     return {
         "type": "object",
         "properties": {
-            "analysis": {"type": "string"},
+            "rule": {"type": "string"},
             "instructions": {"type": "array", "items": {"type": "string"}, "minItems": 1, "maxItems": count},
         },
-        "required": ["analysis", "instructions"],
+        "required": ["rule", "instructions"],
     }
 
 

@@ -33,6 +33,7 @@ GRADIENT_PROMPT = (
     "I am writing an instruction for a language model. The current instruction is:\n"
     '"{instruction}"\n\n'
     "Following it, the model got these examples wrong:\n\n{errors}\n\n"
+    "{rule}"
     "Compare each model output with the correct output: what turns the input into the correct output, and how "
     "does the model's output differ from it, in content and in form (length, wording, extra text)? Then give "
     "{count} reason(s) why the instruction led the model to these mistakes. "
@@ -42,10 +43,11 @@ EDIT_PROMPT = (
     "I am writing an instruction for a language model. The current instruction is:\n"
     '"{instruction}"\n\n'
     "Following it, the model got these examples wrong:\n\n{errors}\n\n"
+    "{rule}"
     "One reason it fails: {gradient}\n\n"
-    "Taking this reason into account, write {count} better instruction(s). Each must say what to do with the "
-    "input and exactly what to write back, in the form of the correct outputs above. "
-    "Put each instruction between <START> and <END>."
+    "Taking this reason into account, write {count} better instruction(s). Each must be a general command "
+    "that turns any input into its correct output, as in the examples above: what to do with the input and "
+    "exactly what to write back, in the form of the correct outputs. Put each instruction between <START> and <END>."
 )
 PARAPHRASE_PROMPT = (
     "Say the following instruction again in other words, keeping its meaning. "
@@ -88,6 +90,15 @@ class ProTeGi(Teleprompter):
     config: ProTeGiConfig
     default_policy = UCB
 
+    def round_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
+        """LM requests one round may take with a full beam: the parents' minibatch runs, gradients, edits,
+        paraphrases, and the selection budget."""
+        config = self.config
+        edits = config.n_gradients * config.gradients_per_error
+        prompt = (config.n_gradients + edits + config.mc_samples_per_step * (edits * config.steps_per_gradient + 1)) * predictors
+        runs = min(config.minibatch_size, n_train)
+        return config.beam_size * (prompt + runs * predictors) + config.selection_budget * predictors
+
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
         edits = config.n_gradients * config.gradients_per_error
@@ -117,7 +128,7 @@ class ProTeGi(Teleprompter):
             def knobs(rounds: int, minibatch: int = minibatch, selection: int = selection) -> dict[str, Any]:
                 return dict(policy=UCB(batch=3), rounds=rounds, beam_size=2, minibatch_size=minibatch, n_gradients=2,
                             errors_per_gradient=3, steps_per_gradient=1, mc_samples_per_step=0, max_expansion_factor=4,
-                            samples_per_eval=selection, eval_rounds=1, prompts_per_round=1, patience=rounds)
+                            samples_per_eval=selection, eval_rounds=1, prompts_per_round=1, patience=rounds, until_cap=True)
 
             best = cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=30)
             if best:
@@ -148,7 +159,10 @@ class ProTeGi(Teleprompter):
         allocation = ctx.allocate(beam, budget=len(engine.examples))
         best = allocation.best.mean
         stale = 0
-        for round_ in range(1, self.config.rounds + 1):
+        round_cost = self.round_cost(len(ctx.train), len(engine.examples), len(predictors(ctx.student)))
+        round_ = 0
+        while self.more_steps(ctx, round_, self.config.rounds, round_cost):
+            round_ += 1
             minibatch = ctx.rng.sample(ctx.train, min(self.config.minibatch_size, len(ctx.train)))
             children: list[int] = []
             any_error = False
@@ -198,19 +212,21 @@ class ProTeGi(Teleprompter):
         record = engine.candidates[parent]
         proposals: list[tuple[dict[str, str], dict]] = []
         for name, instruction in record.instructions.items():
+            read = self.task_rule(ctx, name)
+            rule = f"What turns an input into its correct output, read from other training examples: {read}\n\n" if read else ""
             for _ in range(self.config.n_gradients):
                 group = ctx.rng.sample(errors, min(self.config.errors_per_gradient, len(errors)))
                 shown = self.format_errors(ctx, name, group, record.instructions)
                 reply = self.ask_prompt_lm(
                     ctx,
-                    [{"role": "user", "content": GRADIENT_PROMPT.format(instruction=instruction, errors=shown, count=self.config.gradients_per_error)}],
+                    [{"role": "user", "content": GRADIENT_PROMPT.format(instruction=instruction, errors=shown, rule=rule, count=self.config.gradients_per_error)}],
                     temperature=self.config.temperature,
                     max_tokens=self.config.max_proposal_tokens,
                 )
                 for gradient in parse_items(reply, self.config.gradients_per_error):
                     edits = self.propose(
                         ctx,
-                        [{"role": "user", "content": EDIT_PROMPT.format(instruction=instruction, errors=shown, gradient=gradient, count=self.config.steps_per_gradient)}],
+                        [{"role": "user", "content": EDIT_PROMPT.format(instruction=instruction, errors=shown, gradient=gradient, rule=rule, count=self.config.steps_per_gradient)}],
                         temperature=self.config.temperature,
                         max_tokens=self.config.max_proposal_tokens,
                         count=self.config.steps_per_gradient,

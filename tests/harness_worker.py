@@ -32,6 +32,6 @@ def scripted_models(config):
 
 
 if __name__ == "__main__":
-    harness_run.load_task = lambda spec, data: scripted_task()
+    harness_run.load_task = lambda spec, data, *rest: scripted_task()
     harness_run.Models.from_config = staticmethod(scripted_models)
     sys.exit(command.main(sys.argv[1:]))

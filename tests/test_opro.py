@@ -36,7 +36,9 @@ class LevelProposer:
 
 
 def opro(task, proposer, **config):
+    """OPRO as the paper has it (the rule read from train examples, our addition, is tested on its own)."""
     config.setdefault("instructions_per_step", proposer.per_step)
+    config.setdefault("task_rule", False)
     return OPRO(metric=exact_match("sentiment"), task_lm=task, prompt_lm=proposer.lm, storage=":memory:",
                 progress=False, **config)
 
@@ -82,7 +84,7 @@ def test_meta_prompt_holds_the_top_pairs_ascending_with_bucketed_scores_and_exem
         assert shown == sorted(round(s * 100) for s in sorted(earlier, reverse=True)[:3])
         # exemplars: the real adapter's prompt with <INS> where the instruction goes, what the task model
         # says with the best instruction so far, then the gold
-        exemplars = re.findall(r"Input:\nReview: (.*)\n\n<INS>\nModel's output:\n(.*)\nCorrect output:\n(\w+)", prompt)
+        exemplars = re.findall(r"Input:\nReview: (.*)\n\n\[INSTRUCTION\]\nModel's output:\n(.*)\nCorrect output:\n(\w+)", prompt)
         assert len(exemplars) == 2
         assert all(GOLD[review] == gold for review, _, gold in exemplars)
         best = re.findall(r"Instruction: (.*)\nScore", prompt)[-1]
@@ -106,7 +108,7 @@ def test_an_instruction_leaking_an_exemplars_answer_is_dropped():
     answers = iter(["<INS>Name the capital city.</INS>"] + [f"<INS>Say {k} when in doubt.</INS>" for _, k in capitals] * 3)
     proposer = scripted_lm(lambda m: next(answers), name="scripted/leaky")
     task = scripted_lm(lambda m: "Paris")
-    report = OPRO(metric=exact_match("capital"), task_lm=task, prompt_lm=proposer, storage=":memory:", progress=False,
+    report = OPRO(metric=exact_match("capital"), task_lm=task, prompt_lm=proposer, storage=":memory:", progress=False, task_rule=False,
                   steps=1, instructions_per_step=9, num_exemplars=8, dev_fraction=0.5,
                   ).compile(dspy.Predict("country -> capital"), trainset=train).cuecard_report
     prompt = proposer.engine.requests[0][-1]["content"]
@@ -122,7 +124,7 @@ def test_answer_start_position_primes_the_output():
     task, proposer = scripted_lm(level_task), LevelProposer()
     report = opro(task, proposer, steps=1, position="A_begin", num_exemplars=1).compile(
         sentiment_program(), trainset=REVIEWS).cuecard_report
-    assert re.search(r"Review: .*\nSentiment: <INS>\nModel's output:\n.*\nCorrect output:", proposer.prompts()[0])
+    assert re.search(r"Review: .*\nSentiment: \[INSTRUCTION\]\nModel's output:\n.*\nCorrect output:", proposer.prompts()[0])
     sent = [r[-1]["content"] for r in task.engine.requests]
     assert any(re.search(r"\nSentiment: Level 1 answer\.$", text) for text in sent)
     assert report.config["position"] == "A_begin"
@@ -146,7 +148,7 @@ def test_wrong_exemplars_are_the_ones_the_best_instruction_misses():
 def test_patience_and_the_lm_call_cap_stop_the_search():
     task = scripted_lm(level_task)
     flat = scripted_lm(lambda m: f"<INS>Variant {len(m[-1]['content']) % 7} {id(m) % 1000}.</INS>", name="scripted/flat")
-    report = OPRO(metric=exact_match("sentiment"), task_lm=task, prompt_lm=flat, storage=":memory:", progress=False,
+    report = OPRO(metric=exact_match("sentiment"), task_lm=task, prompt_lm=flat, storage=":memory:", progress=False, task_rule=False,
                   steps=10, instructions_per_step=2, patience=2).compile(sentiment_program(), trainset=REVIEWS).cuecard_report
     assert len(report.history) == 2
     assert any("did not improve" in note for note in report.notes)
@@ -170,7 +172,7 @@ def test_a_pipeline_gets_one_history_per_predictor_in_turn():
 
     counter = itertools.count()
     proposer = scripted_lm(lambda m: f"<INS>Idea {next(counter)}.</INS>", name="scripted/pipeline")
-    report = OPRO(metric=exact_match("sentiment"), task_lm=scripted_lm(task_reply), prompt_lm=proposer,
+    report = OPRO(metric=exact_match("sentiment"), task_lm=scripted_lm(task_reply), prompt_lm=proposer, task_rule=False,
                   storage=":memory:", progress=False, steps=4, instructions_per_step=2, patience=10, num_exemplars=1,
                   ).compile(Pipeline(), trainset=REVIEWS[:12]).cuecard_report
     assert [h["predictor"] for h in report.history] == ["summarize", "label", "summarize", "label"]

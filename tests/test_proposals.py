@@ -33,7 +33,7 @@ class Proposer:
         self.number += 1
         instruction = f"Level {3 + self.number % 6}: say the sentiment."
         if "Reply in JSON only" in text:
-            return json.dumps({"analysis": "the label is the review's sentiment", "instructions": [instruction]})
+            return json.dumps({"rule": "the label is the review sentiment", "instructions": [instruction]})
         if "reason" in text and "better instruction" not in text:
             return "<START>It never says which words to use.<END>"
         if "reason step by step" in text:
@@ -62,7 +62,7 @@ def test_each_teleprompter_asks_for_a_schema_only_when_the_model_supports_one(me
 
 
 def test_a_structured_reply_that_is_not_the_json_asked_for_falls_back_to_the_tags():
-    assert read_structured('{"analysis": "x", "instructions": ["A.", 3, " "]}', 5) == ["A."]
+    assert read_structured('{"rule": "x", "instructions": ["A.", 3, " "]}', 5) == ["A."]
     assert read_structured("<START>A.<END>", 5) is None
     assert read_structured('{"instructions": "A."}', 5) is None
     assert clean_instruction("<INS>the instruction was to add them.</INS>") == "Add them."
@@ -78,3 +78,25 @@ def test_proposal_prompts_show_input_model_output_and_gold_and_ask_for_the_form(
     gradient = next(m[-1]["content"] for m in proposer.lm.engine.requests if "reason(s)" in m[-1]["content"])
     assert gradient.count("Model's sentiment: neutral") == gradient.count("Correct sentiment: ") >= 1
     assert "what turns the input into the correct output" in gradient and "in form" in gradient
+
+
+@pytest.mark.parametrize("method", ["protegi", "opro", "pe2"])
+def test_the_rule_read_from_train_pairs_is_asked_once_and_shown_in_every_proposal_request(method):
+    cls, knobs = SETTINGS[method]
+    asked = []
+
+    def reply(messages):
+        text = messages[-1]["content"] if len(messages) == 1 else "\n".join(m["content"] for m in messages)
+        asked.append(text)
+        if "What was the instruction?" in text:
+            return "Say whether the review is positive or negative, in one word."
+        return Proposer(False).reply(messages)
+
+    proposer = scripted_lm(reply, name="scripted/proposer")
+    cls(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task, name="scripted/task"), prompt_lm=proposer,
+        storage=":memory:", progress=False, **knobs).compile(sentiment_program(), trainset=REVIEWS)
+    rule_requests = [text for text in asked if "What was the instruction?" in text]
+    assert len(rule_requests) == 1 and rule_requests[0].count("Review: ") == 8 and "Sentiment: " in rule_requests[0]
+    proposal_requests = [text for text in asked if "What was the instruction?" not in text]
+    assert proposal_requests
+    assert all("Say whether the review is positive or negative, in one word." in text for text in proposal_requests)

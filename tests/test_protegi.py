@@ -60,7 +60,7 @@ def test_round_structure_with_a_scripted_prompt_model():
     task = scripted_lm(task_reply)
     config = dict(rounds=2, beam_size=2, minibatch_size=10, n_gradients=2, errors_per_gradient=3,
                   mc_samples_per_step=1, max_expansion_factor=4, samples_per_eval=4, eval_rounds=2, prompts_per_round=3)
-    protegi = ProTeGi(metric=exact_match("sentiment"), task_lm=task, prompt_lm=proposer.lm, policy=SuccessiveHalving(),
+    protegi = ProTeGi(metric=exact_match("sentiment"), task_lm=task, prompt_lm=proposer.lm, policy=SuccessiveHalving(), task_rule=False,
                       storage=":memory:", progress=False, patience=5, **config)
     compiled = protegi.compile(sentiment_program(), trainset=reviews())
     report = compiled.cuecard_report

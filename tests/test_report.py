@@ -24,7 +24,7 @@ MARKUP_SEED = 'Say <b>positive</b> & "negative", don\'t <script>guess</script>.'
 def replaced():
     """ProTeGi on scripted models: an edit of the seed clearly wins and replaces it."""
     proposer = ScriptedProposer()
-    protegi = ProTeGi(metric=exact_match("sentiment"), task_lm=scripted_lm(task_reply), prompt_lm=proposer.lm,
+    protegi = ProTeGi(metric=exact_match("sentiment"), task_lm=scripted_lm(task_reply), prompt_lm=proposer.lm, task_rule=False,
                       policy=SuccessiveHalving(), storage=":memory:", progress=False, patience=5, rounds=2,
                       beam_size=2, minibatch_size=10, n_gradients=2, errors_per_gradient=3,
                       mc_samples_per_step=1, max_expansion_factor=4, samples_per_eval=4, eval_rounds=2,

@@ -35,20 +35,26 @@ def run_seed(program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
     return program, MethodRun(planned_calls=0)
 
 
+TELEPROMPTERS = HERE.parents[2] / "teleprompters"
+
+
 def _files(name: str) -> list[Path]:
-    """The files a method's results depend on (its own, and what it shares with its kind)."""
+    """The files a method's results depend on: its own, what it shares with its kind, and for cuecard's
+    teleprompters their source (a teleprompter edited recomputes its cells; DSPy's cells stay)."""
     if name in PE2_ABLATIONS:
         name = "pe2"
-    shared = "dspy_common.py" if name in DSPY_METHOD_NAMES else "common.py"
-    return [HERE / f"{name}.py", HERE / shared]
+    if name in DSPY_METHOD_NAMES:
+        return [HERE / f"{name}.py", HERE / "dspy_common.py"]
+    sources = [TELEPROMPTERS / f"{name}.py", TELEPROMPTERS / "base.py", TELEPROMPTERS / "proposals.py"]
+    return [HERE / f"{name}.py", HERE / "common.py", *(path for path in sources if path.is_file())]
 
 
 def method_code_hash(name: str) -> str:
     """A hash of the files that set the method's knobs and run it (and of the DSPy version).
 
     It is part of each cell's fingerprint, so cells stored before that code changed are recomputed
-    rather than mixed with new ones. (A change inside a teleprompter itself is not seen: rerun with a
-    new ``--out`` after one.)
+    rather than mixed with new ones: for cuecard's methods, their teleprompter's source too (a change in
+    the engine below them is not seen: rerun with a new ``--out`` after one).
     """
     if name in BASELINES:
         return name
