@@ -141,6 +141,17 @@ class RunStore:
         """Other processes may work on this run (a database storage)."""
         return is_database(self.url)
 
+    def checkpoint(self) -> None:
+        """Fold SQLite's write-ahead log into ``study.db``, so the file alone holds the run (to copy it,
+        or open it with optuna-dashboard elsewhere)."""
+        if not self.url.startswith("sqlite:///") or not hasattr(self.storage, "engine"):
+            return
+        try:
+            with self.storage.engine.connect() as connection:
+                connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+        except Exception as exc:  # another process is reading: the log is folded in later
+            logger.info("no WAL checkpoint now: %s", exc)
+
     # ---- the study ---------------------------------------------------------------------------------
     def study_attrs(self) -> dict[str, Any]:
         """The study's user attributes as stored now."""

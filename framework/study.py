@@ -618,6 +618,7 @@ class Engine:
                 yield self.block
         finally:
             self.save_spending(force=True)
+            self.store.checkpoint()
 
     @contextmanager
     def proposing(self) -> Iterator[Block]:
@@ -732,6 +733,7 @@ class Engine:
         pending = sum(len(state.failed) for state in self.arms)
         reason = f"{pending} failed evaluation(s) left open: the next run retries them" if pending else None
         self.set_status("finished", reason)
+        self.store.checkpoint()
 
     @property
     def failure_summary(self) -> str:
