@@ -687,9 +687,10 @@ class Teleprompter(DSPyTeleprompter):
         return False
 
     def task_rule(self, ctx: SearchContext, predictor_name: str) -> str | None:
-        """What turns an input into its correct output, as the prompt model reads it from a few train
-        input/output pairs (once per predictor and compile, at temperature 0); None when ``task_rule`` is
-        off, for a predictor inside a pipeline (its outputs are not in the examples), or when the call failed.
+        """What turns an input into its correct output, as the prompt model reads it from train
+        input/output pairs: a few readings, each from other examples (once per predictor and compile, one
+        line each); None when ``task_rule`` is off, for a predictor inside a pipeline (its outputs are
+        not in the examples), or when every call failed.
 
         The reflective methods (ProTeGi, OPRO, PE2) show it in their proposal requests: reasoning about a
         model's errors, a small prompt model easily loses sight of the task itself.
@@ -697,13 +698,18 @@ class Teleprompter(DSPyTeleprompter):
         if not self.config.task_rule or len(predictors(ctx.student)) > 1:
             return None
         if predictor_name not in ctx.rules:
-            demos = random.Random(self.config.seed).sample(ctx.train, min(8, len(ctx.train)))
-            request = RULE_REQUEST.format(pairs=self.format_demos(ctx.student, demos))
-            reply = self.ask_prompt_lm(ctx, [{"role": "user", "content": request}], temperature=0.0, max_tokens=80)
-            rule = clean_instruction(reply) if reply else ""
-            ctx.rules[predictor_name] = rule or None
-            if rule:
-                ctx.note(f"{predictor_name}: read from train examples: {rule}")
+            sampler = random.Random(self.config.seed)
+            readings: list[str] = []
+            for _ in range(READINGS):  # each from other examples: one reading alone is often too narrow
+                demos = sampler.sample(ctx.train, min(5, len(ctx.train)))
+                request = RULE_REQUEST.format(pairs=self.format_demos(ctx.student, demos))
+                reply = self.ask_prompt_lm(ctx, [{"role": "user", "content": request}], temperature=0.8, max_tokens=80)
+                reading = clean_instruction(reply) if reply else ""
+                if reading and reading not in readings:
+                    readings.append(reading)
+            ctx.rules[predictor_name] = "\n".join(f"- {reading}" for reading in readings) or None
+            if readings:
+                ctx.note(f"{predictor_name}: read from train examples: {' | '.join(readings)}")
         return ctx.rules[predictor_name]
 
     def ask_prompt_lm(
@@ -795,7 +801,9 @@ RULE_REQUEST = (
     "only, in one sentence: what to do with any input, and the exact form of the output (a word, a sentence, "
     "a number, a label...)."
 )
-"""The request :meth:`Teleprompter.task_rule` sends (APE's forward induction, asked once)."""
+"""The request :meth:`Teleprompter.task_rule` sends (APE's forward induction, asked a few times)."""
+READINGS = 3
+"""How many readings of the task :meth:`Teleprompter.task_rule` asks for, each from other train examples."""
 
 TEMPLATE_TALK = re.compile(r"<<[^<>]{1,40}>>|\[\[[^\[\]]{1,40}\]\]|\b(?:correct|model's) output\s*:", re.IGNORECASE)
 """Text a proposer copied from the meta-prompt's scaffolding (template slots, example labels) instead of

@@ -299,7 +299,7 @@ class OPRO(Teleprompter):
             self.render_exemplar(ctx, name, instructions, example, output) for example, output in zip(exemplars, outputs, strict=True)
         )
         read = self.task_rule(ctx, name)
-        rule = f"What turns an input into its correct output, read from training examples: {read}\n\n" if read else ""
+        rule = f"What turns an input into its correct output, as read from training examples (a reading may be too narrow):\n{read}\n\n" if read else ""
         return self.config.meta_prompt.replace(HISTORY, history).replace(EXEMPLARS, shown or "(no examples)").replace(RULE, rule)
 
     def render_exemplar(

@@ -282,7 +282,7 @@ class PE2(Teleprompter):
         parts.append(f"## Current prompt\n{instructions[name]}")
         rule = self.task_rule(ctx, name)
         if rule:
-            parts.append(f"## What turns an input into its label (read from training examples)\n{rule}")
+            parts.append(f"## What turns an input into its label (as read from training examples; a reading may be too narrow)\n{rule}")
         if config.context_specification:
             parts.append(self.context_specification(ctx, name, instructions))
         if config.use_history:

@@ -213,7 +213,7 @@ class ProTeGi(Teleprompter):
         proposals: list[tuple[dict[str, str], dict]] = []
         for name, instruction in record.instructions.items():
             read = self.task_rule(ctx, name)
-            rule = f"What turns an input into its correct output, read from other training examples: {read}\n\n" if read else ""
+            rule = f"What turns an input into its correct output, as read from other training examples (a reading may be too narrow):\n{read}\n\n" if read else ""
             for _ in range(self.config.n_gradients):
                 group = ctx.rng.sample(errors, min(self.config.errors_per_gradient, len(errors)))
                 shown = self.format_errors(ctx, name, group, record.instructions)

@@ -81,7 +81,7 @@ def test_proposal_prompts_show_input_model_output_and_gold_and_ask_for_the_form(
 
 
 @pytest.mark.parametrize("method", ["protegi", "opro", "pe2"])
-def test_the_rule_read_from_train_pairs_is_asked_once_and_shown_in_every_proposal_request(method):
+def test_readings_of_the_task_from_train_pairs_are_asked_once_per_compile_and_shown_in_every_proposal_request(method):
     cls, knobs = SETTINGS[method]
     asked = []
 
@@ -96,7 +96,7 @@ def test_the_rule_read_from_train_pairs_is_asked_once_and_shown_in_every_proposa
     cls(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task, name="scripted/task"), prompt_lm=proposer,
         storage=":memory:", progress=False, **knobs).compile(sentiment_program(), trainset=REVIEWS)
     rule_requests = [text for text in asked if "What was the instruction?" in text]
-    assert len(rule_requests) == 1 and rule_requests[0].count("Review: ") == 8 and "Sentiment: " in rule_requests[0]
+    assert len(rule_requests) == 3 and all(r.count("Review: ") == 5 and "Sentiment: " in r for r in rule_requests)
     proposal_requests = [text for text in asked if "What was the instruction?" not in text]
     assert proposal_requests
     assert all("Say whether the review is positive or negative, in one word." in text for text in proposal_requests)
