@@ -1,7 +1,7 @@
 """Soak test of exact resume: a compile killed with SIGKILL again and again, resumed each time.
 
 Part 1 (scripted LM): an APE compile (induction, multi-stage scoring, two Monte Carlo rounds) whose
-task and prompt model fail on 20% of requests and hang on 5% (past a 0.4 s timeout), chosen by a hash
+task and prompt model fail on 20% of requests and hang on 5% (past a 1.5 s timeout), chosen by a hash
 of each request, so an uninterrupted run and a killed one meet the same failures. The compile is
 run once uninterrupted, then in a fresh run directory it is killed with SIGKILL at ``--kills`` random
 points and restarted each time until it finishes. Printed: kills survived, evaluations repeated (a
@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 HERE = Path(__file__).resolve()
-FAIL_SHARE, HANG_SHARE, HANG_SECONDS, TIMEOUT, DELAY = 0.20, 0.05, 1.5, 0.4, 0.015
+FAIL_SHARE, HANG_SHARE, HANG_SECONDS, TIMEOUT, DELAY = 0.20, 0.05, 4.0, 1.5, 0.015
 
 
 # ---- the worker: one compile in its own process -------------------------------------------------------
