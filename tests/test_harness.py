@@ -275,6 +275,38 @@ def test_the_table_merges_a_note_the_seeds_share_and_says_how_many_had_it():
                         "search stopped: cap of 40 LM requests reached; the best candidate scored so far wins (2 of 3 seeds)")
 
 
+def test_target_rows_measure_the_human_gap_the_dspy_best_the_worst_task_and_unexplained_stops():
+    from benchmarks.harness import CellResult
+    from benchmarks.harness.results import target_rows, targets_table
+
+    def cell(task, method, accuracy, calls=100, notes=(), seed=0):
+        c = CellResult(task=task, method=method, seed=seed, fingerprint="f", test_accuracy=accuracy, notes=list(notes))
+        c.usage.calls = calls
+        return c
+
+    cells = [
+        cell("a", "seed", 0.1, 0), cell("b", "seed", 0.2, 0),
+        CellResult(task="a", method="human", seed=None, fingerprint="f", human_accuracies=[0.4, 0.6]),
+        CellResult(task="b", method="human", seed=None, fingerprint="f", human_accuracies=[0.6]),
+        cell("a", "mine", 0.3), cell("a", "mine", 0.3, seed=1), cell("b", "mine", 0.2, calls=50),
+        cell("b", "mine", 0.2, calls=50, notes=["stopped: nothing new to try"], seed=1),
+        cell("a", "harmful", 0.1), cell("b", "harmful", 0.1, calls=95),
+        cell("a", "copro", 0.25), cell("b", "copro", 0.25), cell("a", "gepa", 0.1), cell("b", "gepa", 0.1),
+    ]
+    mine, harmful = target_rows(summarize(cells), cells, ["mine", "harmful"], ["copro", "gepa"], cap=100)
+    # gap: (0.5 - 0.1) + (0.6 - 0.2) = 0.8; gained: (0.3 - 0.1) + (0.2 - 0.2) = 0.2
+    assert mine.gap_closed == pytest.approx(0.25) and mine.gap_tasks == 2
+    assert (mine.best_baseline, mine.best_baseline_mean) == ("copro", pytest.approx(0.25))
+    assert mine.mean_test == pytest.approx(0.25)
+    assert (mine.worst_task, mine.worst_vs_seed) == ("b", pytest.approx(0.0))
+    assert (mine.unspent, mine.unspent_unexplained, mine.cells) == (2, 1, 4)
+    assert harmful.worst_vs_seed == pytest.approx(-0.1) and harmful.worst_task == "b"
+    assert harmful.unspent == 0
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in targets_table([mine, harmful]).splitlines()[2:]]
+    verdicts = [[row[i] for i in (2, 5, 7, 9)] for row in rows]
+    assert verdicts == [["not met", "met", "met", "not met"], ["not met", "not met", "not met", "met"]]
+
+
 def test_bad_settings_are_refused_with_the_field_named(tmp_path):
     with pytest.raises(ValueError, match="unknown method"):
         HarnessConfig(methods=["ape", "dspy-magic"])

@@ -142,7 +142,7 @@ def summarize(cells: Sequence[CellResult]) -> list[SummaryRow]:
                 test_sd=statistics.stdev(tests) if len(tests) > 1 else (0.0 if tests else None),
                 dev_mean=_mean(devs),
                 calls=statistics.fmean(c.usage.calls for c in group),
-                task_calls=statistics.fmean(c.task_usage.calls for c in group),
+                task_calls=statistics.fmean(c.usage.calls - c.prompt_usage.calls for c in group),
                 prompt_calls=statistics.fmean(c.prompt_usage.calls for c in group),
                 model_calls=statistics.fmean(c.usage.model_calls for c in group),
                 tokens=statistics.fmean(c.usage.total_tokens for c in group),
@@ -151,6 +151,113 @@ def summarize(cells: Sequence[CellResult]) -> list[SummaryRow]:
             )
         )
     return rows
+
+
+class TargetRow(BaseModel):
+    """One method against the quality targets, over every task and seed of a run.
+
+    * ``gap_closed``: (method - seed) / (mean human instruction - seed), with both sums over the tasks
+      that have human annotations and room above the seed (the share of the human gap closed).
+    * ``mean_test`` against ``best_baseline_mean``: the method's mean test accuracy over the tasks
+      against the best of DSPy's optimizers over the same tasks.
+    * ``worst_vs_seed``: the lowest (method - seed) mean test accuracy over the tasks (do no harm).
+    * ``unspent_unexplained``: cells that stopped with more than 10% of the cap unspent without a
+      stop note of their own (a "stopped ..." note; "the planned search was done" is not a reason).
+    """
+
+    method: str
+    gap_closed: float | None
+    gap_tasks: int
+    mean_test: float | None
+    tasks: int
+    best_baseline: str | None
+    best_baseline_mean: float | None
+    worst_vs_seed: float | None
+    worst_task: str | None
+    unspent: int
+    unspent_unexplained: int
+    cells: int
+
+
+_NO_REASON = "the planned search was done"
+
+
+def _unspent(cell: CellResult, cap: int) -> tuple[bool, bool]:
+    """(stopped with more than 10% of the cap unspent, and gave no reason for it)."""
+    if cell.error is not None or cell.test_accuracy is None or cap - cell.usage.calls <= 0.1 * cap:
+        return False, False
+    reasons = [n.split(" unspent: ", 1)[1] if " unspent: " in n else n
+               for n in cell.notes if n.startswith(("stopped", "search stopped"))]
+    return True, not any(r.strip() != _NO_REASON for r in reasons)
+
+
+def target_rows(rows: Sequence[SummaryRow], cells: Sequence[CellResult], methods: Sequence[str],
+                baselines: Sequence[str], cap: int) -> list[TargetRow]:
+    """``methods`` measured against the targets (see :class:`TargetRow`); ``baselines`` are the
+    optimizers they are compared with. Tasks without a seed row are left out."""
+    by_key = {(r.task, r.method): r for r in rows}
+    tasks = [t for t in dict.fromkeys(r.task for r in rows) if (t, "seed") in by_key and by_key[t, "seed"].test_mean is not None]
+
+    def means(method: str) -> dict[str, float]:
+        return {t: by_key[t, method].test_mean for t in tasks if (t, method) in by_key and by_key[t, method].test_mean is not None}
+
+    seed = means("seed")
+    human = means("human (mean)")
+    baseline_means = {b: means(b) for b in baselines}
+    out = []
+    for method in methods:
+        mine = means(method)
+        if not mine:
+            continue
+        gap_tasks = [t for t in mine if t in human and human[t] > seed[t]]
+        gap = sum(human[t] - seed[t] for t in gap_tasks)
+        gain = sum(mine[t] - seed[t] for t in gap_tasks)
+        comparable = {b: m for b, m in baseline_means.items() if set(mine) <= set(m)}
+        best = max(comparable, key=lambda b: _mean([comparable[b][t] for t in mine]), default=None)
+        drops = {t: mine[t] - seed[t] for t in mine}
+        worst = min(drops, key=drops.get)
+        flags = [_unspent(c, cap) for c in cells if c.method == method and c.task in mine]
+        out.append(TargetRow(
+            method=method,
+            gap_closed=gain / gap if gap_tasks else None,
+            gap_tasks=len(gap_tasks),
+            mean_test=_mean(list(mine.values())),
+            tasks=len(mine),
+            best_baseline=best,
+            best_baseline_mean=_mean([comparable[best][t] for t in mine]) if best else None,
+            worst_vs_seed=drops[worst],
+            worst_task=worst,
+            unspent=sum(a for a, _ in flags),
+            unspent_unexplained=sum(b for _, b in flags),
+            cells=len(flags),
+        ))
+    return out
+
+
+def _verdict(ok: bool | None) -> str:
+    return "—" if ok is None else ("met" if ok else "not met")
+
+
+def targets_table(targets: Sequence[TargetRow]) -> str:
+    """The targets as a Markdown table: half the human gap closed, at least the best DSPy optimizer,
+    no task more than 5 points below the seed, no unexplained stop more than 10% under the cap."""
+    lines = [
+        "| method | human gap closed (tasks) | ≥ 50% | mean test % (tasks) | best DSPy optimizer, mean test % | ≥ best | "
+        "worst task vs seed (points) | ≥ −5 | cells >10% under the cap (no reason given) | all explained |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for t in targets:
+        gap = "—" if t.gap_closed is None else f"{100 * t.gap_closed:.0f}% ({t.gap_tasks})"
+        best = "—" if t.best_baseline is None else f"{t.best_baseline} {_pct(t.best_baseline_mean)}"
+        beats = None if t.best_baseline_mean is None or t.mean_test is None else t.mean_test >= t.best_baseline_mean
+        worst = "—" if t.worst_vs_seed is None else f"{100 * t.worst_vs_seed:+.1f} ({t.worst_task})"
+        lines.append(
+            f"| {t.method} | {gap} | {_verdict(None if t.gap_closed is None else t.gap_closed >= 0.5)} | "
+            f"{_pct(t.mean_test)} ({t.tasks}) | {best} | {_verdict(beats)} | {worst} | "
+            f"{_verdict(None if t.worst_vs_seed is None else t.worst_vs_seed >= -0.05 - 1e-9)} | "
+            f"{t.unspent} of {t.cells} ({t.unspent_unexplained}) | {_verdict(t.unspent_unexplained == 0)} |"
+        )
+    return "\n".join(lines)
 
 
 def _pct(value: float | None) -> str:
@@ -207,15 +314,24 @@ def plot_accuracy_vs_calls(rows: Sequence[SummaryRow], path: str | os.PathLike[s
 
 
 def write_outputs(root: str | os.PathLike[str], config: dict[str, Any], cells: Sequence[CellResult]) -> dict[str, Path]:
-    """``results.json`` (config, cells, summary), ``results.md`` and ``accuracy_vs_calls.png`` under ``root``."""
+    """``results.json`` (config, cells, summary, targets), ``results.md`` and ``accuracy_vs_calls.png`` under ``root``."""
+    from .methods import DSPY_METHOD_NAMES
+
     root = Path(root)
     rows = summarize(cells)
+    present = list(dict.fromkeys(c.method for c in cells))
+    targets = target_rows(rows, cells, [m for m in present if m not in (*DSPY_METHOD_NAMES, "seed", "human")],
+                          [m for m in DSPY_METHOD_NAMES if m in present], int(config.get("cap", 0)))
     payload = {
         "config": config,
         "summary": [r.model_dump() for r in rows],
+        "targets": [t.model_dump() for t in targets],
         "cells": [c.model_dump() for c in cells],
     }
     json_path, md_path = root / "results.json", root / "results.md"
     json_path.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    md_path.write_text(markdown_table(rows) + "\n", encoding="utf-8")
+    text = markdown_table(rows) + "\n"
+    if targets:
+        text += "\n## Targets, over every task and seed\n\n" + targets_table(targets) + "\n"
+    md_path.write_text(text, encoding="utf-8")
     return {"json": json_path, "markdown": md_path, "plot": plot_accuracy_vs_calls(rows, root / "accuracy_vs_calls.png")}
