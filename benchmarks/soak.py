@@ -221,6 +221,15 @@ def _count(log: Path, answers: Path | None, order: list[int]) -> tuple[int, int 
     return repeated, in_flight
 
 
+def differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Where two report outcomes differ, as ``path: uninterrupted -> killed`` lines."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [line for key in sorted(set(a) | set(b)) for line in differences(a.get(key), b.get(key), f"{path}.{key}")]
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [line for i, (x, y) in enumerate(zip(a, b, strict=True)) for line in differences(x, y, f"{path}[{i}]")]
+    return [] if a == b else [f"{path.lstrip('.')}: {json.dumps(a)[:80]} -> {json.dumps(b)[:80]}"]
+
+
 def series(kills: int, embedded: bool, seed: int, window: tuple[float, float]) -> dict[str, Any]:
     """One uninterrupted run and one run killed ``kills`` times; the figures of the comparison."""
     rng = random.Random(seed)
@@ -271,6 +280,7 @@ def series(kills: int, embedded: bool, seed: int, window: tuple[float, float]) -
         "stored": len(final),
         "same_winner": a["winner"] == b["winner"],
         "same_outcome": a["outcome"] == b["outcome"],
+        "differences": differences(a["outcome"], b["outcome"]),
         "reference_seconds": reference_seconds,
     }
 
@@ -296,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
     for row in rows:
         print(f"| {row['model']} | {row['kills']}/{row['kills']} | {row['runs']} | {row['repeated']} | {row['lost']} | "
               f"{row['in_flight']} | {row['stored']} | {row['same_winner']} | {row['same_outcome']} | {row['reference_seconds']:.0f} |")
+    for row in rows:
+        if row["differences"]:
+            print(f"\n{row['model']}: the outcomes differ in {len(row['differences'])} places (a timeout depends on the "
+                  "machine's load: run the soak on an idle machine)")
+            print("\n".join(f"  {line}" for line in row["differences"][:12]))
     return 0 if all(r["repeated"] == 0 and r["lost"] == 0 and r["same_outcome"] for r in rows) else 1
 
 
