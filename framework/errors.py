@@ -55,8 +55,17 @@ class ContextOverflowError(CuecardError, ValueError):
     """An input longer than the task model's context window (the message names the example)."""
 
 
-class TeleprompterConfigError(CuecardError, ValueError):
+class ConfigError(CuecardError, ValueError):
+    """A setting or argument that cannot work: a policy's, the engine's, a model's, an evaluator's
+    (the message names it)."""
+
+
+class TeleprompterConfigError(ConfigError):
     """A teleprompter setting or argument that cannot work (the message names it)."""
+
+
+class MetricError(CuecardError, ValueError):
+    """A metric that cannot be used: bad arguments, or a score that is not a number in [0, 1]."""
 
 
 class SavedFileWarning(UserWarning):

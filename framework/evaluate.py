@@ -37,7 +37,7 @@ from pydantic import BaseModel, Field
 
 from .adapter import adapter_for
 from .deadlines import TIMED_OUT, run_with_deadlines
-from .errors import BudgetExhausted, ContextOverflowError, EvaluationFailed
+from .errors import BudgetExhausted, ConfigError, ContextOverflowError, EvaluationFailed
 from .lm import score_logprob
 from .metrics import score_to_float
 from .program import apply_instructions, check_candidate, predictors
@@ -111,13 +111,13 @@ class Evaluator:
         min_examples_for_failure_check: int = 10,
     ) -> None:
         if objective not in ("metric", "logprob"):
-            raise ValueError(f"objective must be 'metric' or 'logprob', got {objective!r}")
+            raise ConfigError(f"objective must be 'metric' or 'logprob', got {objective!r}")
         if objective == "metric" and metric is None:
-            raise ValueError("objective='metric' needs a metric")
+            raise ConfigError("objective='metric' needs a metric")
         if objective == "logprob" and len(predictors(program)) != 1:
-            raise ValueError("objective='logprob' scores one predictor's gold output; this program has several")
+            raise ConfigError("objective='logprob' scores one predictor's gold output; this program has several")
         if not 0 < max_failure_share <= 1:
-            raise ValueError(f"max_failure_share must be in (0, 1], got {max_failure_share}")
+            raise ConfigError(f"max_failure_share must be in (0, 1], got {max_failure_share}")
         self.program = program
         self.metric = metric
         self.task_lm = task_lm

@@ -25,6 +25,7 @@ from typing import Any, Literal
 import dspy
 from pydantic import BaseModel, Field
 
+from .errors import ConfigError
 from .metrics import score_to_float
 
 JUDGE_SYSTEM = (
@@ -114,7 +115,7 @@ class PairwiseJudge:
     def __init__(self, lm: dspy.LM, *, seed: int = 0, system: str = JUDGE_SYSTEM, user: str = JUDGE_USER, max_tokens: int = 160) -> None:
         missing = [slot for slot in ("{question}", "{a}", "{b}") if slot not in user]
         if missing:
-            raise ValueError(f"The judge's user prompt lacks {missing}")
+            raise ConfigError(f"The judge's user prompt lacks {missing}")
         self.lm = lm
         self.seed = seed
         self.system = system

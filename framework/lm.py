@@ -25,7 +25,13 @@ from typing import Any
 import dspy
 from dspy.utils.callback import with_callbacks
 
-from .errors import BudgetExhausted, MissingCredentialsError, ModelSpecError, ScoringUnsupportedError
+from .errors import (
+    BudgetExhausted,
+    ConfigError,
+    MissingCredentialsError,
+    ModelSpecError,
+    ScoringUnsupportedError,
+)
 from .local import EMBEDDED_MODEL_NAME, LlamaCppEngine, LocalScorer, LogProb, embedded_model_path
 from .record import StoredReply, active_record, request_key, storable
 from .usage import CallRecord, UsageMeter, check_limits
@@ -222,7 +228,7 @@ class RateLimit:
         from pyrate_limiter import Duration, Limiter, Rate
 
         if per_minute < 1:
-            raise ValueError(f"requests_per_minute={per_minute} must be at least 1")
+            raise ConfigError(f"requests_per_minute={per_minute} must be at least 1")
         self.per_minute = per_minute
         # a rate per second too, so a burst of threads does not spend the minute's quota at once
         self._limiter = Limiter([Rate(math.ceil(per_minute / 60), Duration.SECOND), Rate(per_minute, Duration.MINUTE)])

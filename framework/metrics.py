@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .errors import MetricError
+
 Metric = Callable[..., "bool | float"]
 Normalizer = Callable[[str], str]
 
@@ -166,17 +168,17 @@ def match_label(text: str, labels: Sequence[str]) -> str | None:
 
 def _check_labels(labels: Sequence[str]) -> list[str]:
     if isinstance(labels, str):
-        raise ValueError(f"one_of_labels needs a sequence of labels, not the string {labels!r}")
+        raise MetricError(f"one_of_labels needs a sequence of labels, not the string {labels!r}")
     labels = list(labels)
     if not labels:
-        raise ValueError("one_of_labels needs at least one label; got an empty list")
+        raise MetricError("one_of_labels needs at least one label; got an empty list")
     seen: dict[str, str] = {}
     for label in labels:
         if not isinstance(label, str) or not label.strip():
-            raise ValueError(f"one_of_labels: every label must be a non-empty string; got {label!r}")
+            raise MetricError(f"one_of_labels: every label must be a non-empty string; got {label!r}")
         key = label.strip().lower()
         if key in seen:
-            raise ValueError(f"one_of_labels: duplicate label {label!r} (same as {seen[key]!r})")
+            raise MetricError(f"one_of_labels: duplicate label {label!r} (same as {seen[key]!r})")
         seen[key] = label
     return labels
 
@@ -208,5 +210,5 @@ def score_to_float(value: Any) -> float:
         raise TypeError(f"a metric must return bool, int or float; got {type(value).__name__} ({value!r})")
     score = float(value)
     if not 0.0 <= score <= 1.0:
-        raise ValueError(f"a metric score must be a finite number in [0, 1]; got {value!r}")
+        raise MetricError(f"a metric score must be a finite number in [0, 1]; got {value!r}")
     return score

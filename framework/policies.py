@@ -37,7 +37,7 @@ from typing import ClassVar, Protocol
 import optuna
 from pydantic import BaseModel
 
-from .errors import BudgetExhausted
+from .errors import BudgetExhausted, ConfigError
 
 
 class ArmEstimate(BaseModel):
@@ -173,7 +173,7 @@ class MultiStage(Policy):
 
     def __init__(self, min_examples: int = 5, reduction: int = 3, survivors: int = 3, final_examples: int | None = None) -> None:
         if min_examples < 1 or reduction < 2 or survivors < 1:
-            raise ValueError("MultiStage needs min_examples >= 1, reduction >= 2 and survivors >= 1")
+            raise ConfigError("MultiStage needs min_examples >= 1, reduction >= 2 and survivors >= 1")
         self.min_examples = min_examples
         self.reduction = reduction
         self.survivors = survivors
@@ -233,7 +233,7 @@ class _IndexPolicy(Policy):
 
     def __init__(self, batch: int = 4) -> None:
         if batch < 1:
-            raise ValueError("batch must be >= 1")
+            raise ConfigError("batch must be >= 1")
         self.batch = batch
 
     @abstractmethod
@@ -390,5 +390,5 @@ def make_policy(name: str, **options: float | int | None) -> Policy:
     try:
         cls = POLICIES[name]
     except KeyError:
-        raise ValueError(f"Unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
+        raise ConfigError(f"Unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
     return cls(**options)

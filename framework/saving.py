@@ -80,7 +80,7 @@ def save(
     """
     path = Path(path)
     if path.suffix != ".json":
-        raise ValueError(f"A saved program is a .json file; got {path}")
+        raise SavedProgramError(f"A saved program is a .json file; got {path}")
     report = getattr(program, "cuecard_report", None)
     spec = getattr(program, "cuecard_spec", None)
     state = program.dump_state()

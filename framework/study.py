@@ -52,7 +52,7 @@ import optuna
 from pydantic import BaseModel, Field
 
 from .acceptance import Acceptance, AcceptanceRule
-from .errors import BudgetExhausted, RunConfigMismatch, StorageError
+from .errors import BudgetExhausted, ConfigError, RunConfigMismatch, StorageError
 from .evaluate import ExampleScore, describe_failures, failure_reason
 from .identity import (
     RunIdentity,
@@ -238,13 +238,13 @@ class Engine:
         claim_timeout: float = 60.0,
     ) -> None:
         if not examples:
-            raise ValueError("The example pool is empty")
+            raise ConfigError("The example pool is empty")
         limits = limits or Limits()
         if max_evaluations is not None and max_evaluations < 1:
-            raise ValueError(f"max_evaluations={max_evaluations} is smaller than one example evaluation")
+            raise ConfigError(f"max_evaluations={max_evaluations} is smaller than one example evaluation")
         for cap in (limits.max_model_calls, limits.max_calls):
             if cap is not None and cap < calls_per_example:
-                raise ValueError(
+                raise ConfigError(
                     f"An LM-call cap of {cap} is smaller than one example evaluation ({calls_per_example} call(s))"
                 )
         self.scorer = scorer
@@ -569,7 +569,7 @@ class Engine:
         """Run ``policy`` over ``arms`` (default: every candidate) and return its ranking (arm ids of the run)."""
         chosen = list(range(len(self.arms))) if arms is None else list(arms)
         if not chosen:
-            raise ValueError("No candidate to evaluate")
+            raise ConfigError("No candidate to evaluate")
         view = _ArmsView(self, chosen, budget)
         self._pruner = policy.pruner()
         total = self._planned_under_caps(policy.planned_evaluations(len(chosen), len(self.examples), budget))

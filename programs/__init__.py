@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import dspy
+from cuecard.errors import ConfigError, SignatureError
 
 BUILTIN: dict[str, type[dspy.Module]] = {}
 """Built-in program classes by name; the only classes :func:`cuecard.load` builds by itself."""
@@ -44,7 +45,7 @@ class _Spec:
         instructions: str | None = None,
     ) -> Any:
         """The program from ``--signature``, ``--labels``, ``--fields``, ``--instructions`` (those it takes);
-        ``ValueError`` names a missing or unused option."""
+        ``ConfigError`` (a ``ValueError``) names a missing or unused option."""
         kwargs: dict[str, Any] = {}
         if signature:
             kwargs["signature"] = signature
@@ -52,13 +53,13 @@ class _Spec:
             kwargs["instructions"] = instructions
         for name, value in (("labels", labels), ("fields", fields)):
             if value:
-                raise ValueError(f"--{name} is not an option of this program")
+                raise ConfigError(f"--{name} is not an option of this program")
         return cls(**kwargs)
 
 
 def _one(fields: dict, what: str, signature: str) -> str:
     if len(fields) != 1:
-        raise ValueError(f"The signature {signature!r} needs exactly one {what} field, it has {list(fields)}")
+        raise SignatureError(f"The signature {signature!r} needs exactly one {what} field, it has {list(fields)}")
     return next(iter(fields))
 
 
@@ -75,7 +76,7 @@ class Classify(dspy.Module, _Spec):
     def __init__(self, signature: str = "text -> label", labels: list[str] | None = None, instructions: str = "Classify the text.") -> None:
         super().__init__()
         if not labels or len(set(labels)) < 2:
-            raise ValueError(f"Classify needs at least two distinct labels, got {labels!r}")
+            raise ConfigError(f"Classify needs at least two distinct labels, got {labels!r}")
         self._remember(signature=signature, labels=list(labels), instructions=instructions)
         base = dspy.Signature(signature, instructions)
         output = _one(base.output_fields, "output", signature)
@@ -86,9 +87,9 @@ class Classify(dspy.Module, _Spec):
     def from_options(cls, *, signature: str | None = None, labels: list[str] | None = None,
                      fields: dict[str, str] | None = None, instructions: str | None = None) -> Classify:
         if not labels:
-            raise ValueError("needs --labels (comma-separated)")
+            raise ConfigError("needs --labels (comma-separated)")
         if fields:
-            raise ValueError("--fields is not an option of this program")
+            raise ConfigError("--fields is not an option of this program")
         return cls(signature or "text -> label", labels=labels, **({"instructions": instructions} if instructions else {}))
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
@@ -128,7 +129,7 @@ class Extract(dspy.Module, _Spec):
         super().__init__()
         unknown = {name: kind for name, kind in fields.items() if kind not in _TYPES}
         if not fields or unknown:
-            raise ValueError(f"Extract fields must map names to one of {sorted(_TYPES)}; bad: {unknown or fields!r}")
+            raise ConfigError(f"Extract fields must map names to one of {sorted(_TYPES)}; bad: {unknown or fields!r}")
         self._remember(fields=dict(fields), source=source, instructions=instructions)
         spec = {source: (str, dspy.InputField())}
         spec.update({name: (_TYPES[kind], dspy.OutputField()) for name, kind in fields.items()})
@@ -138,9 +139,9 @@ class Extract(dspy.Module, _Spec):
     def from_options(cls, *, signature: str | None = None, labels: list[str] | None = None,
                      fields: dict[str, str] | None = None, instructions: str | None = None) -> Extract:
         if not fields:
-            raise ValueError('needs --fields, e.g. \'{"name": "str", "age": "int"}\'')
+            raise ConfigError('needs --fields, e.g. \'{"name": "str", "age": "int"}\'')
         if labels:
-            raise ValueError("--labels is not an option of this program")
+            raise ConfigError("--labels is not an option of this program")
         return cls(fields, **({"instructions": instructions} if instructions else {}))
 
     def forward(self, **inputs: Any) -> dspy.Prediction:
@@ -197,7 +198,7 @@ class SummarizeThenClassify(dspy.Module, _Spec):
     ) -> None:
         super().__init__()
         if not labels or len(set(labels)) < 2:
-            raise ValueError(f"SummarizeThenClassify needs at least two distinct labels, got {labels!r}")
+            raise ConfigError(f"SummarizeThenClassify needs at least two distinct labels, got {labels!r}")
         self._remember(labels=list(labels), source=source, output=output, summary_instructions=summary_instructions, instructions=instructions)
         self.source = source
         self.cuecard_inputs = [source]
@@ -209,7 +210,7 @@ class SummarizeThenClassify(dspy.Module, _Spec):
     def from_options(cls, *, signature: str | None = None, labels: list[str] | None = None,
                      fields: dict[str, str] | None = None, instructions: str | None = None) -> SummarizeThenClassify:
         if not labels:
-            raise ValueError("needs --labels (comma-separated)")
+            raise ConfigError("needs --labels (comma-separated)")
         source, _, output = (signature or "text -> label").partition("->")
         return cls(labels, source=source.strip(), output=output.strip(), **({"instructions": instructions} if instructions else {}))
 
@@ -283,11 +284,11 @@ class Rewritten(dspy.Module, _Spec):
 
         fields = list(fields or required_inputs(program))
         if not fields:
-            raise ValueError(f"Rewritten: say which input field(s) of {type(program).__name__} to rewrite")
+            raise ConfigError(f"Rewritten: say which input field(s) of {type(program).__name__} to rewrite")
         if passes < 1 or samples < 1:
-            raise ValueError(f"Rewritten needs passes >= 1 and samples >= 1, got {passes} and {samples}")
+            raise ConfigError(f"Rewritten needs passes >= 1 and samples >= 1, got {passes} and {samples}")
         if template is not None and "{prompt}" not in template:
-            raise ValueError("Rewritten: the rewriter template needs a {prompt} slot")
+            raise ConfigError("Rewritten: the rewriter template needs a {prompt} slot")
         inner = getattr(program, "cuecard_spec", None)
         if inner is not None:
             self._remember(program=inner, fields=fields, passes=passes, samples=samples, template=template, instructions=instructions)
@@ -305,7 +306,7 @@ class Rewritten(dspy.Module, _Spec):
 
     @classmethod
     def from_options(cls, **options: Any) -> Rewritten:
-        raise ValueError("is BPO's wrapper around another program: compile that program with --teleprompter bpo")
+        raise ConfigError("is BPO's wrapper around another program: compile that program with --teleprompter bpo")
 
     def rewrite(self, field: str, text: str, *, sample: int | None = None) -> str:
         """One rewrite of ``text`` (``sample``: a distinct sample at temperature 0.9)."""
