@@ -30,6 +30,17 @@ class FreshCache:
         cuecard.configure_cache(_CACHE_ROOT)
 
 
+@pytest.fixture(autouse=True)
+def dspy_settings_restored():
+    """What a test gives ``dspy.configure`` (the README's examples configure an LM) ends with the test."""
+    import dspy
+
+    lm, adapter = dspy.settings.lm, dspy.settings.adapter
+    yield
+    if (dspy.settings.lm, dspy.settings.adapter) != (lm, adapter):
+        dspy.configure(lm=lm, adapter=adapter)
+
+
 @pytest.fixture
 def fresh_cache(tmp_path):
     """A new, empty DSPy cache for one test; the session cache is restored afterwards."""

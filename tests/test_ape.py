@@ -104,8 +104,9 @@ def test_each_mode_induces_candidates_with_the_real_model(local_lm, mode):
     report = ape.compile(sentiment_program(), trainset=toy_train(12)).cuecard_report
     induced = [c for c in report.candidates if c.origin == f"induced-{mode}"]
     assert induced, f"{mode}: every proposal dropped: {report.dropped}"
-    assert report.prompt_usage == cuecard.Usage()  # one model plays both roles: all usage is task usage
-    assert report.task_usage.model_calls > 0
+    # one model plays both roles: the proposals count as prompt-model use, the scoring as task-model use
+    assert report.prompt_usage.model_calls > 0 and report.task_usage.model_calls > 0
+    assert report.prompt_usage.calls + report.task_usage.calls == report.usage.calls
 
 
 @pytest.mark.model
