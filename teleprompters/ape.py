@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import dspy
+from cuecard.errors import TeleprompterConfigError
 from cuecard.policies import Allocation
 from cuecard.program import get_instructions, predictors
 from pydantic import BaseModel, Field, model_validator
@@ -70,11 +71,11 @@ class APEConfig(TeleprompterConfig):
     @model_validator(mode="after")
     def _check_template(self) -> APEConfig:
         if self.mode == "custom" and not self.template:
-            raise ValueError("mode='custom' needs a template")
+            raise TeleprompterConfigError("mode='custom' needs a template")
         if self.template is not None:
             missing = [marker for marker in (DEMOS, BLANK) if marker not in self.template]
             if missing:
-                raise ValueError(f"The APE template lacks the marker(s) {missing}: it needs both {DEMOS} and {BLANK}")
+                raise TeleprompterConfigError(f"The APE template lacks the marker(s) {missing}: it needs both {DEMOS} and {BLANK}")
         return self
 
 
@@ -129,7 +130,7 @@ class APE(Teleprompter):
 
     def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
         if len(trainset) < self.config.num_demos:
-            raise ValueError(
+            raise TeleprompterConfigError(
                 f"The trainset has {len(trainset)} examples, fewer than num_demos={self.config.num_demos}"
             )
 

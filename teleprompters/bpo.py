@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
+from cuecard.errors import TeleprompterConfigError
 from cuecard.identity import digest, lm_identity
 from cuecard.judge import JUDGE_SYSTEM, JUDGE_USER, PairwiseJudge, PairwiseMetric, WinRate
 from cuecard.policies import Allocation, FullEvaluation
@@ -89,13 +90,13 @@ class BPOConfig(TeleprompterConfig):
     @model_validator(mode="after")
     def _check(self) -> BPOConfig:
         if self.min_length_ratio >= self.max_length_ratio:
-            raise ValueError(f"min_length_ratio={self.min_length_ratio} must be below max_length_ratio={self.max_length_ratio}")
+            raise TeleprompterConfigError(f"min_length_ratio={self.min_length_ratio} must be below max_length_ratio={self.max_length_ratio}")
         missing = [slot for slot in ("{prompt}", "{good}", "{bad}") if slot not in self.construction_prompt]
         if missing:
-            raise ValueError(f"The construction prompt lacks {missing}")
+            raise TeleprompterConfigError(f"The construction prompt lacks {missing}")
         missing = [slot for slot in ("{question}", "{a}", "{b}") if slot not in self.judge_user]
         if missing:
-            raise ValueError(f"The judge's user prompt lacks {missing}")
+            raise TeleprompterConfigError(f"The judge's user prompt lacks {missing}")
         return self
 
 
@@ -124,6 +125,8 @@ class BPO(Teleprompter):
         rewriter_template: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if "metric" in kwargs:
+            raise TeleprompterConfigError("BPO takes no metric: it keeps a rewrite by its pairwise win rate, given by judge_lm")
         super().__init__(metric=None, task_lm=task_lm, **kwargs)
         self._judge_lm = judge_lm
         self.preferences = [dict(record) for record in preferences]
@@ -174,9 +177,9 @@ class BPO(Teleprompter):
     def check_preferences(self) -> None:
         for index, record in enumerate(self.preferences):
             if not isinstance(record.get("prompt"), str) or not record["prompt"].strip():
-                raise ValueError(f"preferences[{index}] has no 'prompt' (fields: {sorted(record)})")
+                raise TeleprompterConfigError(f"preferences[{index}] has no 'prompt' (fields: {sorted(record)})")
             if ("good_res" in record) != ("bad_res" in record):
-                raise ValueError(f"preferences[{index}] has one of 'good_res'/'bad_res' but not the other")
+                raise TeleprompterConfigError(f"preferences[{index}] has one of 'good_res'/'bad_res' but not the other")
 
     # ---- the search --------------------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Allocation:

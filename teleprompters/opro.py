@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import dspy
 from cuecard.adapter import PlainAdapter, field_label
-from cuecard.errors import BudgetExhausted
+from cuecard.errors import BudgetExhausted, TeleprompterConfigError
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, ArmEstimate, FullEvaluation
 from cuecard.program import get_instructions, predictors
@@ -119,7 +119,7 @@ class OPROConfig(TeleprompterConfig):
     def _check_meta_prompt(self) -> OPROConfig:
         missing = [marker for marker in (HISTORY, EXEMPLARS, TAG) if marker not in self.meta_prompt]
         if missing:
-            raise ValueError(
+            raise TeleprompterConfigError(
                 f"The OPRO meta-prompt lacks {missing}: it needs the history marker {HISTORY}, the exemplars "
                 f"marker {EXEMPLARS} and the {TAG} tag the new instruction is asked for in"
             )
@@ -181,7 +181,7 @@ class OPRO(Teleprompter):
 
     def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
         if self.config.position is not None and not isinstance(self.task_adapter(), PlainAdapter):
-            raise ValueError(
+            raise TeleprompterConfigError(
                 f"position={self.config.position!r} is a PlainAdapter layout; the adapter given is {type(self.adapter).__name__}"
             )
 
@@ -273,7 +273,7 @@ class OPRO(Teleprompter):
         for name in names:
             if not self.history_pairs(ctx, name):
                 top = max(ctx.engine.mean(arm) for arm in range(len(ctx.engine.candidates)))
-                raise ValueError(
+                raise TeleprompterConfigError(
                     f"history_threshold={self.config.history_threshold} drops every scored instruction of "
                     f"predictor {name!r} (the best scored {top:.2f}): the meta-prompt would have no history. "
                     "Lower the threshold."

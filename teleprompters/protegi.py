@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import dspy
 from cuecard.adapter import field_label
+from cuecard.errors import TeleprompterConfigError
 from cuecard.evaluate import ExampleScore
 from cuecard.policies import UCB, Allocation, FullEvaluation
 from cuecard.program import predictors
@@ -147,7 +148,7 @@ class ProTeGi(Teleprompter):
     def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
         needed = self.config.selection_budget + self.config.beam_size
         if self.max_evaluations is not None and self.max_evaluations < needed:
-            raise ValueError(
+            raise TeleprompterConfigError(
                 f"max_evaluations={self.max_evaluations} is too small for one ProTeGi round "
                 f"({self.config.selection_budget} selection evaluations + {self.config.beam_size} for the beam)"
             )
