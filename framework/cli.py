@@ -161,7 +161,7 @@ def _options(pairs: list[str]) -> dict[str, Any]:
 
 
 # ---- commands ---------------------------------------------------------------------------------------
-def _lm(spec: str, api_base: str | None, max_tokens: int | None = None) -> Any:
+def _lm(spec: str, api_base: str | None, max_tokens: int | None = None, rpm: int | None = None) -> Any:
     """``cuecard.LM(spec)``, with the endpoint the user gave (never one read from a file)."""
     import cuecard
 
@@ -170,6 +170,8 @@ def _lm(spec: str, api_base: str | None, max_tokens: int | None = None) -> Any:
         options["api_base"] = api_base
     if max_tokens:
         options["max_tokens"] = max_tokens
+    if rpm:
+        options["requests_per_minute"] = rpm
     return cuecard.LM(spec, **options)
 
 
@@ -206,9 +208,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     labelled = cls.needs_labels  # BPO needs prompts only: a judge compares answers
     train = load_data(args.train, program, args.columns, labelled=labelled)
     dev = load_data(args.dev, program, args.columns, labelled=labelled) if args.dev else None
-    task_lm = _lm(args.task_model, args.api_base, args.max_tokens)
+    task_lm = _lm(args.task_model, args.api_base, args.max_tokens, args.rpm)
     separate = args.prompt_model and (args.prompt_model != args.task_model or args.prompt_api_base)
-    prompt_lm = _lm(args.prompt_model, args.prompt_api_base) if separate else task_lm
+    prompt_lm = _lm(args.prompt_model, args.prompt_api_base, rpm=args.prompt_rpm) if separate else task_lm
     kwargs: dict[str, Any] = dict(task_lm=task_lm, prompt_lm=prompt_lm)
     accepted = inspect.signature(cls.__init__).parameters
     for flag, name, value in (("--preferences", "preferences", args.preferences), ("--judge-model", "judge_lm", args.judge_model)):
@@ -231,7 +233,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         storage=args.storage, progress=not args.quiet, runs_root=args.run_dir, run_name=args.run_name,
         limits=cuecard.Limits(**limits) if any(v is not None for v in limits.values()) else None,
         max_evaluations=args.max_evaluations, timeout=args.timeout, max_failure_share=args.max_failure_share,
-        **{**planned, "seed": args.seed, **options},
+        num_threads=args.threads, **{**planned, "seed": args.seed, **options},
     )
     if args.policy:
         kwargs["policy"] = make_policy(args.policy)
@@ -561,6 +563,14 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--api-base", metavar="URL", help="the task model's endpoint (litellm models: ollama, vLLM, a proxy...)")
     compile_.add_argument("--prompt-api-base", metavar="URL",
                           help="the prompt model's endpoint (default: --api-base when the prompt model is the task model)")
+    compile_.add_argument("--rpm", type=_positive_int, metavar="N",
+                          help="requests per minute this process sends the task model (and the prompt model when it is "
+                               "the same); requests wait their turn. With several workers, give each its share")
+    compile_.add_argument("--prompt-rpm", type=_positive_int, metavar="N",
+                          help="requests per minute this process sends a separate --prompt-model")
+    compile_.add_argument("--threads", type=_positive_int, default=16, metavar="N",
+                          help="examples scored at a time (default: 16, for latency-bound remote models; the embedded "
+                               "model answers one at a time whatever this says)")
     compile_.add_argument("--max-calls", type=_positive_int, metavar="N",
                           help="cap on LM requests the compile asks for, answered by a model, the cache or the run's "
                                "record alike, so the run stops at the same point warm or cold")

@@ -36,7 +36,7 @@ class Models:
 
         lm = scripted_lm(reply, name=f"scripted/{spec}")
         lm.spec = spec  # the model string the user gave, as cuecard.LM keeps it
-        lm.kwargs.update(kwargs)
+        lm.kwargs.update({k: v for k, v in kwargs.items() if k != "requests_per_minute"})  # not a call setting
         self.built.append((spec, kwargs, lm))
         return lm
 
@@ -84,6 +84,25 @@ def test_api_base_reaches_the_model_and_no_key_is_asked_for_a_local_server(model
     from cuecard.lm import check_credentials
 
     check_credentials("ollama/llama3", {"api_base": "http://127.0.0.1:11434"})  # no key needed, no error
+
+
+def test_rate_and_thread_flags_reach_the_models_and_the_teleprompter(models, capsys, monkeypatch):
+    built = []
+    original = cuecard.teleprompters.Teleprompter.__init__
+
+    def spy(self, *args, **kwargs):
+        built.append(kwargs.get("num_threads"))
+        original(self, *args, **kwargs)
+
+    monkeypatch.setattr(cuecard.teleprompters.Teleprompter, "__init__", spy)
+    compiled_file(capsys, "--rpm", "600", "--threads", "4", "--prompt-model", "other", "--prompt-rpm", "30")
+    options = {spec: kwargs for spec, kwargs, _ in models.built}
+    assert options["local"]["requests_per_minute"] == 600 and options["other"]["requests_per_minute"] == 30
+    assert built[-1] == 4
+    for flag in ("--rpm", "--threads", "--prompt-rpm"):
+        code, _, err = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), flag, "0", "--out", "x.json"], capsys)
+        assert code == 2 and flag in err
+    assert models.requests() == sum(len(lm.engine.requests) for _, _, lm in models.built[:2])
 
 
 def test_an_unknown_model_is_one_clean_line():
