@@ -78,6 +78,10 @@ class TeleprompterConfig(BaseModel):
     structured_proposals: bool = Field(
         True, description="hold the prompt model to a JSON schema (the rule, then instructions) when it supports one"
     )
+    start_from_readings: bool = Field(
+        True, description="the reflective methods' readings of the task (see task_rule) compete with the seed as "
+        "starting candidates, as induced prompts do in APE and PE2",
+    )
 
 
 class CompileEstimate(BaseModel):
@@ -112,6 +116,7 @@ class SearchContext:
         self.pruned: set[int] = set()
         self.capped: str | None = None
         self.rules: dict[str, str | None] = {}
+        self.readings: dict[str, list[str]] = {}
         self.sample_counter = 0
         self.history: list[dict[str, Any]] = []
         self._train_answers: set[str] | None = None
@@ -191,6 +196,7 @@ class Teleprompter(DSPyTeleprompter):
     Config: type[TeleprompterConfig] = TeleprompterConfig
     default_policy: ClassVar[Callable[[], Policy]] = MultiStage
     needs_labels: ClassVar[bool] = True
+    reads_task: ClassVar[bool] = False  # the reflective methods read the task (task_rule) before proposing
     """Whether the trainset must carry the outputs (a metric compares them); BPO's judge needs none."""
     summary: ClassVar[str] = ""
     """One line on what the method does, for ``cuecard teleprompters``."""
@@ -499,14 +505,24 @@ class Teleprompter(DSPyTeleprompter):
     def largest_plan(
         cls, cap: int, n_train: int, n_dev: int, predictors: int, knobs_for: Callable[[int], dict[str, Any]], upto: int = 100
     ) -> dict[str, Any]:
-        """``knobs_for(n)`` for the largest n (1..upto; costs grow with n) whose estimate fits ``cap``; ``{}`` if none."""
-        best: dict[str, Any] = {}
-        for n in range(1, upto + 1):
-            knobs = knobs_for(n)
-            if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
-                break
-            best = knobs
-        return best
+        """``knobs_for(n)`` for the largest n (1..upto; costs grow with n) whose estimate fits ``cap``; ``{}`` if none.
+
+        A method that reads the task tries, when no n fits, the same knobs without the readings as
+        starting candidates (they cost their evaluations): one search step is worth more than them.
+        """
+        variants = [knobs_for]
+        if cls.reads_task:
+            variants.append(lambda n: {**knobs_for(n), "start_from_readings": False})
+        for variant in variants:
+            best: dict[str, Any] = {}
+            for n in range(1, upto + 1):
+                knobs = variant(n)
+                if cls.fits(knobs, cap, n_train, n_dev, predictors) > cap:
+                    break
+                best = knobs
+            if best:
+                return best
+        return {}
 
     @classmethod
     def fits(cls, knobs: dict[str, Any], cap: int, n_train: int, n_dev: int, predictors: int) -> int:
@@ -621,6 +637,31 @@ class Teleprompter(DSPyTeleprompter):
             for name in seed:
                 ctx.engine.add_candidate({**seed, name: text}, origin="user-seed")
 
+    def reading_costs(self, predictors: int) -> tuple[int, int]:
+        """(prompt-model requests, starting candidates) the readings of the task add to a plan."""
+        if not (self.reads_task and self.config.task_rule and predictors == 1):
+            return 0, 0
+        return READINGS, READINGS if self.config.start_from_readings else 0
+
+    def add_task_readings(self, ctx: SearchContext) -> list[int]:
+        """The readings of the task (:meth:`task_rule`) as starting candidates beside the seed, screened like
+        any proposal; their arm ids (none when ``start_from_readings`` or ``task_rule`` is off).
+
+        A reading is what the prompt model sees the train pairs do, which a small model often states
+        better than it repairs a generic seed from its errors.
+        """
+        if not self.config.start_from_readings:
+            return []
+        seed = get_instructions(ctx.student)
+        arms: list[int] = []
+        for name in seed:
+            self.task_rule(ctx, name)
+            for reading in ctx.readings.get(name, []):
+                text = self.screen(ctx, reading)
+                if text is not None:
+                    arms.append(ctx.engine.add_candidate({**seed, name: text}, origin="task-reading"))
+        return list(dict.fromkeys(arms))
+
     def screen(self, ctx: SearchContext, raw: str) -> str | None:
         """A proposal cleaned (:func:`clean_instruction`), or None (counted in the report) when it is empty,
         over-long, or nothing but one of the train outputs: "Positive" makes a model answer "positive"
@@ -707,6 +748,7 @@ class Teleprompter(DSPyTeleprompter):
                 reading = clean_instruction(reply) if reply else ""
                 if reading and reading not in readings:
                     readings.append(reading)
+            ctx.readings[predictor_name] = readings
             ctx.rules[predictor_name] = "\n".join(f"- {reading}" for reading in readings) or None
             if readings:
                 ctx.note(f"{predictor_name}: read from train examples: {' | '.join(readings)}")

@@ -130,6 +130,7 @@ class OPRO(Teleprompter):
     """Optimisation by prompting: the prompt LM proposes instructions from a scored history."""
 
     name = "opro"
+    reads_task = True
     summary = "the prompt model as optimiser over a scored history of instructions (Yang et al. 2024)"
     Config = OPROConfig
     config: OPROConfig
@@ -145,11 +146,12 @@ class OPRO(Teleprompter):
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
         per_step = self.policy.planned_evaluations(config.instructions_per_step, n_dev, None)
-        seeds = 1 + len(config.seed_instructions) * predictors
+        reading_prompts, readings = self.reading_costs(predictors)
+        seeds = 1 + len(config.seed_instructions) * predictors + readings
         evaluations = self.policy.planned_evaluations(seeds, n_dev, None) + config.steps * per_step
         shown = config.num_exemplars if config.show_model_outputs else 0
         wrong = n_train if config.exemplar_selection == "wrong" else 0
-        return config.steps * config.instructions_per_step, evaluations, config.steps * (shown + wrong)
+        return reading_prompts + config.steps * config.instructions_per_step, evaluations, config.steps * (shown + wrong)
 
     @classmethod
     def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
@@ -157,7 +159,7 @@ class OPRO(Teleprompter):
 
         Example:
             >>> OPRO.plan(100, n_train=20, n_dev=15)["steps"]
-            2
+            1
         """
         from cuecard.policies import MultiStage
 
@@ -190,6 +192,7 @@ class OPRO(Teleprompter):
         engine = ctx.engine
         names = list(get_instructions(ctx.student))
         self.add_seed_instructions(ctx, self.config.seed_instructions)
+        self.add_task_readings(ctx)
         ctx.allocate()
         self.check_history(ctx, names)
         wrong: Counter[int] = Counter()

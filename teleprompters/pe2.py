@@ -92,6 +92,7 @@ class PE2(Teleprompter):
     """Prompt engineering with a detailed meta-prompt, hard negatives and back-tracking."""
 
     name = "pe2"
+    reads_task = True
     summary = "a prompt engineer's meta-prompt on hard negatives, with back-tracking (Ye et al. 2024)"
     Config = PE2Config
     config: PE2Config
@@ -108,9 +109,10 @@ class PE2(Teleprompter):
         config = self.config
         per_parent = min(config.negatives_sample or n_train, n_train)
         children = config.beam * config.proposals_per_prompt
-        evaluations = self.policy.planned_evaluations(1 + config.n_init * predictors, n_dev, None)
+        reading_prompts, readings = self.reading_costs(predictors)
+        evaluations = self.policy.planned_evaluations(1 + config.n_init * predictors + readings, n_dev, None)
         evaluations += config.steps * self.policy.planned_evaluations(children, n_dev, None)
-        prompt = config.n_init * predictors + config.steps * children * 2
+        prompt = reading_prompts + config.n_init * predictors + config.steps * children * 2
         return prompt, evaluations, config.steps * config.beam * per_parent
 
     @classmethod
@@ -119,7 +121,7 @@ class PE2(Teleprompter):
 
         Example:
             >>> PE2.plan(100, n_train=20, n_dev=15)["steps"]
-            2
+            1
         """
         from cuecard.policies import MultiStage
 
@@ -143,6 +145,7 @@ class PE2(Teleprompter):
         seed = get_instructions(ctx.student)
         if self.config.n_init:
             self.induce_starting_prompts(ctx, seed)
+        self.add_task_readings(ctx)
         ctx.allocate()
         if self.config.steps == 0 or self.config.beam == 0 or self.config.proposals_per_prompt == 0:
             ctx.note(

@@ -86,6 +86,7 @@ class ProTeGi(Teleprompter):
     """Prompt optimisation with textual gradients and beam search (bandit selection by default: UCB)."""
 
     name = "protegi"
+    reads_task = True
     summary = "textual gradients from errors, edits and paraphrases, beam search with bandit selection (Pryzant et al. 2023)"
     Config = ProTeGiConfig
     config: ProTeGiConfig
@@ -104,11 +105,12 @@ class ProTeGi(Teleprompter):
         config = self.config
         edits = config.n_gradients * config.gradients_per_error
         per_parent_prompt = (config.n_gradients + edits + config.mc_samples_per_step * (edits * config.steps_per_gradient + 1)) * predictors
+        reading_prompts, _ = self.reading_costs(predictors)  # the readings start within the seed's n_dev evaluations
         per_parent_side = min(config.minibatch_size, n_train)
         if config.expansion == "prescreen":
             per_parent_side += config.max_expansion_factor * 2 * config.errors_per_gradient
         parents = [1] + [config.beam_size] * (config.rounds - 1)
-        prompt = sum(parents) * per_parent_prompt
+        prompt = reading_prompts + sum(parents) * per_parent_prompt
         side = sum(parents) * per_parent_side
         evaluations = n_dev + config.rounds * config.selection_budget + config.beam_size * n_dev
         return prompt, evaluations, side
@@ -156,9 +158,14 @@ class ProTeGi(Teleprompter):
     # ---- beam search ----------------------------------------------------------------------------
     def search(self, ctx: SearchContext) -> Allocation:
         engine = ctx.engine
-        beam = [0]
-        allocation = ctx.allocate(beam, budget=len(engine.examples))
-        best = allocation.best.mean
+        starts = self.add_task_readings(ctx)
+        if starts:  # the seed and the readings share the seed's evaluations; the best start the beam
+            start = ctx.allocate(list(dict.fromkeys([0, *starts])), budget=len(engine.examples))
+            beam = [e.arm for e in start.ranking[: self.config.beam_size]]
+        else:
+            start = ctx.allocate([0], budget=len(engine.examples))
+            beam = [0]
+        best = start.best.mean
         stale = 0
         round_cost = self.round_cost(len(ctx.train), len(engine.examples), len(predictors(ctx.student)))
         round_ = 0

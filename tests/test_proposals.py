@@ -100,3 +100,26 @@ def test_readings_of_the_task_from_train_pairs_are_asked_once_per_compile_and_sh
     proposal_requests = [text for text in asked if "What was the instruction?" not in text]
     assert proposal_requests
     assert all("Say whether the review is positive or negative, in one word." in text for text in proposal_requests)
+
+
+@pytest.mark.parametrize("method", ["protegi", "opro", "pe2"])
+@pytest.mark.parametrize("start_from_readings", [True, False])
+def test_the_readings_of_the_task_compete_with_the_seed_as_starting_candidates(method, start_from_readings):
+    """A reading that states the task (Level 9) beats the generic seed and every repair of it (Level 3-8)."""
+    cls, knobs = SETTINGS[method]
+    proposals = Proposer(False)
+
+    def reply(messages):
+        if "What was the instruction?" in messages[-1]["content"]:
+            return "Level 9: say whether the review is positive or negative."
+        return proposals.reply(messages)
+
+    report = cls(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task, name="scripted/task"),
+                 prompt_lm=scripted_lm(reply, name="scripted/proposer"), storage=":memory:", progress=False,
+                 start_from_readings=start_from_readings, **knobs).compile(sentiment_program("Level 1 answer."), trainset=REVIEWS).cuecard_report
+    readings = [c for c in report.candidates if c.origin == "task-reading"]
+    if start_from_readings:
+        assert [c.instructions["self"] for c in readings] == ["Level 9: say whether the review is positive or negative."]
+        assert report.best.origin == "task-reading"
+    else:
+        assert readings == [] and "Level 9" not in report.best.instructions["self"]
