@@ -722,10 +722,20 @@ class Teleprompter(DSPyTeleprompter):
         room = ctx.room()
         if not self.config.until_cap or room is None:
             return False
-        if room >= step_cost:
+        reserve = self.acceptance_reserve(ctx)
+        if room - reserve >= step_cost:
             return True
-        ctx.note(f"stopped: {room} requests left under the cap, fewer than one more step may take ({step_cost})")
+        ctx.note(
+            f"stopped: {room} requests left under the cap, fewer than one more step ({step_cost}) and the seed's "
+            f"check on the winner's examples ({reserve}) may take"
+        )
         return False
+
+    @staticmethod
+    def acceptance_reserve(ctx: SearchContext) -> int:
+        """Requests the do-no-harm check may still need: the seed scored on every dev example it lacks."""
+        engine = ctx.engine
+        return (len(engine.examples) - len(engine.arms[0].seen)) * engine.calls_per_example
 
     def task_rule(self, ctx: SearchContext, predictor_name: str) -> str | None:
         """What turns an input into its correct output, as the prompt model reads it from train

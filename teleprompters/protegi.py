@@ -169,7 +169,8 @@ class ProTeGi(Teleprompter):
         stale = 0
         round_cost = self.round_cost(len(ctx.train), len(engine.examples), len(predictors(ctx.student)))
         round_ = 0
-        while self.more_steps(ctx, round_, self.config.rounds, round_cost):
+        closing = self.config.beam_size * len(engine.examples) * engine.calls_per_example  # the beam's full evaluation
+        while self.more_steps(ctx, round_, self.config.rounds, round_cost + closing):
             round_ += 1
             minibatch = ctx.rng.sample(ctx.train, min(self.config.minibatch_size, len(ctx.train)))
             children: list[int] = []

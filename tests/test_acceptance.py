@@ -65,3 +65,23 @@ def test_the_seed_is_scored_on_the_winners_examples_before_the_comparison():
     report = ape.compile(task.program, trainset=task.examples[:4], valset=task.examples[4:]).cuecard_report
     seed = next(c for c in report.candidates if c.instructions == {"self": "arm 0"})
     assert seed.pruned and report.acceptance.examples == 15 and seed.dev_examples == 15
+
+
+
+def test_a_search_going_on_to_its_cap_keeps_room_for_the_seeds_check():
+    """Past its planned steps, ``until_cap`` takes another step only if scoring the seed on the dev
+    examples it lacks still fits under the cap afterwards (else the do-no-harm check is cut short)."""
+    from types import SimpleNamespace
+
+    notes = []
+    engine = SimpleNamespace(examples=list(range(15)), arms=[SimpleNamespace(seen={i: 0.0 for i in range(5)})],
+                             calls_per_example=1)
+    ape = APE(metric=exact_match("answer"), task_lm=scripted_lm(lambda m: "x"), until_cap=True, storage=":memory:")
+
+    def ctx(room):
+        return SimpleNamespace(engine=engine, room=lambda: room, note=notes.append)
+
+    assert ape.more_steps(ctx(30), done=1, planned=1, step_cost=20)  # 30 - 10 for the seed >= 20
+    assert not ape.more_steps(ctx(29), done=1, planned=1, step_cost=20)
+    assert "the seed's check on the winner's examples (10)" in notes[-1]
+    assert ape.more_steps(ctx(0), done=0, planned=1, step_cost=20)  # planned steps are the plan's to bound
