@@ -430,7 +430,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 RUN_STATES = {
-    "finished": "finished",
+    "finished": "the search ended; its winner is final and a rerun makes no LM call",
     "stopped": "stopped at its cap: the same command with a larger cap continues it",
     "failed": "failed: too many failed evaluations (see the reasons below)",
     "running": "running, or interrupted: the same command resumes it",
