@@ -93,3 +93,17 @@ def test_a_sixth_teleprompter_from_another_package_compiles_from_the_command_lin
     report = json.loads(out.read_text())["cuecard"]["report"]
     assert report["teleprompter"] == "sixth"
     assert {"Say positive or negative."} <= {c["instructions"]["predict"] for c in report["candidates"]}
+
+
+def test_a_sixth_teleprompter_from_another_package_is_a_harness_method(sixth_package, tmp_path):
+    """The harness reads the registry: the third party's method runs beside ours with no file of its own."""
+    out = tmp_path / "bench"
+    command = [sys.executable, str(ROOT / "tests" / "harness_worker.py"), "--task", "ii:levels", "--methods", "seed,sixth",
+               "--seeds", "1", "--cap", "40", "--train", "12", "--dev", "8", "--test", "12", "--out", str(out)]
+    env = {**sixth_package, "PYTHONPATH": os.pathsep.join([sixth_package["PYTHONPATH"], str(ROOT), str(ROOT / "tests")])}
+    done = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    cells = {c["method"]: c for c in json.loads((out / "results.json").read_text())["cells"]}
+    assert cells["sixth"]["error"] is None and cells["sixth"]["test_accuracy"] is not None
+    assert 0 < cells["sixth"]["usage"]["calls"] <= 40
+    assert any("no plan() of its own" in note for note in cells["sixth"]["notes"])

@@ -1,5 +1,8 @@
 """The methods the harness compares, one file each: cuecard's teleprompters, DSPy's optimizers, the baselines.
 
+Any other labelled teleprompter in cuecard's registry (a third party's, found through its entry point)
+is a method too, with no file of its own: it runs on its own ``plan()`` for the cap.
+
 Each method file has ``run(program, *, train, dev, metric, task_lm, prompt_lm, cap, seed, workdir)``
 returning the compiled program and a :class:`MethodRun`; cuecard's also have ``plan(cap, n_train,
 n_dev)``, their knobs from the engine's estimate. A cell's fingerprint includes a hash of its method's
@@ -11,6 +14,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +30,19 @@ DSPY_METHOD_NAMES = ("copro", "miprov2", "gepa")
 BASELINES = ("seed", "human")
 DEFAULT_METHODS = ("seed", "human", *CUECARD_METHODS, *DSPY_METHOD_NAMES)
 """What a run compares unless told otherwise: every method once, without the ablations."""
-METHOD_NAMES = (*DEFAULT_METHODS, *PE2_ABLATIONS)
+
+
+def registered_teleprompters() -> dict[str, type]:
+    """The labelled teleprompters in cuecard's registry that have no method file here (BPO, judged by
+    win rate, has no place in an accuracy table)."""
+    from cuecard.registry import teleprompters
+
+    return {name: cls for name, cls in teleprompters().items()
+            if cls.needs_labels and name not in CUECARD_METHODS and not (HERE / f"{name}.py").is_file()}
+
+
+REGISTERED_METHODS = tuple(registered_teleprompters())
+METHOD_NAMES = (*DEFAULT_METHODS, *PE2_ABLATIONS, *REGISTERED_METHODS)
 """Every method the harness knows."""
 
 
@@ -45,6 +61,9 @@ def _files(name: str) -> list[Path]:
         name = "pe2"
     if name in DSPY_METHOD_NAMES:
         return [HERE / f"{name}.py", HERE / "dspy_common.py"]
+    if name in REGISTERED_METHODS:
+        source = Path(inspect.getsourcefile(registered_teleprompters()[name]) or "")
+        return [HERE / "common.py", source, TELEPROMPTERS / "base.py", TELEPROMPTERS / "proposals.py"]
     sources = [TELEPROMPTERS / f"{name}.py", TELEPROMPTERS / "base.py", TELEPROMPTERS / "proposals.py"]
     return [HERE / f"{name}.py", HERE / "common.py", *(path for path in sources if path.is_file())]
 
@@ -80,6 +99,20 @@ def cuecard_runner(name: str) -> Runner:
         from . import pe2
 
         return functools.partial(pe2.run, ablation=PE2_ABLATIONS[name])
+    if name in REGISTERED_METHODS:
+        from cuecard.teleprompters import Teleprompter
+
+        from .common import Plan, compile_with, plan_for
+
+        cls = registered_teleprompters()[name]
+
+        def run(program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
+            has_plan = cls.plan.__func__ is not Teleprompter.plan.__func__
+            plan = (plan_for(cls, kw["cap"], len(kw["train"]), len(kw["dev"])) if has_plan
+                    else Plan(knobs={}, planned_calls=kw["cap"], notes=["no plan() of its own: its default settings, under the cap"]))
+            return compile_with(cls, plan, program, **kw)
+
+        return run
     return importlib.import_module(f".{name}", __name__).run
 
 
@@ -104,6 +137,7 @@ __all__ = [
     "METHOD_NAMES",
     "MethodRun",
     "PE2_ABLATIONS",
+    "REGISTERED_METHODS",
     "method_code_hash",
     "runners_for",
 ]
