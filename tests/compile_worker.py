@@ -12,23 +12,13 @@ from pathlib import Path
 
 import cuecard
 import dspy
-from cuecard import study
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
 from cuecard.testing import scripted_lm
+from evaluation_log import logged_evaluations
 
 
 def main(run_dir: str, out: str, delay: float) -> None:
-    log = Path(run_dir) / "evaluated.log"
-    original = study.Engine._store
-
-    def logged(engine, arm, results):
-        original(engine, arm, results)
-        with log.open("a") as handle:
-            handle.writelines(f"{engine.arms[arm].record.key} {r.index}\n" for r in results if not r.failed)
-
-    study.Engine._store = logged
-
     def task(messages):
         time.sleep(delay)
         text = messages[-1]["content"]
@@ -42,8 +32,9 @@ def main(run_dir: str, out: str, delay: float) -> None:
               prompt_lm=scripted_lm(proposer, name="scripted/prompt"), run_name="resume", run_dir=run_dir,
               progress=False, num_subsamples=2, num_prompts_per_subsample=4, mc_rounds=1, mc_top_fraction=0.5, seed=1)
     print("compiling", flush=True)
-    report = ape.compile(dspy.Predict(dspy.Signature("review -> sentiment", "Classify.")),
-                         trainset=data[:16], valset=data[16:]).cuecard_report
+    with logged_evaluations(Path(run_dir) / "evaluated.log"):
+        report = ape.compile(dspy.Predict(dspy.Signature("review -> sentiment", "Classify.")),
+                             trainset=data[:16], valset=data[16:]).cuecard_report
     Path(out).write_text(json.dumps({"outcome": report.outcome()}))
 
 

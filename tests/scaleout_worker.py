@@ -21,17 +21,15 @@ import json
 import re
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import cuecard
 import dspy
-from cuecard import study
 from cuecard.lm import CuecardLM
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
 from cuecard.testing import ScriptedEngine, scripted_lm
+from evaluation_log import logged_evaluations
 
 RUN_NAME = "scaleout"
 POSITIVE = ["loved", "great", "wonderful", "excellent", "superb", "delightful", "charming", "brilliant", "fine"]
@@ -90,23 +88,6 @@ class SeededEngine(ScriptedEngine):
     def complete(self, request):  # noqa: ANN001, ANN201 - DSPy's engine interface
         self.seed = request.config.seed
         return super().complete(request)
-
-
-@contextmanager
-def logged_evaluations(log: Path) -> Iterator[None]:
-    """Append every evaluation this process stores to ``log`` (candidate key and example index)."""
-    original = study.Engine._store
-
-    def store(engine, arm, results):
-        original(engine, arm, results)
-        with log.open("a") as handle:
-            handle.writelines(f"{engine.arms[arm].record.key} {r.index}\n" for r in results if not r.failed)
-
-    study.Engine._store = store
-    try:
-        yield
-    finally:
-        study.Engine._store = original
 
 
 def run(storage: str, log: Path, delay: float, size: str = "small", max_calls: int | None = None) -> dict:

@@ -1,0 +1,26 @@
+"""For the worker processes of the resume and scale-out tests: log every evaluation a process stores."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from cuecard import study
+
+
+@contextmanager
+def logged_evaluations(log: Path) -> Iterator[None]:
+    """Append every evaluation this process stores to ``log`` (candidate key and example index)."""
+    original = study.Engine._store
+
+    def store(engine, arm, results):
+        original(engine, arm, results)
+        with log.open("a") as handle:
+            handle.writelines(f"{engine.arms[arm].record.key} {r.index}\n" for r in results if not r.failed)
+
+    study.Engine._store = store
+    try:
+        yield
+    finally:
+        study.Engine._store = original
