@@ -275,6 +275,15 @@ def test_the_table_merges_a_note_the_seeds_share_and_says_how_many_had_it():
                         "search stopped: cap of 40 LM requests reached; the best candidate scored so far wins (2 of 3 seeds)")
 
 
+def test_the_table_shows_a_stop_reason_once_when_the_unspent_note_repeats_it():
+    from benchmarks.harness import CellResult
+
+    stop = "stopped: 37 requests left under the cap"
+    unspent = f"stopped with 25 of 100 calls unspent: {stop}"
+    cell = CellResult(task="t", method="m", seed=0, fingerprint="f", test_accuracy=0.5, notes=[stop, unspent])
+    assert summarize([cell])[0].note == unspent
+
+
 def test_target_rows_measure_the_human_gap_the_dspy_best_the_worst_task_and_unexplained_stops():
     from benchmarks.harness import CellResult
     from benchmarks.harness.results import target_rows, targets_table
