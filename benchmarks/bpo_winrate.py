@@ -6,8 +6,9 @@ against the untouched program's answers on the same N prompts. Every model is co
 embedded model by default, or "local:/path/model.gguf", or a litellm model string.
 
 Every verdict is asked twice, with the two answers in both orders: the table gives win / tie / lose
-for the seeded order the compile's judge uses, for the order swapped, and how often the verdict
-survives the swap (a judge that prefers a position more than an answer shows up there).
+for the seeded order, for the order swapped, and for both together (a win or a loss only when the
+two agree, as BPO's compile judges by default, ``--one-order`` for the old way), and how often the
+verdict survives the swap (a judge that prefers a position more than an answer shows up there).
 
     .venv/bin/python benchmarks/bpo_winrate.py --prompts 20
     .venv/bin/python benchmarks/bpo_winrate.py --prompts 30 --rewriter-model qwen1.5b --judge-model qwen1.5b
@@ -27,7 +28,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import cuecard  # noqa: E402
 import dspy  # noqa: E402
 from cuecard.adapter import adapter_for  # noqa: E402
-from cuecard.judge import PairwiseJudge, Verdict, WinRate  # noqa: E402
+from cuecard.judge import PairwiseJudge, Verdict, WinRate, agreed  # noqa: E402
 from cuecard.programs import Respond  # noqa: E402
 from cuecard.teleprompters import BPO  # noqa: E402
 
@@ -45,6 +46,8 @@ def main() -> int:
     parser.add_argument("--rewriter-model", default="local", help="the model that rewrites the prompts (default: local)")
     parser.add_argument("--judge-model", default="local", help="the pairwise judge (default: local); a stronger one gives a truer verdict")
     parser.add_argument("--max-tokens", type=int, default=64, help="cap on every generated reply (default 64)")
+    parser.add_argument("--one-order", action="store_true", help="the compile's judge asks one seeded A/B order per prompt "
+                        "(BPO's judge_both_orders=False), not both")
     parser.add_argument("--seed", type=int, default=0, help="seed of the compile: demo sampling and the judge's A/B position swaps (default 0)")
     args = parser.parse_args()
     if not DATA.is_dir():
@@ -64,7 +67,7 @@ def main() -> int:
     started = time.perf_counter()
     bpo = BPO(task_lm=target, prompt_lm=rewriter, judge_lm=judge_lm, preferences=records, storage=":memory:",
               seed=args.seed, demo_sets=2, demos_per_set=1, max_construction_tokens=args.max_tokens * 2,
-              judge_max_tokens=args.max_tokens)
+              judge_max_tokens=args.max_tokens, judge_both_orders=not args.one_order)
     compiled = bpo.compile(Respond(), trainset=requests)
     report = compiled.cuecard_report
     compile_seconds = time.perf_counter() - started
@@ -76,12 +79,15 @@ def main() -> int:
           f"with {report.best.meta.get('demos', 0)} demos")
     print(f"compile: {report.usage.calls} LM calls ({report.usage.model_calls} reached a model), {compile_seconds:.0f} s")
     print("\n| order | win | tie | lose | delta-WR | unreadable |\n|---|---|---|---|---|---|")
-    for name, verdicts in (("seeded (as in the compile)", seeded), ("swapped", swapped)):
+    both = [Verdict(item=a.item, outcome=agreed([a.outcome, b.outcome]), swapped=a.swapped, parsed=a.parsed and b.parsed,
+                    orders=[a.outcome, b.outcome]) for a, b in zip(seeded, swapped, strict=True)]
+    for name, verdicts in (("seeded", seeded), ("swapped", swapped), ("both orders (counted only when they agree)", both)):
         rate = WinRate.of(verdicts)
         print(f"| {name} | {rate.win} | {rate.tie} | {rate.lose} | {rate.delta_wr:+.2f} | {rate.unparsed} |")
     same = sum(a.outcome == b.outcome for a, b in zip(seeded, swapped, strict=True))
     print(f"\nthe verdict survives swapping A and B on {same} of {len(seeded)} prompts ({same / len(seeded):.0%})")
-    print(f"judge verdicts unreadable in the compile: {sum(not v.parsed for v in bpo.judge.verdicts)} of {len(bpo.judge.verdicts)}")
+    print(f"judge verdicts in the compile ({'one order' if args.one_order else 'both orders'}): {len(bpo.judge.verdicts)}, "
+          f"unreadable {sum(not v.parsed for v in bpo.judge.verdicts)}, orders disagreed {sum(not v.consistent for v in bpo.judge.verdicts)}")
     return 0
 
 

@@ -1,7 +1,9 @@
 """A pairwise judge: which of two answers to one question is better (A, B, or a tie).
 
 Positions are swapped at random per item with a seeded coin, so a judge that favours the first (or
-second) slot does not favour one side. A verdict that cannot be read counts as a tie and is counted.
+second) slot does not favour one side. With ``both_orders`` each pair is judged in both orders and
+a win or a loss counts only when the two agree (a tie otherwise), so a judge's position bias turns
+into ties rather than into noise. A verdict that cannot be read counts as a tie and is counted.
 The judge is also a metric for label-free optimisation: :class:`PairwiseMetric` scores a prediction
 1 (win), 0.5 (tie) or 0 (lose) against a baseline answer, so a mean score ``s`` is a delta win rate
 of ``2 s - 1``.
@@ -45,9 +47,15 @@ class Verdict(BaseModel):
 
     item: str
     outcome: Outcome
-    swapped: bool = Field(description="ours was shown as B")
+    swapped: bool = Field(description="ours was shown as B (in the first order asked, when both were)")
     raw: str = ""
     parsed: bool = True
+    orders: list[Outcome] = Field(default_factory=list, description="each order's outcome when both orders were judged")
+
+    @property
+    def consistent(self) -> bool:
+        """Whether every order asked gave the same outcome (always, for one order)."""
+        return len(set(self.orders)) <= 1
 
 
 class WinRate(BaseModel):
@@ -57,6 +65,7 @@ class WinRate(BaseModel):
     tie: int = 0
     lose: int = 0
     unparsed: int = Field(0, description="verdicts that could not be read (counted as ties)")
+    inconsistent: int = Field(0, description="verdicts whose two orders disagreed (counted as ties)")
 
     @property
     def n(self) -> int:
@@ -69,6 +78,7 @@ class WinRate(BaseModel):
     def add(self, verdict: Verdict) -> None:
         setattr(self, verdict.outcome, getattr(self, verdict.outcome) + 1)
         self.unparsed += not verdict.parsed
+        self.inconsistent += not verdict.consistent
 
     @classmethod
     def of(cls, verdicts: list[Verdict]) -> WinRate:
@@ -78,7 +88,17 @@ class WinRate(BaseModel):
         return rate
 
     def __str__(self) -> str:
-        return f"win {self.win} / tie {self.tie} / lose {self.lose} (delta-WR {self.delta_wr:+.2f}, unparsed {self.unparsed})"
+        shown = f"win {self.win} / tie {self.tie} / lose {self.lose} (delta-WR {self.delta_wr:+.2f}, unparsed {self.unparsed}"
+        return shown + (f", orders disagreed {self.inconsistent})" if self.inconsistent else ")")
+
+
+def agreed(outcomes: list[Outcome]) -> Outcome:
+    """One outcome from a pair judged in several orders: theirs when all agree, a tie otherwise.
+
+    >>> agreed(["win", "win"]), agreed(["win", "lose"]), agreed(["win", "tie"])
+    ('win', 'tie', 'tie')
+    """
+    return outcomes[0] if len(set(outcomes)) == 1 else "tie"
 
 
 _BRACKETED = re.compile(r"\[\[\s*([ABC])\s*\]\]")
@@ -110,9 +130,12 @@ class PairwiseJudge:
         seed: seeds the per-item position coin (same seed and item, same order).
         system / user: the judge's prompt (``{question}``, ``{a}``, ``{b}`` in ``user``).
         max_tokens: cap on the judge's reply.
+        both_orders: judge every pair in both A/B orders (two calls) and count a win or a loss only
+            when they agree; a tie otherwise.
     """
 
-    def __init__(self, lm: dspy.LM, *, seed: int = 0, system: str = JUDGE_SYSTEM, user: str = JUDGE_USER, max_tokens: int = 160) -> None:
+    def __init__(self, lm: dspy.LM, *, seed: int = 0, system: str = JUDGE_SYSTEM, user: str = JUDGE_USER, max_tokens: int = 160,
+                 both_orders: bool = False) -> None:
         missing = [slot for slot in ("{question}", "{a}", "{b}") if slot not in user]
         if missing:
             raise ConfigError(f"The judge's user prompt lacks {missing}")
@@ -121,6 +144,7 @@ class PairwiseJudge:
         self.system = system
         self.user = user
         self.max_tokens = max_tokens
+        self.both_orders = both_orders
         self.verdicts: list[Verdict] = []
         self._lock = threading.Lock()
 
@@ -132,6 +156,22 @@ class PairwiseJudge:
     def compare(self, question: str, ours: str, theirs: str, *, item: str) -> Verdict:
         """Judge ``ours`` against ``theirs`` for ``question``; the verdict is from our side."""
         swapped = self.swapped(item)
+        readings = [self._judge_once(question, ours, theirs, order) for order in ((swapped, not swapped) if self.both_orders else (swapped,))]
+        outcomes = [outcome for outcome, _, _ in readings]
+        verdict = Verdict(
+            item=item,
+            outcome=agreed(outcomes),
+            swapped=swapped,
+            raw="\n---\n".join(raw[-300:] for _, raw, _ in readings),
+            parsed=all(parsed for _, _, parsed in readings),
+            orders=outcomes if self.both_orders else [],
+        )
+        with self._lock:
+            self.verdicts.append(verdict)
+        return verdict
+
+    def _judge_once(self, question: str, ours: str, theirs: str, swapped: bool) -> tuple[Outcome, str, bool]:
+        """(outcome from our side, the judge's reply, whether it could be read) with ours shown as B if ``swapped``."""
         a, b = (theirs, ours) if swapped else (ours, theirs)
         messages = [
             {"role": "system", "content": self.system},
@@ -140,14 +180,8 @@ class PairwiseJudge:
         raw = (self.lm(messages=messages, max_tokens=self.max_tokens, temperature=0.0) or [""])[0] or ""
         letter = parse_verdict(raw)
         if letter is None or letter == "C":
-            outcome: Outcome = "tie"
-        else:
-            ours_won = (letter == "A") != swapped
-            outcome = "win" if ours_won else "lose"
-        verdict = Verdict(item=item, outcome=outcome, swapped=swapped, raw=raw[-300:], parsed=letter is not None)
-        with self._lock:
-            self.verdicts.append(verdict)
-        return verdict
+            return "tie", raw, letter is not None
+        return ("win" if (letter == "A") != swapped else "lose"), raw, True
 
     @property
     def win_rate(self) -> WinRate:

@@ -83,6 +83,8 @@ class BPOConfig(TeleprompterConfig):
     passes: int = Field(1, ge=1, description="iterative rewriting at inference")
     samples: int = Field(1, ge=1, description="'aggressive' inference: rewrites sampled, the judge keeps the best answer")
     judge_max_tokens: int = Field(160, ge=1)
+    judge_both_orders: bool = Field(True, description="judge each pair in both A/B orders (two judge calls) and count a win or a "
+                                    "loss only when they agree; off: one seeded order per prompt, half the judge calls")
     judge_system: str = Field(JUDGE_SYSTEM, description="the pairwise judge's system prompt")
     judge_user: str = Field(JUDGE_USER, description="the judge's user prompt, with {question}, {a} and {b}")
     export_pairs: str | None = Field(None, description="write the constructed (prompt, optimized prompt) pairs here as JSONL")
@@ -146,7 +148,8 @@ class BPO(Teleprompter):
         wrapper.rewriter_lm = self.prompt_lm
         output = next(name for name in predictors(student)[-1][1].signature.output_fields if name != "reasoning")
         self.judge = PairwiseJudge(self.judge_lm, seed=self.config.seed, max_tokens=self.config.judge_max_tokens,
-                                   system=self.config.judge_system, user=self.config.judge_user)
+                                   system=self.config.judge_system, user=self.config.judge_user,
+                                   both_orders=self.config.judge_both_orders)
         baselines: dict[str, str] = {}
 
         def baseline(example: dspy.Example) -> str:
@@ -210,10 +213,13 @@ class BPO(Teleprompter):
             outcomes.win += score == 1.0
             outcomes.tie += score == 0.5
             outcomes.lose += score == 0.0
-        outcomes.unparsed = sum(not v.parsed for v in (self.judge.verdicts if self.judge else []))
+        verdicts = self.judge.verdicts if self.judge else []
+        outcomes.unparsed = sum(not v.parsed for v in verdicts)
+        outcomes.inconsistent = sum(not v.consistent for v in verdicts)
         ctx.history.append({"pairs": len(self.pairs), "usable_pairs": len(usable), "demo_sets": len(demo_sets),
                             "winner_win": outcomes.win, "winner_tie": outcomes.tie, "winner_lose": outcomes.lose,
-                            "winner_delta_wr": outcomes.delta_wr, "unparsed_verdicts": outcomes.unparsed})
+                            "winner_delta_wr": outcomes.delta_wr, "unparsed_verdicts": outcomes.unparsed,
+                            "inconsistent_verdicts": outcomes.inconsistent, "verdicts": len(verdicts)})
         ctx.note(f"winner on dev against the original prompts: {outcomes}")
         return allocation
 

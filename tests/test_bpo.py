@@ -96,6 +96,23 @@ def test_win_tie_lose_and_delta_wr_with_ties_and_unreadable_verdicts():
     assert judge.win_rate == rate
 
 
+def test_judging_both_orders_turns_a_position_bias_into_ties_and_keeps_a_real_preference():
+    first_slot_judge = PairwiseJudge(scripted_lm(lambda m: "The first one. [[A]]"), seed=0, both_orders=True)
+    items = [f"topic {i}" for i in range(8)]
+    biased = [first_slot_judge.compare(q, "detailed", "short", item=q) for q in items]
+    assert {v.outcome for v in biased} == {"tie"} and not any(v.consistent for v in biased)
+    assert WinRate.of(biased).inconsistent == len(items) and len(first_slot_judge.lm.engine.requests) == 2 * len(items)
+    one_order = PairwiseJudge(scripted_lm(lambda m: "The first one. [[A]]"), seed=0)
+    assert {v.outcome for v in (one_order.compare(q, "detailed", "short", item=q) for q in items)} == {"win", "lose"}
+
+    fair = PairwiseJudge(scripted_lm(detail_judge), seed=0, both_orders=True)
+    verdict = fair.compare("topic 1", "detailed", "short", item="topic 1")
+    assert (verdict.outcome, verdict.orders, verdict.consistent) == ("win", ["win", "win"], True)
+    a_first, b_first = (answers_in(request) for request in fair.lm.engine.requests)
+    assert a_first == b_first[::-1], "the second call did not swap the answers"
+    assert fair.compare("topic 2", "short", "detailed", item="topic 2").outcome == "lose"
+
+
 def test_parse_construction():
     comparison, optimized = parse_construction("Detailed Comparison Result: B lacks steps.\nOptimized Instruction: Do X step by step. [END]")
     assert comparison == "B lacks steps." and optimized == "Do X step by step."
