@@ -223,6 +223,8 @@ class Evaluator:
         output = {key: str(value) for key, value in prediction.items()} if hasattr(prediction, "items") else None
         try:
             score = score_to_float(self.metric(example, prediction, None))
+        except BudgetExhausted:
+            raise  # a metric that calls a model (a judge) met the cap: the search stops, the example is not failed
         except Exception as exc:
             return ExampleScore(index=index, score=0.0, error=f"metric: {type(exc).__name__}: {exc}"[:300], output=output)
         return ExampleScore(index=index, score=score, output=output)

@@ -160,6 +160,16 @@ def test_bpo_constructs_pairs_and_picks_the_rewriter_that_wins(tmp_path):
     assert rate.lose == 0 and rate.win == len([e for e in dev if "topic 11" not in e.request])
 
 
+def test_the_cap_met_inside_the_judge_stops_the_search_and_fails_no_example():
+    from cuecard.study import Limits
+
+    for cap in range(24, 64, 3):
+        report = bpo(preferences=[{"prompt": "Tell me about topic 1."}], limits=Limits(max_calls=cap)).compile(
+            Respond(), trainset=prompts()).cuecard_report
+        assert report.usage.calls <= cap and report.stopped, cap
+        assert report.failures == {}, f"cap {cap}: the cap was stored as a failure: {report.failures}"
+
+
 def test_iterative_and_aggressive_inference():
     calls = []
 
