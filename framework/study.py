@@ -667,6 +667,11 @@ class Engine:
             self.spent_before["prompt"] + _real(self.prompt_block.usage),
         )
 
+    def calls_to_cover(self, arm: int) -> int:
+        """LM requests scoring ``arm`` on every pool example it has not been scored on may take (what
+        :meth:`compare` may still spend on the seed, for a search deciding whether to go on)."""
+        return (len(self.examples) - len(self.arms[arm].seen)) * self.calls_per_example
+
     def compare(self, arm: int, seed_arm: int, rule: AcceptanceRule) -> Acceptance:
         """The rule's decision on ``arm`` against ``seed_arm``, on the same examples.
 

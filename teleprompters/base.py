@@ -115,7 +115,6 @@ class SearchContext:
         self.notes: list[str] = []
         self.pruned: set[int] = set()
         self.capped: str | None = None
-        self.rules: dict[str, str | None] = {}
         self.readings: dict[str, list[str]] = {}
         self.sample_counter = 0
         self.history: list[dict[str, Any]] = []
@@ -343,6 +342,11 @@ class Teleprompter(DSPyTeleprompter):
             ))
         return found[:limit]
 
+    def evaluation_calls(self, student: dspy.Module) -> int:
+        """LM requests one example's evaluation takes at most (the engine keeps the cap with it): one per
+        predictor; a method whose metric calls a model too (BPO's judge) adds those."""
+        return len(predictors(student))
+
     def identity_extras(self) -> dict[str, Any]:
         """Method-specific parts of the run identity (e.g. BPO's judge and preference records)."""
         return {}
@@ -416,7 +420,7 @@ class Teleprompter(DSPyTeleprompter):
             limits=self.limits,
             max_evaluations=self.max_evaluations,
             progress=self.progress,
-            calls_per_example=len(predictors(student)),
+            calls_per_example=self.evaluation_calls(student),
         )
         ctx = SearchContext(self, student, engine, train)
         seed_instructions = get_instructions(student)
@@ -733,9 +737,8 @@ class Teleprompter(DSPyTeleprompter):
 
     @staticmethod
     def acceptance_reserve(ctx: SearchContext) -> int:
-        """Requests the do-no-harm check may still need: the seed scored on every dev example it lacks."""
-        engine = ctx.engine
-        return (len(engine.examples) - len(engine.arms[0].seen)) * engine.calls_per_example
+        """Requests the do-no-harm check may still need: the seed (the first arm) scored on every dev example it lacks."""
+        return ctx.engine.calls_to_cover(0)
 
     def task_rule(self, ctx: SearchContext, predictor_name: str) -> str | None:
         """What turns an input into its correct output, as the prompt model reads it from train
@@ -748,7 +751,7 @@ class Teleprompter(DSPyTeleprompter):
         """
         if not self.config.task_rule or len(predictors(ctx.student)) > 1:
             return None
-        if predictor_name not in ctx.rules:
+        if predictor_name not in ctx.readings:
             sampler = random.Random(self.config.seed)
             readings: list[str] = []
             for _ in range(READINGS):  # each from other examples: one reading alone is often too narrow
@@ -759,10 +762,9 @@ class Teleprompter(DSPyTeleprompter):
                 if reading and reading not in readings:
                     readings.append(reading)
             ctx.readings[predictor_name] = readings
-            ctx.rules[predictor_name] = "\n".join(f"- {reading}" for reading in readings) or None
             if readings:
                 ctx.note(f"{predictor_name}: read from train examples: {' | '.join(readings)}")
-        return ctx.rules[predictor_name]
+        return "\n".join(f"- {reading}" for reading in ctx.readings[predictor_name]) or None
 
     def ask_prompt_lm(
         self, ctx: SearchContext, messages: list[dict[str, str]], *, temperature: float, max_tokens: int = 200, **extra: Any

@@ -171,6 +171,10 @@ class BPO(Teleprompter):
         """The pairwise judge (default: the task LM)."""
         return self._judge_lm or self.task_lm
 
+    def evaluation_calls(self, student: dspy.Module) -> int:
+        """The wrapped program's predictors, the judge (once per order) and the untouched program's answer."""
+        return len(predictors(student)) + (2 if self.config.judge_both_orders else 1) + 1
+
     def metric_identity(self) -> dict[str, Any]:
         return {"name": "pairwise judge", "judge": lm_identity(self.judge_lm)}
 

@@ -136,22 +136,25 @@ class OPRO(Teleprompter):
     config: OPROConfig
     default_policy = FullEvaluation
 
-    def step_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
-        """LM requests one step may take: its proposals, the exemplars' runs, the scoring of its proposals."""
+    def step_calls(self, n_train: int, n_dev: int) -> tuple[int, int, int]:
+        """(prompt-model requests, pool evaluations, task runs outside the pool) one step takes at most:
+        its proposals, their scoring, the exemplars' runs."""
         config = self.config
         runs = (config.num_exemplars if config.show_model_outputs else 0) + (n_train if config.exemplar_selection == "wrong" else 0)
-        per_step = self.policy.planned_evaluations(config.instructions_per_step, n_dev, None)
-        return config.instructions_per_step + (runs + per_step) * predictors
+        return config.instructions_per_step, self.policy.planned_evaluations(config.instructions_per_step, n_dev, None), runs
+
+    def step_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
+        """LM requests one step may take."""
+        prompt, evaluations, runs = self.step_calls(n_train, n_dev)
+        return prompt + (evaluations + runs) * predictors
 
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
-        per_step = self.policy.planned_evaluations(config.instructions_per_step, n_dev, None)
+        prompt, per_step, runs = self.step_calls(n_train, n_dev)
         reading_prompts, readings = self.reading_costs(predictors)
         seeds = 1 + len(config.seed_instructions) * predictors + readings
         evaluations = self.policy.planned_evaluations(seeds, n_dev, None) + config.steps * per_step
-        shown = config.num_exemplars if config.show_model_outputs else 0
-        wrong = n_train if config.exemplar_selection == "wrong" else 0
-        return reading_prompts + config.steps * config.instructions_per_step, evaluations, config.steps * (shown + wrong)
+        return reading_prompts + config.steps * prompt, evaluations, config.steps * runs
 
     @classmethod
     def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:

@@ -98,22 +98,25 @@ class PE2(Teleprompter):
     config: PE2Config
     default_policy = FullEvaluation
 
-    def step_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
-        """LM requests one step may take: the parents' runs on train, two calls per proposal, the scoring."""
+    def step_calls(self, n_train: int, n_dev: int) -> tuple[int, int, int]:
+        """(prompt-model requests, pool evaluations, task runs outside the pool) one step takes at most:
+        two calls per proposal, their scoring, the parents' runs on train."""
         config = self.config
         children = config.beam * config.proposals_per_prompt
         runs = config.beam * min(config.negatives_sample or n_train, n_train)
-        return 2 * children + (runs + self.policy.planned_evaluations(children, n_dev, None)) * predictors
+        return 2 * children, self.policy.planned_evaluations(children, n_dev, None), runs
+
+    def step_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
+        """LM requests one step may take."""
+        prompt, evaluations, runs = self.step_calls(n_train, n_dev)
+        return prompt + (evaluations + runs) * predictors
 
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
-        per_parent = min(config.negatives_sample or n_train, n_train)
-        children = config.beam * config.proposals_per_prompt
+        prompt, per_step, runs = self.step_calls(n_train, n_dev)
         reading_prompts, readings = self.reading_costs(predictors)
         evaluations = self.policy.planned_evaluations(1 + config.n_init * predictors + readings, n_dev, None)
-        evaluations += config.steps * self.policy.planned_evaluations(children, n_dev, None)
-        prompt = reading_prompts + config.n_init * predictors + config.steps * children * 2
-        return prompt, evaluations, config.steps * config.beam * per_parent
+        return reading_prompts + config.n_init * predictors + config.steps * prompt, evaluations + config.steps * per_step, config.steps * runs
 
     @classmethod
     def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:

@@ -92,28 +92,29 @@ class ProTeGi(Teleprompter):
     config: ProTeGiConfig
     default_policy = UCB
 
-    def round_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
-        """LM requests one round may take with a full beam: the parents' minibatch runs, gradients, edits,
-        paraphrases, and the selection budget."""
+    def parent_calls(self, n_train: int, predictors: int) -> tuple[int, int]:
+        """(prompt-model requests, task runs) expanding one beam parent takes at most: its minibatch
+        (and prescreening) runs, gradients, edits and paraphrases."""
         config = self.config
         edits = config.n_gradients * config.gradients_per_error
         prompt = (config.n_gradients + edits + config.mc_samples_per_step * (edits * config.steps_per_gradient + 1)) * predictors
         runs = min(config.minibatch_size, n_train)
-        return config.beam_size * (prompt + runs * predictors) + config.selection_budget * predictors
+        if config.expansion == "prescreen":
+            runs += config.max_expansion_factor * 2 * config.errors_per_gradient
+        return prompt, runs
+
+    def round_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
+        """LM requests one round may take with a full beam: every parent's expansion and the selection budget."""
+        prompt, runs = self.parent_calls(n_train, predictors)
+        return self.config.beam_size * (prompt + runs * predictors) + self.config.selection_budget * predictors
 
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
-        edits = config.n_gradients * config.gradients_per_error
-        per_parent_prompt = (config.n_gradients + edits + config.mc_samples_per_step * (edits * config.steps_per_gradient + 1)) * predictors
+        per_parent_prompt, per_parent_runs = self.parent_calls(n_train, predictors)
         reading_prompts, _ = self.reading_costs(predictors)  # the readings start within the seed's n_dev evaluations
-        per_parent_side = min(config.minibatch_size, n_train)
-        if config.expansion == "prescreen":
-            per_parent_side += config.max_expansion_factor * 2 * config.errors_per_gradient
         parents = [1] + [config.beam_size] * (config.rounds - 1)
-        prompt = reading_prompts + sum(parents) * per_parent_prompt
-        side = sum(parents) * per_parent_side
         evaluations = n_dev + config.rounds * config.selection_budget + config.beam_size * n_dev
-        return prompt, evaluations, side
+        return reading_prompts + sum(parents) * per_parent_prompt, evaluations, sum(parents) * per_parent_runs
 
     @classmethod
     def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:

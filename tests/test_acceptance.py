@@ -73,9 +73,14 @@ def test_a_search_going_on_to_its_cap_keeps_room_for_the_seeds_check():
     examples it lacks still fits under the cap afterwards (else the do-no-harm check is cut short)."""
     from types import SimpleNamespace
 
+    from cuecard.evaluate import Evaluator
+    from cuecard.study import Engine
+
     notes = []
-    engine = SimpleNamespace(examples=list(range(15)), arms=[SimpleNamespace(seen={i: 0.0 for i in range(5)})],
-                             calls_per_example=1)
+    task = BernoulliTask([0.5], pool_size=15, seed=0)
+    engine = Engine(Evaluator(task.program, task.metric, task_lm=task.lm), task.examples, storage=":memory:", progress=False)
+    engine.add_candidate(task.candidate(0), origin="program")
+    engine.evaluate(0, list(range(5)))  # the seed has 5 of the 15 dev examples: its check may take 10 more
     ape = APE(metric=exact_match("answer"), task_lm=scripted_lm(lambda m: "x"), until_cap=True, storage=":memory:")
 
     def ctx(room):
