@@ -342,10 +342,10 @@ def check_instructions(program: dspy.Module, lm: Any, adapter: dspy.Adapter, whe
         if tokens is not None and tokens <= limit:
             continue
         amount = f"{tokens} tokens" if tokens is not None else f"about {size // 4} tokens or more"
-        demos = f" and its {len(predictor.demos)} demo(s)" if predictor.demos else ""
+        demos = f" and its {len(predictor.demos)} demo(s) take" if predictor.demos else " takes"
         raise ContextOverflowError(
             f"{where}, predictor {name!r}: its instruction ({len(signature.instructions or ''):,} characters){demos} "
-            f"take {amount} with no input at all, more than the {window}-token context of "
+            f"{amount} with no input at all, more than the {window}-token context of "
             f"{getattr(lm, 'model', 'the model')} leaves ({limit} with {reserve} kept for the answer); shorten that instruction"
         )
 

@@ -239,7 +239,7 @@ def test_a_huge_instruction_in_a_saved_file_is_named_not_the_input(tmp_path, mon
     inputs = write_jsonl(tmp_path / "in.jsonl", [{"review": "fine"}])
     code, out, err = run_main(["run", str(saved), "--input", str(inputs), "--task-model", "scripted", "--quiet"], capsys)
     assert code == 1 and out == ""
-    assert f"{saved}, predictor 'predict': its instruction (8,000,000 characters) take about" in err
+    assert f"{saved}, predictor 'predict': its instruction (8,000,000 characters) takes about" in err
     assert "shorten that instruction" in err and "line 1" not in err and "example" not in err
     labelled = write_jsonl(tmp_path / "d.jsonl", ROWS[:2])
     code, out, err = run_main(["evaluate", str(saved), "--data", str(labelled), "--task-model", "scripted", "--quiet"], capsys)
