@@ -7,7 +7,8 @@
     cuecard report sentiment.json --out-dir report/
     cuecard runs
 
-Exit codes: 0 success, 1 a failure (bad file, model or budget problem: the message says which),
+Exit codes: 0 success, 1 a failure (bad file, model or budget problem: the message says which; for
+``run`` and ``evaluate``, an input the program could not answer, after every other input was done),
 2 bad command-line usage, 130 interrupted (the run is kept; the same command resumes it).
 """
 
@@ -18,7 +19,11 @@ import importlib.util
 import inspect
 import json
 import os
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +123,7 @@ def build_metric(name: str, program: Any) -> Any:
 
 def load_data(path: str, program: Any, columns: str | None, *, labelled: bool) -> list[Any]:
     from cuecard.datasets import load_examples
-    from cuecard.program import required_inputs
+    from cuecard.program import output_labels, required_inputs
 
     renames = {}
     for pair in (columns or "").split(","):
@@ -127,7 +132,10 @@ def load_data(path: str, program: Any, columns: str | None, *, labelled: bool) -
             if not new:
                 raise UsageError(f"--columns expects old=new pairs, got {pair!r}")
             renames[old.strip()] = new.strip()
-    return load_examples(path, required_inputs(program), columns=renames, required=output_fields(program) if labelled else ())
+    return load_examples(
+        path, required_inputs(program), columns=renames, required=output_fields(program) if labelled else (),
+        labels=output_labels(program) if labelled else None,
+    )
 
 
 def _preferences(path: str) -> list[dict[str, Any]]:
@@ -137,7 +145,7 @@ def _preferences(path: str) -> list[dict[str, Any]]:
     file = Path(path)
     if not file.is_file():
         raise DataFileError(f"{path}: no such file")
-    text = file.read_text(encoding="utf-8")
+    text = file.read_text(encoding="utf-8-sig")
     try:
         records = [json.loads(line) for line in text.splitlines() if line.strip()] if file.suffix == ".jsonl" else json.loads(text)
     except json.JSONDecodeError as exc:
@@ -192,12 +200,19 @@ def _check_out(path: str) -> Path:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     import cuecard
-    from cuecard.errors import TeleprompterConfigError
+    from cuecard.errors import ConfigError, TeleprompterConfigError
     from cuecard.evaluate import check_context
     from cuecard.policies import make_policy
     from cuecard.registry import teleprompter as registered
 
     out = _check_out(args.out)
+    if args.run_name is not None:
+        from cuecard.study import check_run_name
+
+        try:
+            check_run_name(args.run_name, what="--run-name")
+        except ConfigError as exc:
+            raise UsageError(str(exc)) from None
     program, file_metric = build_program(args)
     cls = registered(args.teleprompter)
     options = _options(args.set)
@@ -356,14 +371,17 @@ def _usable_recorded_model(spec: str) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     import cuecard
     import dspy
-    from cuecard.evaluate import check_context
+    from cuecard.evaluate import check_context, check_instructions
     from cuecard.program import required_inputs
 
     program = _load_compiled(args)
     lm = _task_model(args)
     adapter = cuecard.adapter_for(lm)
+    check_instructions(program, lm, adapter, where=args.compiled)
     fields = required_inputs(program)
-    source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8")  # noqa: SIM115
+    failures: dict[str, int] = {}
+    answered = 0
+    source = sys.stdin if args.input in (None, "-") else open(args.input, encoding="utf-8-sig")  # noqa: SIM115
     with source, dspy.context(lm=lm, adapter=adapter):
         for number, line in enumerate(source, start=1):
             if not line.strip():
@@ -376,10 +394,48 @@ def cmd_run(args: argparse.Namespace) -> int:
             if missing:
                 raise cuecard.CuecardError(f"{args.input or 'stdin'}, line {number}: missing input field(s) {missing}")
             inputs = {name: row[name] for name in fields}
-            check_context(program, lm, adapter, [dspy.Example(**inputs).with_inputs(*inputs)], [f"{args.input or 'stdin'}, line {number}"])
-            prediction = program(**inputs)
+            check_context(program, lm, adapter, [dspy.Example(**inputs).with_inputs(*inputs)], [f"{args.input or 'stdin'}, line {number}"],
+                          program_label=args.compiled)
+            answered += 1
+            prediction, error = _answer(program, inputs)
+            if error is not None:
+                _count_failure(failures, error)
+                print(json.dumps({**row, "error": error}, ensure_ascii=False), flush=True)
+                continue
             print(json.dumps({**row, **{k: _jsonable(v) for k, v in prediction.items()}}, ensure_ascii=False), flush=True)
+    if failures:
+        print(f"cuecard run: error: {sum(failures.values())} of {answered} input(s) failed ({_reasons(failures)}); "
+              "each has an \"error\" field in its output line", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
+
+
+def _answer(program: Any, inputs: dict[str, Any]) -> tuple[Any, str | None]:
+    """(the program's prediction, None), or (None, the reason it failed) for an answer that could not
+    be had (a reply the adapter cannot parse, a model error); a deliberate cuecard error stops."""
+    import cuecard
+    from cuecard.evaluate import describe_error
+
+    try:
+        prediction = program(**inputs)
+    except (cuecard.CuecardError, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        return None, describe_error(exc)
+    return prediction, None
+
+
+def _count_failure(failures: dict[str, int], error: str) -> None:
+    from cuecard.evaluate import failure_reason
+
+    reason = failure_reason(error)
+    failures[reason] = failures.get(reason, 0) + 1
+
+
+def _reasons(failures: dict[str, int]) -> str:
+    from cuecard.evaluate import describe_failures
+
+    return describe_failures(failures, limit=5)
 
 
 def _jsonable(value: Any) -> Any:
@@ -391,25 +447,51 @@ def _jsonable(value: Any) -> Any:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import cuecard
     import dspy
+    from cuecard.evaluate import check_instructions
 
     program = _load_compiled(args)
     data = load_data(args.data, program, args.columns, labelled=True)
     metric = build_metric(args.metric, program)
     lm = _task_model(args)
+    adapter = cuecard.adapter_for(lm)
+    check_instructions(program, lm, adapter, where=args.compiled)
     results = []
+    failures: dict[str, int] = {}
     from tqdm.auto import tqdm
 
-    with dspy.context(lm=lm, adapter=cuecard.adapter_for(lm)):
+    with dspy.context(lm=lm, adapter=adapter):
         for example in tqdm(data, desc="evaluate", unit="ex", disable=args.quiet):
-            prediction = program(**example.inputs())
-            score = cuecard.metrics.score_to_float(metric(example, prediction, None))
-            results.append({**dict(example.items()), **{f"predicted_{k}": _jsonable(v) for k, v in prediction.items()}, "score": score})
-    mean = sum(r["score"] for r in results) / len(results)
+            prediction, error = _answer(program, dict(example.inputs()))
+            score, outputs = None, {}
+            if error is None:
+                outputs = {f"predicted_{k}": _jsonable(v) for k, v in prediction.items()}
+                try:
+                    score = cuecard.metrics.score_to_float(metric(example, prediction, None))
+                except cuecard.CuecardError:
+                    raise
+                except Exception as exc:
+                    error = f"metric: {type(exc).__name__}: {exc}"[:300]
+            row = {**dict(example.items()), **outputs, "score": score}
+            if error is not None:
+                _count_failure(failures, error)
+                row["error"] = error
+            results.append(row)
+    scored = [r["score"] for r in results if r["score"] is not None]
     if args.out:
         with open(args.out, "w", encoding="utf-8") as handle:
             for row in results:
                 handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-    print(json.dumps({"examples": len(results), "score": round(mean, 4), "metric": getattr(metric, "__name__", args.metric)}))
+    summary: dict[str, Any] = {
+        "examples": len(results), "score": round(sum(scored) / len(scored), 4) if scored else None,
+        "metric": getattr(metric, "__name__", args.metric),
+    }
+    if failures:
+        summary.update(scored=len(scored), failed=sum(failures.values()), failures=failures)
+    print(json.dumps(summary))
+    if failures:
+        print(f"cuecard evaluate: error: {sum(failures.values())} of {len(results)} example(s) failed "
+              f"({_reasons(failures)}); the score is over the {len(scored)} others", file=sys.stderr)
+        return EXIT_FAILURE
     return 0
 
 
@@ -600,7 +682,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="answer JSONL inputs with a compiled program (JSONL out)",
                               description="Read one JSON object per line (the program's input fields) and print each "
-                                          "with the program's outputs added.")
+                                          "with the program's outputs added, or an \"error\" field where the program "
+                                          "could not answer (then exit 1 at the end).")
     run.add_argument("compiled", help="a compiled program .json")
     run.add_argument("--input", help="a .jsonl file (default: stdin)")
     run.add_argument("--program", metavar="FILE.py", help="the Python file defining the program (for non-built-in programs)")
@@ -612,8 +695,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     evaluate = commands.add_parser("evaluate", help="score a compiled program on labelled examples",
                                    description="Run a compiled program on labelled examples and print the mean "
-                                               "score; --out writes every example with the program's outputs "
-                                               "and its score.")
+                                               "score; an example the program could not answer (an unparseable "
+                                               "reply, a model error) is counted by reason and left out of the "
+                                               "mean (exit 1). --out writes every example with the program's "
+                                               "outputs and its score (or its error).")
     evaluate.add_argument("compiled", help="a compiled program .json")
     evaluate.add_argument("--data", required=True, help="labelled examples: .jsonl, .json or .csv")
     evaluate.add_argument("--columns", help="rename columns, e.g. input=review,output=sentiment")
@@ -653,12 +738,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+@contextmanager
+def ctrl_c_interrupts() -> Iterator[None]:
+    """Within the block, Ctrl-C (SIGINT) raises ``KeyboardInterrupt`` even when the process was started
+    with SIGINT ignored, as a script's background job is: an interrupted run is kept and resumes.
+    The former handler is put back on leaving; off the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    former = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, former)
+
+
 def main(argv: list[str] | None = None) -> int:
+    with ctrl_c_interrupts():
+        return _main(argv)
+
+
+def _main(argv: list[str] | None) -> int:
     import warnings
 
     parser = build_parser()
     args = parser.parse_args(argv)
-    from cuecard.errors import CuecardError, SavedFileWarning
+    from cuecard.errors import CuecardError, DataWarning, SavedFileWarning
 
     def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
         print(f"cuecard {args.command}: warning: {message}", file=sys.stderr)
@@ -666,6 +771,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("always", SavedFileWarning)
+            warnings.simplefilter("always", DataWarning)
             warnings.showwarning = show
             return args.handler(args)
     except UsageError as exc:

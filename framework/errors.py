@@ -70,3 +70,7 @@ class MetricError(CuecardError, ValueError):
 
 class SavedFileWarning(UserWarning):
     """Something in a saved program file that loading ignores (a model, an endpoint, call settings...)."""
+
+
+class DataWarning(UserWarning):
+    """Something in the examples a compile sets aside and says so (exact duplicates, a valset overlapping the trainset)."""

@@ -276,8 +276,12 @@ def check_context(
     adapter: dspy.Adapter,
     examples: Sequence[dspy.Example],
     labels: Sequence[str] | None = None,
+    program_label: str = "the program",
 ) -> None:
     """Refuse, before any LM call, an example whose prompt cannot fit the model's context window.
+
+    A program whose own instructions and demos leave no room is refused first, naming
+    ``program_label`` (a saved file, say) and the predictor (:func:`check_instructions`).
 
     The first predictor's prompt is rendered as the adapter sends it; the model's tokenizer counts
     it when the text is near the limit (a byte never makes more than one token, so shorter texts
@@ -289,6 +293,7 @@ def check_context(
     window = lm.context_window() if hasattr(lm, "context_window") else None
     if not window:
         return
+    check_instructions(program, lm, adapter, where=program_label)
     _, predictor = predictors(program)[0]
     signature = predictor.signature
     reserve = min(int((getattr(lm, "kwargs", None) or {}).get("max_tokens") or 256), window // 4)
@@ -312,6 +317,36 @@ def check_context(
             f"{label}: the prompt takes {amount} ({longest!r} has {len(str(inputs[longest])):,} characters), more than "
             f"the {window}-token context of {getattr(lm, 'model', 'the model')} leaves for it ({limit} with {reserve} "
             "kept for the answer); shorten or remove that example"
+        )
+
+
+def check_instructions(program: dspy.Module, lm: Any, adapter: dspy.Adapter, where: str = "the program") -> None:
+    """Refuse, before any LM call, a predictor whose instruction and demos alone (empty inputs) cannot
+    fit the model's context window, naming ``where`` (the program's file) and the predictor.
+
+    Raises:
+        ContextOverflowError: ``"p.json, predictor 'self': its instruction (52,428,800 characters) ..."``.
+    """
+    window = lm.context_window() if hasattr(lm, "context_window") else None
+    if not window:
+        return
+    reserve = min(int((getattr(lm, "kwargs", None) or {}).get("max_tokens") or 256), window // 4)
+    limit = window - reserve
+    for name, predictor in predictors(program):
+        signature = predictor.signature
+        messages = adapter.format(signature, [dict(demo) for demo in predictor.demos], dict.fromkeys(signature.input_fields, ""))
+        size = sum(len(str(m.get("content", "")).encode("utf-8")) for m in messages) + 16 * len(messages)
+        if size <= limit:
+            continue
+        tokens = lm.count_tokens(messages) if size <= 8 * window and hasattr(lm, "count_tokens") else None
+        if tokens is not None and tokens <= limit:
+            continue
+        amount = f"{tokens} tokens" if tokens is not None else f"about {size // 4} tokens or more"
+        demos = f" and its {len(predictor.demos)} demo(s) take" if predictor.demos else " takes"
+        raise ContextOverflowError(
+            f"{where}, predictor {name!r}: its instruction ({len(signature.instructions or ''):,} characters){demos} "
+            f"{amount} with no input at all, more than the {window}-token context of "
+            f"{getattr(lm, 'model', 'the model')} leaves ({limit} with {reserve} kept for the answer); shorten that instruction"
         )
 
 

@@ -184,13 +184,34 @@ def _diff(here: Any, stored: Any, path: str, found: list[str]) -> None:
         for key in sorted(set(here) | set(stored)):
             _diff(here.get(key), stored.get(key), f"{path}.{key}" if path else str(key), found)
         return
+    if isinstance(here, list) and isinstance(stored, list) and len(here) == len(stored):
+        for index, (mine, theirs) in enumerate(zip(here, stored, strict=True)):
+            _diff(mine, theirs, f"{path}[{index}]", found)
+        return
+    if isinstance(here, list) and isinstance(stored, list):
+        found.append(f"{path}: {len(here)} item(s) here, {len(stored)} stored")
+        return
     if here != stored:
-        found.append(f"{path}: {_short(here)} here, {_short(stored)} stored")
+        mine, theirs = _text(here), _text(stored)
+        start = _first_difference(mine, theirs)
+        found.append(f"{path}: {_short(mine, start)} here, {_short(theirs, start)} stored")
 
 
-def _short(value: Any) -> str:
-    text = json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, str) else repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+def _text(value: Any) -> str:
+    return json.dumps(value, default=str, ensure_ascii=False) if not isinstance(value, str) else repr(value)
+
+
+def _first_difference(a: str, b: str) -> int:
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+
+
+def _short(text: str, start: int = 0) -> str:
+    """At most 80 characters of ``text``, from a little before ``start`` (where two texts part)."""
+    if len(text) <= 80:
+        return text
+    begin = max(0, min(start - 20, len(text) - 74))
+    head, tail = ("..." if begin else ""), ("..." if begin + 74 < len(text) else "")
+    return head + text[begin : begin + 74] + tail
 
 
 # ---- fingerprints of code and state ----------------------------------------------------------

@@ -131,5 +131,26 @@ def check_examples(program: dspy.Module, examples: Sequence[dspy.Example], *, wh
             raise ValueError(f"{what}[{index}] marks no input fields: build it with .with_inputs({', '.join(map(repr, needed))})")
 
 
+def output_labels(program: dspy.Module) -> dict[str, list[str]]:
+    """The output fields whose type is a closed set of labels (``Literal[...]`` or an ``Enum``), with
+    their labels, over every predictor of ``program``.
+
+    >>> output_labels(dspy.Predict(dspy.Signature("review -> sentiment: Literal['pos', 'neg']")))
+    {'sentiment': ['pos', 'neg']}
+    """
+    import enum
+    from typing import Literal, get_args, get_origin
+
+    found: dict[str, list[str]] = {}
+    for _, predictor in predictors(program):
+        for name, info in predictor.signature.output_fields.items():
+            annotation = info.annotation
+            if get_origin(annotation) is Literal:
+                found[name] = [str(value) for value in get_args(annotation)]
+            elif isinstance(annotation, type) and issubclass(annotation, enum.Enum):
+                found[name] = [str(member.value) for member in annotation]
+    return found
+
+
 def example_inputs(example: dspy.Example) -> dict[str, Any]:
     return dict(example.inputs())

@@ -181,6 +181,8 @@ def _read_state(path: Path) -> dict[str, Any]:
         raise SavedProgramError(
             f"{path}: not valid JSON at line {exc.lineno}, column {exc.colno} ({exc.msg}); the file is truncated or was edited"
         ) from exc
+    except RecursionError:
+        raise SavedProgramError(f"{path}: its JSON is nested too deeply to be a saved program; the file was edited or is not one") from None
     if not isinstance(state, dict):
         raise SavedProgramError(f"{path}: expected a JSON object, found {type(state).__name__}")
     return state

@@ -198,6 +198,20 @@ class _StoreRecord:
             self.engine.claims.release(REPLY_CLAIM + key[:48], [CREATE])
 
 
+def check_run_name(name: str, what: str = "run_name") -> str:
+    """``name`` if it is a plain name (it becomes a folder under ``runs/``), else a :class:`ConfigError`:
+    no path separator, no ``..``, not empty.
+
+    >>> check_run_name("ape-sentiment")
+    'ape-sentiment'
+    """
+    text = str(name)
+    separators = {"/", "\\", os.sep, os.altsep or "/"}
+    if not text.strip() or ".." in text or "\0" in text or any(sep in text for sep in separators) or text == ".":
+        raise ConfigError(f"{what} {text!r}: a run name is a name, not a path (no '/', '\\' or '..')")
+    return text
+
+
 class Engine:
     """Scores candidates through Optuna trials with a policy; shared by every teleprompter.
 
@@ -239,6 +253,7 @@ class Engine:
     ) -> None:
         if not examples:
             raise ConfigError("The example pool is empty")
+        check_run_name(name)
         limits = limits or Limits()
         if max_evaluations is not None and max_evaluations < 1:
             raise ConfigError(f"max_evaluations={max_evaluations} is smaller than one example evaluation")
@@ -829,6 +844,7 @@ __all__ = [
     "Engine",
     "Estimate",
     "RunConfigMismatch",
+    "check_run_name",
     "RunStatus",
     "StorageError",
     "StoredScore",

@@ -19,6 +19,7 @@ import contextvars
 import functools
 import random
 import re
+import warnings
 from abc import abstractmethod
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -26,10 +27,13 @@ from typing import Any, ClassVar
 
 import dspy
 from cuecard.acceptance import Acceptance, AcceptanceRule, SignTest
+from cuecard.datasets import distinct, example_key
 from cuecard.deadlines import TIMED_OUT, call_with_deadline
 from cuecard.errors import (
     BudgetExhausted,
+    ConfigError,
     CuecardError,
+    DataWarning,
     EvaluationFailed,
     ScoringUnsupportedError,
     TeleprompterConfigError,
@@ -49,7 +53,7 @@ from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
 from cuecard.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
-from cuecard.study import Engine
+from cuecard.study import Engine, check_run_name
 from cuecard.usage import Limits
 from dspy.teleprompt import Teleprompter as DSPyTeleprompter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -235,6 +239,11 @@ class Teleprompter(DSPyTeleprompter):
         self._task_lm = task_lm
         self._prompt_lm = prompt_lm
         self.policy = policy or self.default_policy()
+        if run_name is not None:
+            try:
+                check_run_name(run_name)
+            except ConfigError as exc:
+                raise TeleprompterConfigError(str(exc)) from None
         self.run_name = run_name
         self.storage = storage
         self.run_dir = run_dir
@@ -407,6 +416,9 @@ class Teleprompter(DSPyTeleprompter):
         if valset is not None:
             check_context(student, self.task_lm, evaluator.adapter, valset, [f"valset[{i}]" for i in range(len(valset))])
         train, dev = self.split(list(trainset), list(valset) if valset is not None else None)
+        duplicates = self.duplicates_note(trainset, valset)
+        if duplicates:
+            warnings.warn(duplicates, DataWarning, stacklevel=2)
         evaluator.check_metric(dev[0])
         identity = self.run_identity(student, trainset, valset)
         name = self.current_run = self.run_name or f"{self.name}-{identity.digest()}"
@@ -423,6 +435,8 @@ class Teleprompter(DSPyTeleprompter):
             calls_per_example=self.evaluation_calls(student),
         )
         ctx = SearchContext(self, student, engine, train)
+        if duplicates:
+            ctx.note(duplicates)
         seed_instructions = get_instructions(student)
         engine.status(
             f"{self.name} with {self.task_lm.model} as task model and {self.prompt_lm.model} as prompt model; "
@@ -469,6 +483,9 @@ class Teleprompter(DSPyTeleprompter):
         """
         check_examples(student, trainset, what="trainset")
         train, dev = self.split(list(trainset), list(valset) if valset is not None else None)
+        duplicates = self.duplicates_note(trainset, valset)
+        if duplicates:
+            warnings.warn(duplicates, DataWarning, stacklevel=2)
         count = len(predictors(student))
         planned = self.planned_calls(len(train), len(dev), count)
         if planned is None:
@@ -536,21 +553,54 @@ class Teleprompter(DSPyTeleprompter):
         return prompt + (evaluations + side) * predictors
 
     def split(self, trainset: list[dspy.Example], valset: list[dspy.Example] | None) -> tuple[list, list]:
-        """Seeded train/dev split (dev capped at ``max_dev``); a given valset is the dev set."""
+        """Seeded train/dev split (dev capped at ``max_dev``); a given valset is the dev set.
+
+        Exact duplicates are dropped (:meth:`duplicates_note` says how many), and no example's inputs
+        sit on both sides: the dev set the winner is checked on never holds what the proposals saw.
+        """
         rng = random.Random(self.config.seed)
+        trainset = distinct(trainset)
         if valset is None:
-            shuffled = trainset[:]
-            rng.shuffle(shuffled)
-            cut = max(1, min(len(shuffled) - 1, round(len(shuffled) * (1 - self.config.dev_fraction))))
-            train, dev = shuffled[:cut], shuffled[cut:]
-            if len(trainset) == 1:
-                train = dev = shuffled
+            groups = _by_inputs(trainset)
+            if len(groups) < 2:
+                raise TeleprompterConfigError(
+                    f"the trainset holds {len(groups)} distinct input(s): at least 2 are needed to keep train "
+                    "and dev apart (or give a valset)"
+                )
+            rng.shuffle(groups)
+            cut = max(1, min(len(groups) - 1, round(len(groups) * (1 - self.config.dev_fraction))))
+            train = [example for group in groups[:cut] for example in group]
+            dev = [example for group in groups[cut:] for example in group]
         else:
-            train, dev = trainset, valset[:]
+            dev = distinct(valset)
             rng.shuffle(dev)
+            held_out = {example_key(example, inputs_only=True) for example in dev}
+            train = [example for example in trainset if example_key(example, inputs_only=True) not in held_out]
+            if not train:
+                raise TeleprompterConfigError("every trainset example is also in the valset: nothing is left to learn from")
         if self.config.max_dev is not None:
             dev = dev[: self.config.max_dev]
         return train, dev
+
+    @staticmethod
+    def duplicates_note(trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None) -> str | None:
+        """One line on the duplicates :meth:`split` sets aside (None when there are none)."""
+        parts = []
+        for what, examples in (("trainset", trainset), ("valset", valset or [])):
+            extra = len(examples) - len(distinct(examples))
+            if extra:
+                parts.append(f"the {what} holds {extra} exact duplicate(s) of its {len(examples)} examples (dropped)")
+        if valset is not None:
+            held_out = {example_key(example, inputs_only=True) for example in valset}
+            shared = len(distinct([e for e in trainset if example_key(e, inputs_only=True) in held_out]))
+            if shared:
+                parts.append(f"{shared} trainset example(s) are also in the valset (left out of train)")
+        else:
+            inputs = [example_key(example, inputs_only=True) for example in distinct(trainset)]
+            clashes = len(inputs) - len(set(inputs))
+            if clashes:
+                parts.append(f"{clashes} trainset example(s) repeat another's inputs with other outputs (kept on the same side of the split)")
+        return "; ".join(parts) or None
 
     def build_report(
         self,
@@ -872,6 +922,14 @@ class _PlanningLM:
 
 
 _PLANNING_LM: Any = _PlanningLM()
+
+
+def _by_inputs(examples: list[dspy.Example]) -> list[list[dspy.Example]]:
+    """Examples grouped by their inputs (same inputs, other outputs go together), in first-seen order."""
+    groups: dict[str, list[dspy.Example]] = {}
+    for example in examples:
+        groups.setdefault(example_key(example, inputs_only=True), []).append(example)
+    return list(groups.values())
 
 
 def _price(lm: Any, tokens_in: int, tokens_out: int) -> float | None:

@@ -59,7 +59,7 @@ def test_bad_usage_and_bad_files_are_named(tmp_path, capsys):
     unlabelled = tmp_path / "unlabelled.csv"
     unlabelled.write_text("review,stars\ngreat,5\n")
     code, _, err = run_main(["compile", *CLASSIFY, "--train", str(unlabelled), "--out", out], capsys)
-    assert code == 1 and "unlabelled.csv, example 1: missing field(s) ['sentiment']" in err
+    assert code == 1 and "unlabelled.csv, line 2: missing field(s) ['sentiment']" in err
     code, _, err = run_main(["run", str(tmp_path / "nothing.json")], capsys)
     assert code == 1 and "nothing.json: no such file" in err
 

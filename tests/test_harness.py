@@ -83,7 +83,7 @@ def test_jsonl_task_reads_the_shipped_reviews_and_names_the_missing_column(tmp_p
     assert task.program().signature.instructions == task.seed_instruction
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"review": "fine"}\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl, example 1: missing field\(s\) \['sentiment'\]"):
+    with pytest.raises(ValueError, match=r"bad.jsonl, line 1: missing field\(s\) \['sentiment'\]"):
         jsonl_task(bad, inputs=["review"], output="sentiment")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from cuecard.cli import ctrl_c_interrupts
 from pydantic import ValidationError
 
 from .methods import DEFAULT_METHODS, METHOD_NAMES, PE2_ABLATIONS
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {'.'.join(map(str, error['loc']))}: {error['msg']}", file=sys.stderr)
         return 2
     try:
-        paths = run(config, log=lambda line: print(line, flush=True), report_only=args.report_only)
+        with ctrl_c_interrupts():  # SIGINT stops a run even when the command was started with it ignored
+            paths = run(config, log=lambda line: print(line, flush=True), report_only=args.report_only)
     except KeyboardInterrupt:
         print("interrupted: finished cells are stored; rerun the same command to resume", file=sys.stderr)
         return 130
