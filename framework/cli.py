@@ -230,7 +230,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         planned = cls.plan(max_calls, len(sizes[0]), len(sizes[1]), len(program.predictors()))
     limits = {"max_calls": max_calls, "max_model_calls": args.max_model_calls}
     kwargs.update(
-        storage=args.storage, progress=not args.quiet, runs_root=args.run_dir, run_name=args.run_name,
+        storage=args.storage, progress=not args.quiet, runs_root=args.run_dir, run_name=args.run_name, fresh=args.new_run,
         limits=cuecard.Limits(**limits) if any(v is not None for v in limits.values()) else None,
         max_evaluations=args.max_evaluations, timeout=args.timeout, max_failure_share=args.max_failure_share,
         num_threads=args.threads, **{**planned, "seed": args.seed, **options},
@@ -439,7 +439,7 @@ RUN_STATES = {
 
 def cmd_runs(args: argparse.Namespace) -> int:
     import optuna
-    from cuecard.study import CANDIDATE, SCORE, STATUS
+    from cuecard.study import CANDIDATE, SCORE, STATUS, open_failures
 
     root = Path(args.run_dir)
     databases = sorted(root.glob("*/study.db")) if root.is_dir() else []
@@ -463,8 +463,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
             state = status.get("state", "running")
             best = f"{max(means):.3f}" if means else "-"
             print(f"{summary.study_name:28} {len(trials):>10} {len(means):>7} {best:>6}  {state:10} {url}")
-            if status.get("reason"):
-                print(f"{'':28} {state}: {status['reason']}")
+            reason = status.get("reason")
+            if state == "finished":  # the failures its trials hold now (another process may have retried some)
+                pending = open_failures(trial.user_attrs for trial in trials)
+                reason = f"{pending} failed evaluation(s) left open: the next run retries them" if pending else None
+            if reason:
+                print(f"{'':28} {state}: {reason}")
             explained[state] = RUN_STATES.get(state, state)
     print()
     for state, text in explained.items():
@@ -592,6 +596,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stop the compile when more than this share of example evaluations failed (default: 0.5)")
     compile_.add_argument("--seed", type=int, default=0, help="seeds the split, the sampling and the proposals (default: 0)")
     compile_.add_argument("--run-name", help="the run's name (default: derived from the settings and data)")
+    compile_.add_argument("--new-run", action="store_true",
+                          help="start a new run (the run name plus the time) instead of continuing the stored one, "
+                               "which is kept; resume the new one with --run-name and the name the compile prints")
     compile_.add_argument("--run-dir", default="runs", help="where runs live (default: runs/)")
     compile_.add_argument("--storage", help="an Optuna storage URL (default: runs/<name>/study.db)")
     compile_.add_argument("--out", required=True, help="the compiled program's .json file")

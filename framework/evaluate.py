@@ -54,6 +54,9 @@ class ExampleScore(BaseModel):
     score: float
     error: str | None = None
     output: dict[str, str] | None = None
+    prediction: dict[str, Any] | None = Field(
+        None, description="the prediction's fields as JSON values, when JSON holds them exactly (a metric can re-score it)"
+    )
     requests: int = Field(0, description="LM requests the example took (cached or not)")
 
     @property
@@ -227,7 +230,7 @@ class Evaluator:
             raise  # a metric that calls a model (a judge) met the cap: the search stops, the example is not failed
         except Exception as exc:
             return ExampleScore(index=index, score=0.0, error=f"metric: {type(exc).__name__}: {exc}"[:300], output=output)
-        return ExampleScore(index=index, score=score, output=output)
+        return ExampleScore(index=index, score=score, output=output, prediction=exact_fields(prediction))
 
     def _logprob_score(self, program: dspy.Module, example: dspy.Example) -> float:
         _, predictor = predictors(program)[0]
@@ -256,6 +259,32 @@ class Evaluator:
                     f"{failed} of {self.evaluated} example evaluations failed, more than the allowed "
                     f"{self.max_failure_share:.0%}. Commonest reasons: {describe_failures(self.failures)}"
                 )
+
+
+def exact_fields(prediction: Any) -> dict[str, Any] | None:
+    """A prediction's fields as JSON values, or None when JSON cannot hold one exactly (an object, a tuple).
+
+    >>> exact_fields(dspy.Prediction(answer="4", confidence=0.5))
+    {'answer': '4', 'confidence': 0.5}
+    """
+    if not hasattr(prediction, "items"):
+        return None
+    fields = dict(prediction.items())
+    return fields if all(_exact_json(value) for value in fields.values()) else None
+
+
+def _exact_json(value: Any, depth: int = 0) -> bool:
+    if depth > 20:
+        return False
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if type(value) is list:
+        return all(_exact_json(item, depth + 1) for item in value)
+    if type(value) is dict:
+        return all(isinstance(key, str) and _exact_json(item, depth + 1) for key, item in value.items())
+    return False
 
 
 def describe_error(exc: BaseException, where: str = "program") -> str:

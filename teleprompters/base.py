@@ -185,7 +185,11 @@ class Teleprompter(DSPyTeleprompter):
         max_failure_share: share of failed example evaluations above which the compile stops.
         prompt_retries / retry_wait: a failed prompt-model call is retried this many times, waiting
             ``retry_wait`` seconds, doubling; a proposal that still fails is skipped and counted.
-        metric_version: a version string that identifies the metric in place of its code.
+        metric_version: a version string that identifies the metric in place of its code. Either way, a
+            run that holds scores is checked on opening: a sample of its stored predictions is scored
+            again with the metric (no LM call), and a score that differs refuses the run.
+        fresh: start a new run (``<run name>-<UTC time>``) instead of continuing the stored one, which
+            is kept; to resume the new run later, pass its name as ``run_name``.
         acceptance: the rule a winner must pass against the seed on the same dev examples to replace
             it (default :class:`~cuecard.acceptance.SignTest`, one-sided at 0.1); ``AlwaysAccept()``
             returns the search's winner unchecked.
@@ -222,6 +226,7 @@ class Teleprompter(DSPyTeleprompter):
         retry_wait: float = 1.0,
         metric_version: str | None = None,
         acceptance: AcceptanceRule | None = None,
+        fresh: bool = False,
         **config: Any,
     ) -> None:
         super().__init__()
@@ -249,6 +254,7 @@ class Teleprompter(DSPyTeleprompter):
         self.prompt_retries = prompt_retries
         self.retry_wait = retry_wait
         self.metric_version = metric_version
+        self.fresh = fresh
         self.acceptance = acceptance or SignTest()
         self.current_run: str | None = None
         self.config = self.make_config(config)
@@ -409,7 +415,7 @@ class Teleprompter(DSPyTeleprompter):
         train, dev = self.split(list(trainset), list(valset) if valset is not None else None)
         evaluator.check_metric(dev[0])
         identity = self.run_identity(student, trainset, valset)
-        name = self.current_run = self.run_name or f"{self.name}-{identity.digest()}"
+        name = self.current_run = fresh_name(self.run_name or f"{self.name}-{identity.digest()}", self.fresh)
         engine = Engine(
             evaluator,
             dev,
@@ -872,6 +878,15 @@ class _PlanningLM:
 
 
 _PLANNING_LM: Any = _PlanningLM()
+
+
+def fresh_name(name: str, fresh: bool) -> str:
+    """``name``, or with ``fresh`` a new run's name beside it: ``<name>-<UTC time>``."""
+    if not fresh:
+        return name
+    from datetime import datetime, timezone
+
+    return f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')[:-3]}"
 
 
 def _price(lm: Any, tokens_in: int, tokens_out: int) -> float | None:
