@@ -668,7 +668,9 @@ def main(argv: list[str] | None = None) -> int:
     from cuecard.errors import CuecardError, SavedFileWarning
 
     def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
-        print(f"cuecard {args.command}: warning: {message}", file=sys.stderr)
+        from cuecard.redact import redact_text
+
+        print(f"cuecard {args.command}: warning: {redact_text(str(message))}", file=sys.stderr)
 
     try:
         with warnings.catch_warnings():
@@ -676,13 +678,17 @@ def main(argv: list[str] | None = None) -> int:
             warnings.showwarning = show
             return args.handler(args)
     except UsageError as exc:
-        parser.exit(EXIT_USAGE, f"cuecard {args.command}: error: {exc}\n")
+        from cuecard.redact import redact_text
+
+        parser.exit(EXIT_USAGE, f"cuecard {args.command}: error: {redact_text(str(exc))}\n")
     except KeyboardInterrupt:
         where = f" (run {args.run_name!r})" if getattr(args, "run_name", None) else ""
         print(f"\ninterrupted{where}: finished evaluations are stored; run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (CuecardError, OSError, ValueError) as exc:
-        print(f"cuecard {args.command}: error: {exc}", file=sys.stderr)
+        from cuecard.redact import redact_text
+
+        print(f"cuecard {args.command}: error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
 

@@ -41,6 +41,7 @@ from .errors import BudgetExhausted, ConfigError, ContextOverflowError, Evaluati
 from .lm import score_logprob
 from .metrics import score_to_float
 from .program import apply_instructions, check_candidate, predictors
+from .redact import redact_text
 from .usage import track
 
 Objective = Literal["metric", "logprob"]
@@ -296,7 +297,7 @@ def describe_error(exc: BaseException, where: str = "program") -> str:
     text = str(cause) or str(exc)
     if any(marker in text.lower() for marker in _OVERFLOW):
         where = "context overflow"
-    return f"{where}: {type(cause).__name__}: {text}"[:300]
+    return f"{where}: {type(cause).__name__}: {redact_text(text)}"[:300]
 
 
 def check_context(

@@ -34,6 +34,8 @@ from typing import Any
 import dspy
 from pydantic import BaseModel, Field
 
+from .redact import redact_url
+
 IDENTITY_VERSION = 2
 
 _SECRET = re.compile(r"key|token|secret|password|passwd|auth|credential|cookie|header", re.IGNORECASE)
@@ -55,7 +57,7 @@ def lm_identity(lm: Any) -> dict[str, Any] | None:
     if lm is None:
         return None
     kwargs = {
-        name: _describe(value)
+        name: redact_url(value) if isinstance(value, str) else _describe(value)
         for name, value in sorted((getattr(lm, "kwargs", None) or {}).items())
         if not _SECRET.search(name) and name not in _NOT_ANSWER_CHANGING
     }

@@ -65,6 +65,7 @@ from .identity import (
 from .policies import Allocation, EvaluationBudgetSpent, Policy, rank
 from .program import candidate_key
 from .record import StoredReply, not_recorded, recording
+from .redact import redact_text, redact_url
 from .rescoring import check_stored_scores
 from .sharing import CREATE, open_claims
 from .store import RunStore, StoredTrial
@@ -306,7 +307,7 @@ class Engine:
             return identity
         if not isinstance(stored, dict) or "identity" not in stored:
             raise RunConfigMismatch(
-                f"Run {self.name!r} in {self.storage_url} was made by an older cuecard and holds no run identity; "
+                f"Run {self.name!r} in {redact_url(self.storage_url)} was made by an older cuecard and holds no run identity; "
                 "use another run name"
             )
         differences = identity.differences(stored["identity"])
@@ -315,7 +316,7 @@ class Engine:
         if differences:
             shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
             raise RunConfigMismatch(
-                f"Run {self.name!r} in {self.storage_url} exists with another identity: {shown}. Its scores "
+                f"Run {self.name!r} in {redact_url(self.storage_url)} exists with another identity: {shown}. Its scores "
                 "cannot be reused: use another run name (or none: each identity gets its own)"
             )
         return identity
@@ -659,7 +660,7 @@ class Engine:
             if self.claims.shared:
                 self.refresh_run()
         except Exception as exc:  # never lose a compile over its accounting
-            logger.warning("could not save the run's spending: %s", exc)
+            logger.warning("could not save the run's spending: %s", redact_text(str(exc)))
 
     def refresh_run(self) -> None:
         """Read what other processes stored in the run's study: LM replies, and what they spent."""

@@ -48,6 +48,7 @@ from cuecard.identity import (
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
+from cuecard.redact import redact_url
 from cuecard.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
 from cuecard.study import Engine
 from cuecard.usage import Limits
@@ -432,7 +433,7 @@ class Teleprompter(DSPyTeleprompter):
         seed_instructions = get_instructions(student)
         engine.status(
             f"{self.name} with {self.task_lm.model} as task model and {self.prompt_lm.model} as prompt model; "
-            f"{len(train)} train and {len(dev)} dev examples; stored in {engine.storage_url}"
+            f"{len(train)} train and {len(dev)} dev examples; stored in {redact_url(engine.storage_url)}"
         )
         with engine.session():
             engine.add_candidate(seed_instructions, origin="program")
@@ -606,7 +607,7 @@ class Teleprompter(DSPyTeleprompter):
             teleprompter=self.name,
             config=self.config.model_dump(),
             run_name=engine.name,
-            storage=engine.storage_url,
+            storage=redact_url(engine.storage_url),
             identity=identity.digest(),
             seed=self.config.seed,
             train_size=len(train),

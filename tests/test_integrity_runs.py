@@ -6,6 +6,7 @@ Scripted models go through the real ``cuecard`` command (``main``) and the Pytho
 files (and a real PostgreSQL server where its binaries are installed).
 """
 
+import json
 import sys
 from pathlib import Path
 
@@ -187,3 +188,126 @@ def test_cuecard_runs_names_failures_still_open(tmp_path, monkeypatch, capsys):
     capsys.readouterr()
     assert main(["runs"]) == 0
     assert "left open" not in capsys.readouterr().out
+
+
+# ---- 7: secrets in storage and endpoint URLs ------------------------------------------------------------
+STORAGE_PASSWORD = "Pg-s3cret-9f2"
+API_PASSWORD = "api-pass-77c1"
+API_KEY = "sk-query-4d8e"
+
+
+def test_redact_url_hides_passwords_and_secret_parameters_and_keeps_the_endpoint():
+    from cuecard import redact_text, redact_url
+
+    assert redact_url(f"postgresql://cuecard:{STORAGE_PASSWORD}@db:5432/runs") == "postgresql://cuecard:***@db:5432/runs"
+    shown = redact_url(f"https://bob:{API_PASSWORD}@proxy.example.org/v1?api_key={API_KEY}&sig=x&token=y&region=eu")
+    assert shown == "https://bob:***@proxy.example.org/v1?api_key=***&sig=***&token=***&region=eu"
+    assert redact_url(f"https://{API_KEY}@host/v1") == "https://***@host/v1"
+    assert redact_url("sqlite:////tmp/runs/study.db") == "sqlite:////tmp/runs/study.db"
+    assert API_KEY not in redact_text(f"cannot reach 'http://h/v1?key={API_KEY}': refused")
+    from cuecard.identity import lm_identity
+
+    def endpoint(password):
+        return lm_identity(cuecard.LM("openai/stub", api_base=f"http://u:{password}@127.0.0.1:9/v1?key={password}",
+                                      api_key="sk-test"))
+
+    assert endpoint("pw-first-1") == endpoint("pw-second-2"), "the run identity changed with the password alone"
+    assert "pw-first-1" not in json.dumps(endpoint("pw-first-1"))
+
+
+def stub_reply(messages):
+    if "teacher gave a student" in messages[-1]["content"]:
+        return "Say whether the review is positive or negative."
+    return f"[[ ## sentiment ## ]]\n{keyword_sentiment(messages)}\n\n[[ ## completed ## ]]"  # DSPy's chat layout
+
+
+def written_text(folder):
+    """Every file under ``folder`` as text (SQLite's pages included), for grepping."""
+    return "\n".join(path.read_bytes().decode("utf-8", "replace") for path in Path(folder).rglob("*") if path.is_file())
+
+
+def assert_no_secret(secrets, *texts):
+    for secret in secrets:
+        for text in texts:
+            assert secret not in text, f"{secret!r} leaked: ...{text[max(0, text.find(secret) - 120):text.find(secret) + 40]}..."
+
+
+def test_credentials_in_the_api_base_never_reach_a_file_or_the_output(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
+    from cuecard.testing import StubServer
+
+    with StubServer(stub_reply) as server:
+        base = server.url.replace("http://", f"http://bob:{API_PASSWORD}@") + f"?key={API_KEY}"
+        args = ["compile", "--program", "classify", "--signature", "review -> sentiment", "--labels", "positive,negative",
+                "--train", str(REVIEWS), "--teleprompter", "ape", "--set", "num_subsamples=1",
+                "--set", "num_prompts_per_subsample=2", "--task-model", "openai/stub", "--api-base", base, "--threads", "2"]
+        code = main([*args, "--out", "out.json"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert server.requests > 0
+        assert main(["report", "out.json", "--out-dir", "report"]) == 0
+        report_out = capsys.readouterr()
+        # a wrong run name with another identity: the error names the run, never the secret
+        code = main([*args, "--set", "seed=3", "--run-name", saved_report("out.json").run_name, "--out", "bad.json"])
+        refused = capsys.readouterr()
+        assert code == 1
+    with StubServer(stub_reply) as dead:
+        closed = dead.url
+    code = main(["compile", "--program", "classify", "--signature", "review -> sentiment", "--labels", "positive,negative",
+                 "--train", str(REVIEWS), "--task-model", "openai/stub", "--max-failure-share", "0.2", "--threads", "4",
+                 "--timeout", "1", "--instructions", "Label the review.",  # new prompts: no cached answer
+                 "--api-base", closed.replace("http://", f"http://bob:{API_PASSWORD}@") + f"?api_key={API_KEY}",
+                 "--set", "num_subsamples=1", "--set", "num_prompts_per_subsample=1", "--out", "down.json"])
+    down = capsys.readouterr()
+    assert code == 1
+    assert_no_secret(
+        [API_PASSWORD, API_KEY],
+        written_text(tmp_path / "runs"), (tmp_path / "out.json").read_text(), (tmp_path / "report" / "report.html").read_text(),
+        out, err, report_out.out, report_out.err, refused.out, refused.err, down.out, down.err,
+    )
+    study = optuna.load_study(study_name=saved_report("out.json").run_name, storage=saved_report("out.json").storage)
+    assert "***" in json.dumps(study.user_attrs["cuecard.run"]), "the endpoint is kept, redacted"
+
+
+def test_a_password_in_the_storage_url_never_reaches_a_file_or_the_output(tmp_path, monkeypatch, capsys):
+    from postgres import PostgresServer, missing_reason
+
+    reason = missing_reason()
+    if reason:
+        pytest.skip(f"no PostgreSQL server can be started here: {reason}")
+    monkeypatch.chdir(tmp_path)
+    Models(monkeypatch)
+    with PostgresServer() as server:
+        storage = server.url.replace("postgres@", f"postgres:{STORAGE_PASSWORD}@")  # the server trusts 127.0.0.1
+        args = ["compile", "--program", "classify", "--signature", "review -> sentiment", "--labels", "positive,negative",
+                "--train", str(REVIEWS), *SMALL_APE[:-1], "--storage", storage, "--run-name", "shared-v1"]
+        code = main([*args, "--out", "out.json"])
+        first = capsys.readouterr()
+        assert code == 0, first.err
+        assert main(["report", "out.json", "--out-dir", "report"]) == 0
+        report_out = capsys.readouterr()
+        code = main([*args, "--set", "seed=4", "--out", "bad.json"])  # another identity under the same name
+        refused = capsys.readouterr()
+        assert code == 1 and "shared-v1" in refused.err
+        unreachable = storage.replace(f":{server.port}/", ":1/")
+        code = main([*args, "--storage", unreachable, "--out", "none.json"])
+        closed = capsys.readouterr()
+        assert code == 1 and "postgres:***@127.0.0.1:1/" in closed.err
+        import psycopg
+
+        stored = []
+        with psycopg.connect(server.url) as connection:
+            tables = [row[0] for row in connection.execute(
+                "SELECT table_name FROM information_schema.tables WHERE table_schema = 'public'")]
+            for table in tables:
+                stored += [row[0] for row in connection.execute(f'SELECT t::text FROM "{table}" t')]
+        assert any("shared-v1" in row for row in stored)  # the study is there, and was searched
+    assert_no_secret(
+        [STORAGE_PASSWORD],
+        "\n".join(stored), (tmp_path / "out.json").read_text(), (tmp_path / "report" / "report.html").read_text(),
+        written_text(tmp_path), first.out, first.err, report_out.out, report_out.err, refused.out, refused.err,
+        closed.out, closed.err,
+    )
+    assert saved_report("out.json").storage == storage.replace(STORAGE_PASSWORD, "***")
