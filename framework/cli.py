@@ -226,7 +226,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     planned: dict[str, Any] = {}
     if args.budget:
         max_calls = max_calls or BUDGETS[args.budget]
-        sizes = cls(metric=None, task_lm=task_lm, **options).split(list(train), list(dev) if dev else None)
+        sizes = cls(task_lm=task_lm, **options).split(list(train), list(dev) if dev else None)
         planned = cls.plan(max_calls, len(sizes[0]), len(sizes[1]), len(program.predictors()))
     limits = {"max_calls": max_calls, "max_model_calls": args.max_model_calls}
     kwargs.update(
@@ -305,8 +305,14 @@ def _print_estimate(teleprompter: Any, program: Any, train: list, dev: list | No
     estimate = teleprompter.estimate(program, train, dev)
     dollars = "unknown (litellm has no price for the model)" if estimate.cost is None else f"${estimate.cost:.4f}"
     print(f"estimate for {teleprompter.name} ({'; '.join(estimate.notes)}):")
-    print(f"  LM requests at most: {estimate.requests} ({estimate.task_requests} task model, {estimate.prompt_requests} prompt model)")
-    print(f"  dev evaluations: {estimate.evaluations}; tokens: about {estimate.tokens}; dollars: {dollars}")
+    split = f"{estimate.task_requests} task model, {estimate.prompt_requests} prompt model"
+    if estimate.planned_requests is not None:  # until_cap: the search goes on past its plan, up to the cap
+        print(f"  LM requests at most: {estimate.requests} (the cap; the planned steps take {estimate.planned_requests}: "
+              f"{split}, and until_cap goes on while the cap leaves room for one more step)")
+    else:
+        print(f"  LM requests at most: {estimate.requests} ({split})")
+    print(f"  dev evaluations{' planned' if estimate.planned_requests is not None else ''}: {estimate.evaluations}; "
+          f"tokens: about {estimate.tokens}; dollars: {dollars}")
     if cap is not None:
         verdict = "fits" if estimate.requests <= cap else "does not fit: the compile stops at the cap with the best so far"
         print(f"  cap: {cap} requests ({verdict})")

@@ -97,6 +97,9 @@ class CompileEstimate(BaseModel):
     prompt_requests: int
     task_requests: int
     evaluations: int = Field(description="pool example evaluations (dev), the seed check included")
+    planned_requests: int | None = Field(
+        None, description="with until_cap, what the planned steps take (`requests` is then the cap, the true bound)"
+    )
     tokens: int | None = None
     cost: float | None = None
     notes: list[str] = Field(default_factory=list)
@@ -483,11 +486,28 @@ class Teleprompter(DSPyTeleprompter):
         prompt, evaluations, side = planned
         task = (evaluations + side) * count
         tokens, cost = self._tokens_and_cost(student, train, prompt, task)
-        return CompileEstimate(
+        estimate = CompileEstimate(
             requests=prompt + task, prompt_requests=prompt, task_requests=task, evaluations=evaluations,
             tokens=tokens, cost=cost,
             notes=[f"{len(train)} train and {len(dev)} dev examples; policy {self.policy.name}"],
         )
+        return self.bounded_by_cap(estimate)
+
+    def bounded_by_cap(self, estimate: CompileEstimate) -> CompileEstimate:
+        """With ``until_cap`` and a cap on requests, the search goes on past its planned steps while the
+        cap leaves room, so the cap (not the plan) bounds what it asks: the estimate says so and counts
+        up to it (tokens and dollars in proportion)."""
+        cap = self.limits.max_calls if self.limits is not None else None
+        if not self.config.until_cap or cap is None or cap <= estimate.requests:
+            return estimate
+        scale = cap / max(1, estimate.requests)
+        return estimate.model_copy(update={
+            "requests": cap,
+            "planned_requests": estimate.requests,
+            "tokens": None if estimate.tokens is None else round(estimate.tokens * scale),
+            "cost": None if estimate.cost is None else estimate.cost * scale,
+            "notes": [*estimate.notes, f"until_cap: the cap of {cap} requests bounds it"],
+        })
 
     def _tokens_and_cost(self, student: dspy.Module, train: list[dspy.Example], prompt: int, task: int) -> tuple[int, float | None]:
         """Rough tokens (the first predictor's prompt as rendered for one example, the answer caps) and

@@ -190,6 +190,54 @@ def test_cuecard_runs_names_failures_still_open(tmp_path, monkeypatch, capsys):
     assert "left open" not in capsys.readouterr().out
 
 
+# ---- 6: a --budget run stays within its printed estimate -----------------------------------------------
+class Engineers:
+    """Scripted models behind ``cuecard.LM(spec)``: "P" proposes a new "Level N" instruction on every call, in
+    the tags its request asks for; "T" answers review i right when its prompt says "Level N" and i's hash
+    % 10 < N, so better levels score better and the search goes on as long as its settings let it."""
+
+    def __init__(self, monkeypatch):
+        import itertools
+
+        self.counter = itertools.count(1)
+        monkeypatch.setattr(cuecard, "LM", lambda spec, **kwargs: scripted_lm(
+            self.propose if spec == "P" else self.answer, name=f"scripted/{spec}"))
+
+    def propose(self, messages):
+        text, n = "\n".join(m["content"] for m in messages), next(self.counter)
+        if "<INS>" in text:
+            return f"<INS>Level {n % 10} answer, take {n}.</INS>"
+        if "<START>" in text:
+            return f"<START>Level {n % 10} answer, take {n}.<END>"
+        return f"Level {n % 10} answer, take {n}."
+
+    @staticmethod
+    def answer(messages):
+        import re
+        import zlib
+
+        level = re.search(r"Level (\d+)", "\n".join(m["content"] for m in messages))
+        if level and zlib.crc32(messages[-1]["content"].encode()) % 10 < int(level.group(1)):
+            return keyword_sentiment(messages)
+        return "positive"
+
+
+@pytest.mark.parametrize("preset", ["light", "medium"])  # heavy (2400 requests a method) takes minutes here
+@pytest.mark.parametrize("method", ["ape", "protegi", "opro", "pe2"])  # BPO cannot estimate before running
+def test_a_budget_run_spends_no_more_than_its_printed_estimate(tmp_path, monkeypatch, capsys, preset, method):
+    monkeypatch.chdir(tmp_path)
+    Engineers(monkeypatch)
+    args = ["compile", "--program", "classify", "--signature", "review -> sentiment", "--labels", "positive,negative",
+            "--train", str(REVIEWS), "--teleprompter", method, "--budget", preset, "--task-model", "T",
+            "--prompt-model", "P", "--quiet", "--out", "p.json"]
+    assert main([*args, "--estimate"]) == 0
+    printed = capsys.readouterr().out
+    estimated = int(printed.split("LM requests at most: ")[1].split()[0])
+    assert main(args) == 0
+    spent = saved_report("p.json").usage.calls  # every request the run asked for, as the run recorded it
+    assert spent <= estimated, f"{method} on {preset}: {spent} requests against an estimate of {estimated}: {printed}"
+
+
 # ---- 7: secrets in storage and endpoint URLs ------------------------------------------------------------
 STORAGE_PASSWORD = "Pg-s3cret-9f2"
 API_PASSWORD = "api-pass-77c1"
