@@ -57,7 +57,7 @@ def lm_identity(lm: Any) -> dict[str, Any] | None:
     if lm is None:
         return None
     kwargs = {
-        name: redact_url(value) if isinstance(value, str) else _describe(value)
+        name: _describe(value)
         for name, value in sorted((getattr(lm, "kwargs", None) or {}).items())
         if not _SECRET.search(name) and name not in _NOT_ANSWER_CHANGING
     }
@@ -220,7 +220,9 @@ def _describe(value: Any, depth: int = 0) -> Any:
     """A JSON-able description of ``value`` that changes when its behaviour may change."""
     if depth > 5:
         return type(value).__qualname__
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value  # an endpoint held by a metric or a setting: no secret
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, (list, tuple)):
         return [_describe(item, depth + 1) for item in list(value)[:200]]
