@@ -29,6 +29,7 @@ from .errors import (  # noqa: E402
 )
 from .lm import LM, CuecardLM, configure_cache, sampling_kwargs, score_logprob  # noqa: E402
 from .local import LlamaCppEngine, LogProb, embedded_model_path  # noqa: E402
+from .redact import redact_text, redact_url  # noqa: E402
 from .saving import SavedProgramError, load, read_block, save  # noqa: E402
 from .usage import Limits, Usage, UsageMeter, track  # noqa: E402
 
@@ -60,6 +61,8 @@ __all__ = [
     "embedded_model_path",
     "load",
     "read_block",
+    "redact_text",
+    "redact_url",
     "save",
     "sampling_kwargs",
     "score_logprob",

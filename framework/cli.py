@@ -241,11 +241,11 @@ def cmd_compile(args: argparse.Namespace) -> int:
     planned: dict[str, Any] = {}
     if args.budget:
         max_calls = max_calls or BUDGETS[args.budget]
-        sizes = cls(metric=None, task_lm=task_lm, **options).split(list(train), list(dev) if dev else None)
+        sizes = cls(task_lm=task_lm, **options).split(list(train), list(dev) if dev else None)
         planned = cls.plan(max_calls, len(sizes[0]), len(sizes[1]), len(program.predictors()))
     limits = {"max_calls": max_calls, "max_model_calls": args.max_model_calls}
     kwargs.update(
-        storage=args.storage, progress=not args.quiet, runs_root=args.run_dir, run_name=args.run_name,
+        storage=args.storage, progress=not args.quiet, runs_root=args.run_dir, run_name=args.run_name, fresh=args.new_run,
         limits=cuecard.Limits(**limits) if any(v is not None for v in limits.values()) else None,
         max_evaluations=args.max_evaluations, timeout=args.timeout, max_failure_share=args.max_failure_share,
         num_threads=args.threads, **{**planned, "seed": args.seed, **options},
@@ -320,8 +320,14 @@ def _print_estimate(teleprompter: Any, program: Any, train: list, dev: list | No
     estimate = teleprompter.estimate(program, train, dev)
     dollars = "unknown (litellm has no price for the model)" if estimate.cost is None else f"${estimate.cost:.4f}"
     print(f"estimate for {teleprompter.name} ({'; '.join(estimate.notes)}):")
-    print(f"  LM requests at most: {estimate.requests} ({estimate.task_requests} task model, {estimate.prompt_requests} prompt model)")
-    print(f"  dev evaluations: {estimate.evaluations}; tokens: about {estimate.tokens}; dollars: {dollars}")
+    split = f"{estimate.task_requests} task model, {estimate.prompt_requests} prompt model"
+    if estimate.planned_requests is not None:  # until_cap: the search goes on past its plan, up to the cap
+        print(f"  LM requests at most: {estimate.requests} (the cap; the planned steps take {estimate.planned_requests}: "
+              f"{split}, and until_cap goes on while the cap leaves room for one more step)")
+    else:
+        print(f"  LM requests at most: {estimate.requests} ({split})")
+    print(f"  dev evaluations{' planned' if estimate.planned_requests is not None else ''}: {estimate.evaluations}; "
+          f"tokens: about {estimate.tokens}; dollars: {dollars}")
     if cap is not None:
         verdict = "fits" if estimate.requests <= cap else "does not fit: the compile stops at the cap with the best so far"
         print(f"  cap: {cap} requests ({verdict})")
@@ -521,7 +527,7 @@ RUN_STATES = {
 
 def cmd_runs(args: argparse.Namespace) -> int:
     import optuna
-    from cuecard.study import CANDIDATE, SCORE, STATUS
+    from cuecard.study import CANDIDATE, SCORE, STATUS, open_failures
 
     root = Path(args.run_dir)
     databases = sorted(root.glob("*/study.db")) if root.is_dir() else []
@@ -545,8 +551,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
             state = status.get("state", "running")
             best = f"{max(means):.3f}" if means else "-"
             print(f"{summary.study_name:28} {len(trials):>10} {len(means):>7} {best:>6}  {state:10} {url}")
-            if status.get("reason"):
-                print(f"{'':28} {state}: {status['reason']}")
+            reason = status.get("reason")
+            if state == "finished":  # the failures its trials hold now (another process may have retried some)
+                pending = open_failures(trial.user_attrs for trial in trials)
+                reason = f"{pending} failed evaluation(s) left open: the next run retries them" if pending else None
+            if reason:
+                print(f"{'':28} {state}: {reason}")
             explained[state] = RUN_STATES.get(state, state)
     print()
     for state, text in explained.items():
@@ -674,6 +684,9 @@ def build_parser() -> argparse.ArgumentParser:
                           help="stop the compile when more than this share of example evaluations failed (default: 0.5)")
     compile_.add_argument("--seed", type=int, default=0, help="seeds the split, the sampling and the proposals (default: 0)")
     compile_.add_argument("--run-name", help="the run's name (default: derived from the settings and data)")
+    compile_.add_argument("--new-run", action="store_true",
+                          help="start a new run (the run name plus the time) instead of continuing the stored one, "
+                               "which is kept; resume the new one with --run-name and the name the compile prints")
     compile_.add_argument("--run-dir", default="runs", help="where runs live (default: runs/)")
     compile_.add_argument("--storage", help="an Optuna storage URL (default: runs/<name>/study.db)")
     compile_.add_argument("--out", required=True, help="the compiled program's .json file")
@@ -766,7 +779,9 @@ def _main(argv: list[str] | None) -> int:
     from cuecard.errors import CuecardError, DataWarning, SavedFileWarning
 
     def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
-        print(f"cuecard {args.command}: warning: {message}", file=sys.stderr)
+        from cuecard.redact import redact_text
+
+        print(f"cuecard {args.command}: warning: {redact_text(str(message))}", file=sys.stderr)
 
     try:
         with warnings.catch_warnings():
@@ -775,13 +790,17 @@ def _main(argv: list[str] | None) -> int:
             warnings.showwarning = show
             return args.handler(args)
     except UsageError as exc:
-        parser.exit(EXIT_USAGE, f"cuecard {args.command}: error: {exc}\n")
+        from cuecard.redact import redact_text
+
+        parser.exit(EXIT_USAGE, f"cuecard {args.command}: error: {redact_text(str(exc))}\n")
     except KeyboardInterrupt:
         where = f" (run {args.run_name!r})" if getattr(args, "run_name", None) else ""
         print(f"\ninterrupted{where}: finished evaluations are stored; run the same command again to resume.", file=sys.stderr)
         return EXIT_INTERRUPTED
     except (CuecardError, OSError, ValueError) as exc:
-        print(f"cuecard {args.command}: error: {exc}", file=sys.stderr)
+        from cuecard.redact import redact_text
+
+        print(f"cuecard {args.command}: error: {redact_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILURE
     return 0
 

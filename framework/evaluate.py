@@ -41,6 +41,7 @@ from .errors import BudgetExhausted, ConfigError, ContextOverflowError, Evaluati
 from .lm import score_logprob
 from .metrics import score_to_float
 from .program import apply_instructions, check_candidate, predictors
+from .redact import redact_text
 from .usage import track
 
 Objective = Literal["metric", "logprob"]
@@ -54,6 +55,9 @@ class ExampleScore(BaseModel):
     score: float
     error: str | None = None
     output: dict[str, str] | None = None
+    prediction: dict[str, Any] | None = Field(
+        None, description="the prediction's fields as JSON values, when JSON holds them exactly (a metric can re-score it)"
+    )
     requests: int = Field(0, description="LM requests the example took (cached or not)")
 
     @property
@@ -227,7 +231,7 @@ class Evaluator:
             raise  # a metric that calls a model (a judge) met the cap: the search stops, the example is not failed
         except Exception as exc:
             return ExampleScore(index=index, score=0.0, error=f"metric: {type(exc).__name__}: {exc}"[:300], output=output)
-        return ExampleScore(index=index, score=score, output=output)
+        return ExampleScore(index=index, score=score, output=output, prediction=exact_fields(prediction))
 
     def _logprob_score(self, program: dspy.Module, example: dspy.Example) -> float:
         _, predictor = predictors(program)[0]
@@ -258,6 +262,32 @@ class Evaluator:
                 )
 
 
+def exact_fields(prediction: Any) -> dict[str, Any] | None:
+    """A prediction's fields as JSON values, or None when JSON cannot hold one exactly (an object, a tuple).
+
+    >>> exact_fields(dspy.Prediction(answer="4", confidence=0.5))
+    {'answer': '4', 'confidence': 0.5}
+    """
+    if not hasattr(prediction, "items"):
+        return None
+    fields = dict(prediction.items())
+    return fields if all(_exact_json(value) for value in fields.values()) else None
+
+
+def _exact_json(value: Any, depth: int = 0) -> bool:
+    if depth > 20:
+        return False
+    if value is None or isinstance(value, (str, bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if type(value) is list:
+        return all(_exact_json(item, depth + 1) for item in value)
+    if type(value) is dict:
+        return all(isinstance(key, str) and _exact_json(item, depth + 1) for key, item in value.items())
+    return False
+
+
 def describe_error(exc: BaseException, where: str = "program") -> str:
     """``"program: ConnectionError: model unreachable"``: the original error under DSPy's wrappers,
     with ``"context overflow"`` for an input longer than the model's window."""
@@ -267,7 +297,7 @@ def describe_error(exc: BaseException, where: str = "program") -> str:
     text = str(cause) or str(exc)
     if any(marker in text.lower() for marker in _OVERFLOW):
         where = "context overflow"
-    return f"{where}: {type(cause).__name__}: {text}"[:300]
+    return f"{where}: {type(cause).__name__}: {redact_text(text)}"[:300]
 
 
 def check_context(

@@ -34,6 +34,8 @@ from typing import Any
 import dspy
 from pydantic import BaseModel, Field
 
+from .redact import redact_url
+
 IDENTITY_VERSION = 2
 
 _SECRET = re.compile(r"key|token|secret|password|passwd|auth|credential|cookie|header", re.IGNORECASE)
@@ -239,7 +241,9 @@ def _describe(value: Any, depth: int = 0) -> Any:
     """A JSON-able description of ``value`` that changes when its behaviour may change."""
     if depth > 5:
         return type(value).__qualname__
-    if value is None or isinstance(value, (bool, int, float, str)):
+    if isinstance(value, str):
+        return redact_url(value) if "://" in value else value  # an endpoint held by a metric or a setting: no secret
+    if value is None or isinstance(value, (bool, int, float)):
         return value
     if isinstance(value, (list, tuple)):
         return [_describe(item, depth + 1) for item in list(value)[:200]]

@@ -29,6 +29,7 @@ from filelock import FileLock
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .errors import StorageError
+from .redact import redact_text, redact_url
 
 logger = logging.getLogger(__name__)
 
@@ -92,11 +93,11 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
                     return _write_ahead_log(optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
     except ModuleNotFoundError as exc:
         raise StorageError(
-            f"Cannot open the Optuna storage {url!r}: the database driver {exc.name!r} is not installed "
+            f"Cannot open the Optuna storage {redact_url(url)!r}: the database driver {exc.name!r} is not installed "
             "(for PostgreSQL: pip install 'cuecard[postgres]')"
         ) from exc
     except Exception as exc:  # sqlalchemy raises many kinds here
-        raise StorageError(f"Cannot open the Optuna storage {url!r}: {exc}") from exc
+        raise StorageError(f"Cannot open the Optuna storage {redact_url(url)!r}: {redact_text(str(exc))}") from None
     raise AssertionError("unreachable")
 
 

@@ -40,7 +40,7 @@ import sys
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -65,6 +65,8 @@ from .identity import (
 from .policies import Allocation, EvaluationBudgetSpent, Policy, rank
 from .program import candidate_key
 from .record import StoredReply, not_recorded, recording
+from .redact import redact_text, redact_url
+from .rescoring import check_stored_scores
 from .sharing import CREATE, open_claims
 from .store import RunStore, StoredTrial
 from .usage import Block, CallRecord, Limits, Usage, activate, record
@@ -106,6 +108,14 @@ class StoredScore(BaseModel):
     score: float
     output: dict[str, str] | None = None
     requests: int = 0
+    exact: bool = Field(False, description="the prediction can be rebuilt: from `prediction`, else from `output`")
+    prediction: dict[str, Any] | None = Field(None, description="the prediction's fields, when `output` does not hold them exactly")
+
+    def rebuilt(self) -> dict[str, Any] | None:
+        """The prediction's fields as the metric saw them, or None when they were not kept exactly."""
+        if not self.exact:
+            return None
+        return self.prediction if self.prediction is not None else self.output
 
 
 class Estimate(BaseModel):
@@ -297,6 +307,7 @@ class Engine:
         self._best = 0.0
         self._saved_at = 0.0
         self._load_trials()
+        check_stored_scores(self)
 
     # ---- run identity -------------------------------------------------------------------------
     def _check_identity(self, identity: RunIdentity | Mapping[str, Any] | None, attrs: dict[str, Any]) -> RunIdentity:
@@ -311,7 +322,7 @@ class Engine:
             return identity
         if not isinstance(stored, dict) or "identity" not in stored:
             raise RunConfigMismatch(
-                f"Run {self.name!r} in {self.storage_url} was made by an older cuecard and holds no run identity; "
+                f"Run {self.name!r} in {redact_url(self.storage_url)} was made by an older cuecard and holds no run identity; "
                 "use another run name"
             )
         differences = identity.differences(stored["identity"])
@@ -320,7 +331,7 @@ class Engine:
         if differences:
             shown = "; ".join(differences[:4]) + (f"; and {len(differences) - 4} more" if len(differences) > 4 else "")
             raise RunConfigMismatch(
-                f"Run {self.name!r} in {self.storage_url} exists with another identity: {shown}. Its scores "
+                f"Run {self.name!r} in {redact_url(self.storage_url)} exists with another identity: {shown}. Its scores "
                 "cannot be reused: use another run name (or none: each identity gets its own)"
             )
         return identity
@@ -534,10 +545,10 @@ class Engine:
                 state.failed[result.index] = result.error or ""
                 attrs[FAILURE + str(result.index)] = result.error
             else:
-                stored = StoredScore(score=result.score, output=_short_output(result.output), requests=result.requests)
+                stored = _stored_score(result)
                 state.stored[result.index] = stored
                 state.failed.pop(result.index, None)
-                attrs[DETAIL + str(result.index)] = stored.model_dump(exclude={"score"})  # first: a score is read
+                attrs[DETAIL + str(result.index)] = stored.model_dump(exclude={"score"}, exclude_defaults=True)  # first: a score is read
                 attrs[SCORE + str(result.index)] = result.score  # only once its detail is there
             self._see(arm, result.index, result.score, result.error)
         if state.open and attrs:
@@ -664,7 +675,7 @@ class Engine:
             if self.claims.shared:
                 self.refresh_run()
         except Exception as exc:  # never lose a compile over its accounting
-            logger.warning("could not save the run's spending: %s", exc)
+            logger.warning("could not save the run's spending: %s", redact_text(str(exc)))
 
     def refresh_run(self) -> None:
         """Read what other processes stored in the run's study: LM replies, and what they spent."""
@@ -750,7 +761,7 @@ class Engine:
                 seen = state.seen or {i: s.score for i, s in state.stored.items()}
                 self.store.close(state.trial_id, "COMPLETE", sum(seen.values()) / len(seen))
             state.open = False
-        pending = sum(len(state.failed) for state in self.arms)
+        pending = open_failures(trial.attrs for trial in self.store.trials())  # every process's, as stored now
         reason = f"{pending} failed evaluation(s) left open: the next run retries them" if pending else None
         self.set_status("finished", reason)
         self.store.checkpoint()
@@ -765,10 +776,29 @@ def _real(usage: Usage) -> Usage:
     return usage.model_copy(update={"calls": usage.calls - usage.replayed, "replayed": 0})
 
 
+def _stored_score(result: ExampleScore) -> StoredScore:
+    """What a run keeps of a scored example: its score, its output as shown, its requests, and the
+    exact prediction when JSON holds it (kept apart only when the shown output differs from it)."""
+    output = _short_output(result.output)
+    exact = result.prediction is not None
+    prediction = result.prediction if exact and result.prediction != output else None
+    return StoredScore(score=result.score, output=output, requests=result.requests, exact=exact, prediction=prediction)
+
+
 def _short_output(output: dict[str, str] | None, limit: int = 2000) -> dict[str, str] | None:
     if output is None:
         return None
     return {key: value if len(value) <= limit else value[:limit] + "..." for key, value in output.items()}
+
+
+def open_failures(trials_attrs: Iterable[Mapping[str, Any]]) -> int:
+    """Failed evaluations a run's trials hold with no score stored since (what its next run retries)."""
+    return sum(
+        1
+        for attrs in trials_attrs
+        for name in attrs
+        if name.startswith(FAILURE) and SCORE + name[len(FAILURE):] not in attrs
+    )
 
 
 def _read_scores(arm: Arm, trial: StoredTrial) -> None:

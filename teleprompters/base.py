@@ -52,6 +52,7 @@ from cuecard.identity import (
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
+from cuecard.redact import redact_url
 from cuecard.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
 from cuecard.study import Engine, check_run_name
 from cuecard.usage import Limits
@@ -100,6 +101,9 @@ class CompileEstimate(BaseModel):
     prompt_requests: int
     task_requests: int
     evaluations: int = Field(description="pool example evaluations (dev), the seed check included")
+    planned_requests: int | None = Field(
+        None, description="with until_cap, what the planned steps take (`requests` is then the cap, the true bound)"
+    )
     tokens: int | None = None
     cost: float | None = None
     notes: list[str] = Field(default_factory=list)
@@ -189,7 +193,11 @@ class Teleprompter(DSPyTeleprompter):
         max_failure_share: share of failed example evaluations above which the compile stops.
         prompt_retries / retry_wait: a failed prompt-model call is retried this many times, waiting
             ``retry_wait`` seconds, doubling; a proposal that still fails is skipped and counted.
-        metric_version: a version string that identifies the metric in place of its code.
+        metric_version: a version string that identifies the metric in place of its code. Either way, a
+            run that holds scores is checked on opening: a sample of its stored predictions is scored
+            again with the metric (no LM call), and a score that differs refuses the run.
+        fresh: start a new run (``<run name>-<UTC time>``) instead of continuing the stored one, which
+            is kept; to resume the new run later, pass its name as ``run_name``.
         acceptance: the rule a winner must pass against the seed on the same dev examples to replace
             it (default :class:`~cuecard.acceptance.SignTest`, one-sided at 0.1); ``AlwaysAccept()``
             returns the search's winner unchecked.
@@ -226,6 +234,7 @@ class Teleprompter(DSPyTeleprompter):
         retry_wait: float = 1.0,
         metric_version: str | None = None,
         acceptance: AcceptanceRule | None = None,
+        fresh: bool = False,
         **config: Any,
     ) -> None:
         super().__init__()
@@ -258,6 +267,7 @@ class Teleprompter(DSPyTeleprompter):
         self.prompt_retries = prompt_retries
         self.retry_wait = retry_wait
         self.metric_version = metric_version
+        self.fresh = fresh
         self.acceptance = acceptance or SignTest()
         self.current_run: str | None = None
         self.config = self.make_config(config)
@@ -421,7 +431,7 @@ class Teleprompter(DSPyTeleprompter):
             warnings.warn(duplicates, DataWarning, stacklevel=2)
         evaluator.check_metric(dev[0])
         identity = self.run_identity(student, trainset, valset)
-        name = self.current_run = self.run_name or f"{self.name}-{identity.digest()}"
+        name = self.current_run = fresh_name(self.run_name or f"{self.name}-{identity.digest()}", self.fresh)
         engine = Engine(
             evaluator,
             dev,
@@ -440,7 +450,7 @@ class Teleprompter(DSPyTeleprompter):
         seed_instructions = get_instructions(student)
         engine.status(
             f"{self.name} with {self.task_lm.model} as task model and {self.prompt_lm.model} as prompt model; "
-            f"{len(train)} train and {len(dev)} dev examples; stored in {engine.storage_url}"
+            f"{len(train)} train and {len(dev)} dev examples; stored in {redact_url(engine.storage_url)}"
         )
         with engine.session():
             engine.add_candidate(seed_instructions, origin="program")
@@ -493,11 +503,28 @@ class Teleprompter(DSPyTeleprompter):
         prompt, evaluations, side = planned
         task = (evaluations + side) * count
         tokens, cost = self._tokens_and_cost(student, train, prompt, task)
-        return CompileEstimate(
+        estimate = CompileEstimate(
             requests=prompt + task, prompt_requests=prompt, task_requests=task, evaluations=evaluations,
             tokens=tokens, cost=cost,
             notes=[f"{len(train)} train and {len(dev)} dev examples; policy {self.policy.name}"],
         )
+        return self.bounded_by_cap(estimate)
+
+    def bounded_by_cap(self, estimate: CompileEstimate) -> CompileEstimate:
+        """With ``until_cap`` and a cap on requests, the search goes on past its planned steps while the
+        cap leaves room, so the cap (not the plan) bounds what it asks: the estimate says so and counts
+        up to it (tokens and dollars in proportion)."""
+        cap = self.limits.max_calls if self.limits is not None else None
+        if not self.config.until_cap or cap is None or cap <= estimate.requests:
+            return estimate
+        scale = cap / max(1, estimate.requests)
+        return estimate.model_copy(update={
+            "requests": cap,
+            "planned_requests": estimate.requests,
+            "tokens": None if estimate.tokens is None else round(estimate.tokens * scale),
+            "cost": None if estimate.cost is None else estimate.cost * scale,
+            "notes": [*estimate.notes, f"until_cap: the cap of {cap} requests bounds it"],
+        })
 
     def _tokens_and_cost(self, student: dspy.Module, train: list[dspy.Example], prompt: int, task: int) -> tuple[int, float | None]:
         """Rough tokens (the first predictor's prompt as rendered for one example, the answer caps) and
@@ -650,7 +677,7 @@ class Teleprompter(DSPyTeleprompter):
             teleprompter=self.name,
             config=self.config.model_dump(),
             run_name=engine.name,
-            storage=engine.storage_url,
+            storage=redact_url(engine.storage_url),
             identity=identity.digest(),
             seed=self.config.seed,
             train_size=len(train),
@@ -930,6 +957,15 @@ def _by_inputs(examples: list[dspy.Example]) -> list[list[dspy.Example]]:
     for example in examples:
         groups.setdefault(example_key(example, inputs_only=True), []).append(example)
     return list(groups.values())
+
+
+def fresh_name(name: str, fresh: bool) -> str:
+    """``name``, or with ``fresh`` a new run's name beside it: ``<name>-<UTC time>``."""
+    if not fresh:
+        return name
+    from datetime import datetime, timezone
+
+    return f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')[:-3]}"
 
 
 def _price(lm: Any, tokens_in: int, tokens_out: int) -> float | None:
