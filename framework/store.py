@@ -193,12 +193,28 @@ class RunStore:
     def set_trial_attrs(self, trial_id: int, attrs: dict[str, Any]) -> bool:
         """Write attributes of an open trial; False when the trial was closed (by another process)."""
         try:
-            for key, value in attrs.items():
-                self.storage.set_trial_user_attr(trial_id, key, value)
+            if not self._set_in_one_transaction(trial_id, attrs):
+                for key, value in attrs.items():
+                    self.storage.set_trial_user_attr(trial_id, key, value)
         except (RuntimeError, ValueError):
             if not self.trial(trial_id).finished:
                 raise
             return False
+        return True
+
+    def _set_in_one_transaction(self, trial_id: int, attrs: dict[str, Any]) -> bool:
+        """Every attribute in one transaction (a chunk of scores is stored whole or not at all, with one
+        commit); False when the storage is not Optuna's RDB storage of a known shape."""
+        storage = self.storage
+        write = getattr(storage, "_set_trial_attr_without_commit", None)
+        if write is None or not hasattr(storage, "scoped_session"):
+            return False
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(storage.scoped_session, True) as session:
+            for key, value in attrs.items():
+                write(session, models.TrialUserAttributeModel, trial_id, key, value)
         return True
 
     def report(self, trial_id: int, values: dict[int, float]) -> None:
