@@ -11,7 +11,8 @@ a fresh SQLite run, with DSPy's cache off (every request reaches the server):
 - at 16 threads: the setting of a remote model;
 - at 512 threads: as many calls at once as the search allows. The server's log of that run gives the
   *critical path*: the longest chain of requests each started after the previous one was answered
-  (the LM calls that depend on each other), times the latency.
+  (the LM calls that depend on each other), times the latency; and the same chain when each link's
+  requests go out 16 at a time (``path@16``, the least a run at 16 threads can take).
 
 Printed per method: LM calls, wall time at 1 and 16 threads, the speed-up, the critical path, the mean
 calls in flight at 16 threads (the server's busy time over the wall time), wall / critical path,
@@ -166,15 +167,24 @@ def compile_once(method: str, url: str, threads: int, folder: Path, tag: str) ->
     return {"wall": wall, "calls": report.usage.model_calls, "best": compiled.signature.instructions}
 
 
-def rounds(log: list[tuple[float, float]]) -> int:
-    """The longest chain of requests each started after the previous one had its answer: the dependent
-    LM calls of a search that sends together everything it can (measured with unbounded threads)."""
+def depths(log: list[tuple[float, float]]) -> list[int]:
+    """Each request's place in the longest chain of requests each started after the previous one was
+    answered: the dependent LM calls of a search that sends together everything it can (measured with
+    unbounded threads)."""
     ordered = sorted(log)
     depth: list[int] = []
     for start, _ in ordered:
-        before = [d for (s, e), d in zip(ordered, depth, strict=False) if e <= start]
+        before = [d for (_, end), d in zip(ordered, depth, strict=False) if end <= start]
         depth.append(1 + max(before, default=0))
-    return max(depth, default=0)
+    return depth
+
+
+def critical_path(log: list[tuple[float, float]], latency: float, threads: int | None = None) -> float:
+    """The chain's length x latency; with ``threads``, each link takes ceil(its requests / threads) rounds."""
+    counts: dict[int, int] = {}
+    for depth in depths(log):
+        counts[depth] = counts.get(depth, 0) + 1
+    return latency * sum(1 if threads is None else -(-n // threads) for n in counts.values())
 
 
 def in_flight(log: list[tuple[float, float]], wall: float) -> float:
@@ -201,12 +211,14 @@ def main() -> None:
                     run = compile_once(method, server.url, threads, folder, method)
                     run["log"] = server.log()
                     runs[threads] = run
-                path = rounds(runs[UNBOUNDED]["log"]) * args.latency
+                path = critical_path(runs[UNBOUNDED]["log"], args.latency)
+                path16 = critical_path(runs[UNBOUNDED]["log"], args.latency, 16)
                 one, sixteen = runs[1], runs[16]
                 rows.append({
                     "method": method, "calls": sixteen["calls"], "same": one["best"] == sixteen["best"] == runs[UNBOUNDED]["best"], "wall1": one["wall"], "wall16": sixteen["wall"],
                     "speedup": one["wall"] / sixteen["wall"], "path": path, "inflight": in_flight(sixteen["log"], sixteen["wall"]),
-                    "ratio": sixteen["wall"] / path if path else float("nan"),
+                    "ratio": sixteen["wall"] / path if path else float("nan"), "path16": path16,
+                    "ratio16": sixteen["wall"] / path16 if path16 else float("nan"),
                 })
                 print_row(rows[-1], header=len(rows) == 1)
     finally:
@@ -215,7 +227,8 @@ def main() -> None:
     ape = next((r for r in rows if r["method"] == "ape"), None)
     worst = max((r["ratio"] for r in rows), default=float("nan"))
     print(f"\nlatency {args.latency * 1000:.0f} ms per call; critical path = the longest chain of LM calls each "
-          f"started after the previous one's answer, at {UNBOUNDED} threads, x latency")
+          f"started after the previous one's answer, at {UNBOUNDED} threads, x latency; "
+          "path@16: the same chain when each link's requests go out 16 at a time (the least a 16-thread run can take)")
     print(f"goal: wall / critical path <= {GOAL_RATIO} at 16 threads for every method: worst {worst:.2f} "
           f"({'met' if worst <= GOAL_RATIO else 'NOT met'})")
     if ape is not None:
@@ -233,9 +246,9 @@ def warm_up(url: str) -> Any:
 def print_row(row: dict[str, Any], header: bool) -> None:
     if header:
         print(f"{'method':<8} {'calls':>5} {'wall 1t':>8} {'wall 16t':>9} {'speed-up':>8} {'crit. path':>10} "
-              f"{'in flight':>9} {'wall/path':>9} {'same winner':>11}")
+              f"{'in flight':>9} {'wall/path':>9} {'path@16':>8} {'wall/path@16':>12} {'same winner':>11}")
     print(f"{row['method']:<8} {row['calls']:>5} {row['wall1']:>7.1f}s {row['wall16']:>8.1f}s {row['speedup']:>7.1f}x "
-          f"{row['path']:>9.1f}s {row['inflight']:>9.1f} {row['ratio']:>9.2f} {'yes' if row['same'] else 'no':>11}")
+          f"{row['path']:>9.1f}s {row['inflight']:>9.1f} {row['ratio']:>9.2f} {row['path16']:>7.1f}s {row['ratio16']:>12.2f} {'yes' if row['same'] else 'no':>11}")
     sys.stdout.flush()
 
 
