@@ -219,11 +219,21 @@ class RunStore:
 
     def report(self, trial_id: int, values: dict[int, float]) -> None:
         """Intermediate values (running scores) at the given steps, skipping steps already reported."""
-        trial = optuna.trial.Trial(self.study, trial_id)
         reported = set(self.storage.get_trial(trial_id).intermediate_values)
-        for step, value in sorted(values.items()):
-            if step not in reported:
-                trial.report(value, step)
+        new = {step: value for step, value in sorted(values.items()) if step not in reported}
+        if not new:
+            return
+        write = getattr(self.storage, "_set_trial_intermediate_value_without_commit", None)
+        if write is not None and hasattr(self.storage, "scoped_session"):  # every step in one transaction
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            with _create_scoped_session(self.storage.scoped_session, True) as session:
+                for step, value in new.items():
+                    write(session, trial_id, step, float(value))
+            return
+        trial = optuna.trial.Trial(self.study, trial_id)
+        for step, value in new.items():
+            trial.report(value, step)
 
     def should_prune(self, trial_id: int, pruner: optuna.pruners.BasePruner | None) -> bool:
         """Ask ``pruner`` about the trial at its latest step (the pruner records rungs in the trial)."""
