@@ -37,7 +37,50 @@ class Claims(Protocol):
     shared: bool
 
     def claim(self, key: str, index: int) -> bool:
-        """True if this process now owns ``(key, index)`` and must do the work."""
+        import sqlalchemy as sa
+
+        now = time.time()
+        row = {"run": self.run, "candidate": key, "example": index, "owner": self.owner, "claimed_at": now}
+        if self._upsert is not None:  # one transaction: the insert, and when it finds a claim, its owner
+            with self.engine.begin() as connection:
+                if connection.execute(self._upsert.values(**row)).rowcount == 1:
+                    return True
+                return self._take_over(connection, key, index, now)
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(self.table.insert().values(**row))
+            return True
+        except sa.exc.IntegrityError:
+            pass
+        with self.engine.begin() as connection:
+            return self._take_over(connection, key, index, now)
+
+    def _take_over(self, connection: Any, key: str, index: int, now: float) -> bool:
+        """True when the claim on ``(key, index)`` is this process's, or its owner is gone and it is taken over."""
+        import sqlalchemy as sa
+
+        row = connection.execute(
+            sa.select(self.table.c.owner, self.table.c.claimed_at).where(
+                self.table.c.run == self.run, self.table.c.candidate == key, self.table.c.example == index
+            )
+        ).first()
+        if row is None or row.owner == self.owner:
+            return row is not None
+        if not self._abandoned(row.owner, row.claimed_at, now):
+            return False
+        taken = connection.execute(
+            self.table.update()
+            .where(
+                self.table.c.run == self.run,
+                self.table.c.candidate == key,
+                self.table.c.example == index,
+                self.table.c.owner == row.owner,
+            )
+            .values(owner=self.owner, claimed_at=now)
+        )
+        if taken.rowcount == 1:
+            self.taken.add((key, index))
+        return taken.rowcount == 1
 
     def release(self, key: str, indices: list[int]) -> None:
         """Give back claims on work left undone."""

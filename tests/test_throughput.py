@@ -125,3 +125,40 @@ def test_proposals_sent_together_stop_at_the_cap_like_one_at_a_time():
     assert report.usage.calls == 12 == len(prompt_lm.engine.requests)
     assert proposer.most > 4  # the twelve requests the cap affords went out together, not one at a time
     assert any("cap of 12 LM requests" in note for note in report.notes)
+
+
+def test_a_claim_held_by_another_worker_is_no_database_error(postgres_url):
+    """Two workers claiming the same pairs on a real PostgreSQL: the loser gets False without a
+    duplicate-key error, so the server rolls back no more transactions than when nobody loses a claim
+    (before, each lost claim was a rolled-back INSERT and an ERROR line in the server's log)."""
+    import psycopg
+    from cuecard.sharing import SQLClaims
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute('CREATE DATABASE "claims_no_error"')
+    url = postgres_url.rsplit("/", 1)[0] + "/claims_no_error"
+
+    def rollbacks():
+        time.sleep(1.5)  # closed connections' server processes have reported their statistics
+        with psycopg.connect(url, autocommit=True) as connection:
+            return connection.execute("SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+    def two_workers(run, contended):
+        first, second = SQLClaims(url, run), SQLClaims(url, run)
+        try:
+            won = [first.claim("key", i) for i in range(20)]
+            lost = [second.claim("key", i if contended else 100 + i) for i in range(20)]
+        finally:
+            first.close()
+            second.close()
+        return won, lost
+
+    two_workers("warm-up", False)  # the table exists
+    start = rollbacks()
+    won, lost = two_workers("alone", False)
+    assert all(won) and all(lost)
+    baseline = rollbacks() - start
+    start = rollbacks()
+    won, lost = two_workers("contended", True)
+    assert all(won) and not any(lost)
+    assert rollbacks() - start == baseline
