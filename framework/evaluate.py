@@ -163,10 +163,35 @@ class Evaluator:
         self, candidate: Mapping[str, str], examples: Sequence[tuple[int, dspy.Example]]
     ) -> tuple[list[ExampleScore], BudgetExhausted | None]:
         """Like :meth:`run`, but a cap reached midway returns the examples finished before it with the stop."""
-        check_candidate(self.program, candidate)
-        program = apply_instructions(self.program, candidate)
+        results, stop = self.run_many([(candidate, examples)])
+        return results[0], stop
+
+    def run_many(
+        self,
+        jobs: Sequence[tuple[Mapping[str, str], Sequence[tuple[int, dspy.Example]]]],
+        *,
+        claim: Callable[[int, int], bool] | None = None,
+        on_done: Callable[[int, ExampleScore], None] | None = None,
+    ) -> tuple[list[list[ExampleScore]], BudgetExhausted | None]:
+        """Score several candidates, each on its ``(index, example)`` pairs, as one pool on the
+        evaluator's threads (a stage of a search keeps every thread busy, not one candidate's few
+        examples); each job's results in its order, and the stop of a cap reached midway.
+
+        ``claim(job, index)``, asked on a thread just before it would score a pair, may say no (another
+        process does it; the pair is left out of the results); ``on_done(job, result)`` gets each
+        result as it is finished, on its thread (a result given up after ``timeout`` is only returned).
+
+        Example:
+            >>> evaluator.run_many([({"self": "A."}, pairs), ({"self": "B."}, pairs)])  # doctest: +SKIP
+            ([[...], [...]], None)
+        """
+        programs = []
+        for candidate, _ in jobs:
+            check_candidate(self.program, candidate)
+            programs.append(apply_instructions(self.program, candidate))
         calls = [
-            functools.partial(contextvars.copy_context().run, self._score_or_stop, program, index, example)
+            functools.partial(contextvars.copy_context().run, self._claimed_score, claim, on_done, job, program, index, example)
+            for job, (program, (_, examples)) in enumerate(zip(programs, jobs, strict=True))
             for index, example in examples
         ]
         if self.timeout is None and (self.num_threads == 1 or len(calls) <= 1):
@@ -177,17 +202,42 @@ class Evaluator:
                     break
         else:
             outcomes = run_with_deadlines(calls, threads=self.num_threads, timeout=self.timeout)
-        results: list[ExampleScore] = []
+        outcomes += [None] * (len(calls) - len(outcomes))
+        results: list[list[ExampleScore]] = []
         stop = None
-        for (index, _), outcome in zip(examples, outcomes, strict=False):
-            if isinstance(outcome, BudgetExhausted):
-                stop = stop or outcome
-            elif outcome is TIMED_OUT:
-                results.append(ExampleScore(index=index, score=0.0, error=f"timeout: no answer within {self.timeout:g} s"))
-            else:
-                results.append(outcome)
-        self._account(results)
+        position = 0
+        for _, examples in jobs:
+            done: list[ExampleScore] = []
+            for index, _ in examples:
+                outcome = outcomes[position]
+                position += 1
+                if outcome is None:
+                    continue  # not run: a cap was reached before it, or another process claimed it
+                if isinstance(outcome, BudgetExhausted):
+                    stop = stop or outcome
+                elif outcome is TIMED_OUT:
+                    done.append(ExampleScore(index=index, score=0.0, error=f"timeout: no answer within {self.timeout:g} s"))
+                else:
+                    done.append(outcome)
+            results.append(done)
+        self._account([result for done in results for result in done])
         return results, stop
+
+    def _claimed_score(
+        self,
+        claim: Callable[[int, int], bool] | None,
+        on_done: Callable[[int, ExampleScore], None] | None,
+        job: int,
+        program: dspy.Module,
+        index: int,
+        example: dspy.Example,
+    ) -> ExampleScore | BudgetExhausted | None:
+        if claim is not None and not claim(job, index):
+            return None
+        outcome = self._score_or_stop(program, index, example)
+        if on_done is not None and isinstance(outcome, ExampleScore):
+            on_done(job, outcome)
+        return outcome
 
     def _score_or_stop(self, program: dspy.Module, index: int, example: dspy.Example) -> ExampleScore | BudgetExhausted:
         with track() as counted:

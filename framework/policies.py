@@ -96,6 +96,17 @@ class Arms(Protocol):
         """Ask the engine's Optuna pruner about the arm at its current step."""
 
 
+def evaluate_stage(arms: Arms, targets: list[tuple[int, int]]) -> None:
+    """Score each ``(arm, n)`` to ``n`` examples: as one pool when the view can (the engine's
+    ``evaluate_stage``, with the serial order's results), else arm after arm."""
+    stage = getattr(arms, "evaluate_stage", None)
+    if stage is not None:
+        stage(targets)
+        return
+    for arm, n in targets:
+        arms.evaluate_to(arm, n)
+
+
 class Policy(ABC):
     """One way to spend a budget of example evaluations over candidates."""
 
@@ -153,8 +164,7 @@ class FullEvaluation(Policy):
         per_arm = min(arms.pool_size, budget // max(1, arms.n_arms))
         if self.n_examples is not None:
             per_arm = min(per_arm, self.n_examples)
-        for arm in range(arms.n_arms):
-            arms.evaluate_to(arm, per_arm)
+        evaluate_stage(arms, [(arm, per_arm) for arm in range(arms.n_arms)])
         return set()
 
 
@@ -207,8 +217,7 @@ class MultiStage(Policy):
         pruned: set[int] = set()
         step = self.min_examples
         while len(alive) > self.survivors and step < final:
-            for arm in alive:
-                arms.evaluate_to(arm, step)
+            evaluate_stage(arms, [(arm, step) for arm in alive])
             for arm in alive:
                 arms.should_prune(arm)  # records the rung value in the trial, as the pruner keeps it
             # Decide synchronously, with every arm of the stage known (Optuna's pruner, called arm by
@@ -223,8 +232,7 @@ class MultiStage(Policy):
             pruned.update(set(alive) - set(keep))
             alive = keep
             step *= self.reduction
-        for arm in alive:
-            arms.evaluate_to(arm, final)
+        evaluate_stage(arms, [(arm, final) for arm in alive])
         return pruned
 
 
@@ -240,11 +248,26 @@ class _IndexPolicy(Policy):
     def index(self, mean: float, n: int, total: int) -> float: ...
 
     def allocate(self, arms: Arms, budget: int) -> set[int]:
-        for arm in range(arms.n_arms):
-            if arms.spent + self.batch > budget:
+        first = min(self.batch, arms.pool_size)
+        missing = getattr(arms, "missing", None)
+        if missing is None:
+            for arm in range(arms.n_arms):
+                if arms.spent + self.batch > budget:
+                    return set()
+                if arms.count(arm) == 0:
+                    arms.evaluate_to(arm, first)
+        else:  # the same first pulls, planned ahead and scored as one pool
+            spent, stage, stopped = arms.spent, [], False
+            for arm in range(arms.n_arms):
+                if spent + self.batch > budget:
+                    stopped = True
+                    break
+                if arms.count(arm) == 0:
+                    stage.append((arm, first))
+                    spent += missing(arm, first)
+            evaluate_stage(arms, stage)
+            if stopped:
                 return set()
-            if arms.count(arm) == 0:
-                arms.evaluate_to(arm, min(self.batch, arms.pool_size))
         while True:
             open_arms = [arm for arm in range(arms.n_arms) if arms.count(arm) < arms.pool_size]
             if not open_arms:
@@ -302,8 +325,7 @@ class SuccessiveRejects(Policy):
         pruned: set[int] = set()
         for phase in range(1, k):
             target = min(arms.pool_size, max(1, math.ceil((budget - k) / (log_bar * (k + 1 - phase)))))
-            for arm in alive:
-                arms.evaluate_to(arm, target)
+            evaluate_stage(arms, [(arm, target) for arm in alive])
             worst = min(alive, key=lambda arm: (arms.mean(arm, up_to=target), -arm))
             alive.remove(worst)
             pruned.add(worst)
@@ -322,8 +344,7 @@ class SuccessiveHalving(Policy):
         target = 0
         for _ in range(rounds):
             target = min(arms.pool_size, target + max(1, budget // (len(alive) * rounds)))
-            for arm in alive:
-                arms.evaluate_to(arm, target)
+            evaluate_stage(arms, [(arm, target) for arm in alive])
             if len(alive) == 1:
                 break
             ordered = sorted(alive, key=lambda arm: (-arms.mean(arm, up_to=target), arm))

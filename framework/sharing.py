@@ -27,7 +27,7 @@ import socket
 import threading
 import time
 import uuid
-from typing import Protocol
+from typing import Any, Protocol
 
 CREATE = -1
 """The example index under which a candidate's creation is claimed."""
@@ -37,7 +37,50 @@ class Claims(Protocol):
     shared: bool
 
     def claim(self, key: str, index: int) -> bool:
-        """True if this process now owns ``(key, index)`` and must do the work."""
+        import sqlalchemy as sa
+
+        now = time.time()
+        row = {"run": self.run, "candidate": key, "example": index, "owner": self.owner, "claimed_at": now}
+        if self._upsert is not None:  # one transaction: the insert, and when it finds a claim, its owner
+            with self.engine.begin() as connection:
+                if connection.execute(self._upsert.values(**row)).rowcount == 1:
+                    return True
+                return self._take_over(connection, key, index, now)
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(self.table.insert().values(**row))
+            return True
+        except sa.exc.IntegrityError:
+            pass
+        with self.engine.begin() as connection:
+            return self._take_over(connection, key, index, now)
+
+    def _take_over(self, connection: Any, key: str, index: int, now: float) -> bool:
+        """True when the claim on ``(key, index)`` is this process's, or its owner is gone and it is taken over."""
+        import sqlalchemy as sa
+
+        row = connection.execute(
+            sa.select(self.table.c.owner, self.table.c.claimed_at).where(
+                self.table.c.run == self.run, self.table.c.candidate == key, self.table.c.example == index
+            )
+        ).first()
+        if row is None or row.owner == self.owner:
+            return row is not None
+        if not self._abandoned(row.owner, row.claimed_at, now):
+            return False
+        taken = connection.execute(
+            self.table.update()
+            .where(
+                self.table.c.run == self.run,
+                self.table.c.candidate == key,
+                self.table.c.example == index,
+                self.table.c.owner == row.owner,
+            )
+            .values(owner=self.owner, claimed_at=now)
+        )
+        if taken.rowcount == 1:
+            self.taken.add((key, index))
+        return taken.rowcount == 1
 
     def release(self, key: str, indices: list[int]) -> None:
         """Give back claims on work left undone."""
@@ -104,6 +147,9 @@ class SQLClaims:
         for attempt in Retrying(retry=retry_if_exception(_racing), stop=stop_after_attempt(6), wait=wait_exponential(0.1, max=2), reraise=True):
             with attempt:  # processes starting together race to create the table
                 metadata.create_all(self.engine, checkfirst=True)
+        self._upsert = self._insert()
+        self.taken: set[tuple[str, int]] = set()
+        """Claims this process took over from a dead or stalled one (their work may be stored already)."""
         self._stop = threading.Event()
         self._beating = threading.Thread(target=self._beat, daemon=True, name="cuecard-claims-heartbeat")
         self._beating.start()
@@ -120,18 +166,34 @@ class SQLClaims:
             except Exception:  # the next beat tries again; a claim goes stale only after stale_after
                 continue
 
+    def _insert(self) -> Any:
+        """``INSERT ... ON CONFLICT DO NOTHING`` where the database has it (no duplicate-key error, no
+        rolled-back transaction for a claim another process holds), else a plain insert."""
+        name = self.engine.dialect.name
+        if name == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        elif name == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            return None
+        return insert(self.table).on_conflict_do_nothing()
+
     def claim(self, key: str, index: int) -> bool:
         import sqlalchemy as sa
 
         now = time.time()
-        try:
+        row = {"run": self.run, "candidate": key, "example": index, "owner": self.owner, "claimed_at": now}
+        if self._upsert is not None:
             with self.engine.begin() as connection:
-                connection.execute(
-                    self.table.insert().values(run=self.run, candidate=key, example=index, owner=self.owner, claimed_at=now)
-                )
-            return True
-        except sa.exc.IntegrityError:
-            pass
+                if connection.execute(self._upsert.values(**row)).rowcount == 1:
+                    return True
+        else:
+            try:
+                with self.engine.begin() as connection:
+                    connection.execute(self.table.insert().values(**row))
+                return True
+            except sa.exc.IntegrityError:
+                pass
         with self.engine.begin() as connection:
             row = connection.execute(
                 sa.select(self.table.c.owner, self.table.c.claimed_at).where(
@@ -152,6 +214,8 @@ class SQLClaims:
                 )
                 .values(owner=self.owner, claimed_at=now)
             )
+            if taken.rowcount == 1:
+                self.taken.add((key, index))
             return taken.rowcount == 1
 
     def release(self, key: str, indices: list[int]) -> None:

@@ -194,21 +194,47 @@ class RunStore:
     def set_trial_attrs(self, trial_id: int, attrs: dict[str, Any]) -> bool:
         """Write attributes of an open trial; False when the trial was closed (by another process)."""
         try:
-            for key, value in attrs.items():
-                self.storage.set_trial_user_attr(trial_id, key, value)
+            if not self._set_in_one_transaction(trial_id, attrs):
+                for key, value in attrs.items():
+                    self.storage.set_trial_user_attr(trial_id, key, value)
         except (RuntimeError, ValueError):
             if not self.trial(trial_id).finished:
                 raise
             return False
         return True
 
+    def _set_in_one_transaction(self, trial_id: int, attrs: dict[str, Any]) -> bool:
+        """Every attribute in one transaction (a chunk of scores is stored whole or not at all, with one
+        commit); False when the storage is not Optuna's RDB storage of a known shape."""
+        storage = self.storage
+        write = getattr(storage, "_set_trial_attr_without_commit", None)
+        if write is None or not hasattr(storage, "scoped_session"):
+            return False
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(storage.scoped_session, True) as session:
+            for key, value in attrs.items():
+                write(session, models.TrialUserAttributeModel, trial_id, key, value)
+        return True
+
     def report(self, trial_id: int, values: dict[int, float]) -> None:
         """Intermediate values (running scores) at the given steps, skipping steps already reported."""
-        trial = optuna.trial.Trial(self.study, trial_id)
         reported = set(self.storage.get_trial(trial_id).intermediate_values)
-        for step, value in sorted(values.items()):
-            if step not in reported:
-                trial.report(value, step)
+        new = {step: value for step, value in sorted(values.items()) if step not in reported}
+        if not new:
+            return
+        write = getattr(self.storage, "_set_trial_intermediate_value_without_commit", None)
+        if write is not None and hasattr(self.storage, "scoped_session"):  # every step in one transaction
+            from optuna.storages._rdb.storage import _create_scoped_session
+
+            with _create_scoped_session(self.storage.scoped_session, True) as session:
+                for step, value in new.items():
+                    write(session, trial_id, step, float(value))
+            return
+        trial = optuna.trial.Trial(self.study, trial_id)
+        for step, value in new.items():
+            trial.report(value, step)
 
     def should_prune(self, trial_id: int, pruner: optuna.pruners.BasePruner | None) -> bool:
         """Ask ``pruner`` about the trial at its latest step (the pruner records rungs in the trial)."""

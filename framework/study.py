@@ -37,6 +37,7 @@ import logging
 import os
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections import Counter
@@ -425,33 +426,81 @@ class Engine:
         ``budget`` and ``max_evaluations`` count every score the search looks at for the first time
         in this process (computed or read back), so a resumed run stops where the first one did.
         """
+        self.evaluate_many([(arm, indices)], budget=budget)
         state = self.arms[arm]
-        wanted = [i for i in indices if i not in state.seen]
-        if budget is not None:
-            wanted = wanted[:budget]
-        if wanted and self.max_evaluations is not None:
-            room = self.max_evaluations - self.evaluations
-            if room <= 0:
-                raise BudgetExhausted(f"{self.name}: cap of {self.max_evaluations} example evaluations reached")
-            wanted = wanted[:room]
-        if wanted and self.block.limits.max_calls is not None:
-            # every process reaches the same point of the run: no worker computes past the examples the
-            # cap affords along the search's order, whichever it gets to first
-            room = (self.block.limits.max_calls - self.block.usage.calls) // self.calls_per_example
-            if room <= 0:
-                self.block.check(self.calls_per_example)
-            wanted = wanted[: max(room, 1)]
-        if wanted:
-            if self.claims.shared and any(i not in state.stored for i in wanted):
-                self._refresh(arm)
-            stored = [i for i in wanted if i in state.stored]
-            for i in stored:
-                self._read_back(arm, i)
-            missing = [i for i in wanted if i not in state.stored]
+        return [state.seen[i] for i in indices if i in state.seen]
+
+    def evaluate_many(self, requests: Sequence[tuple[int, Sequence[int]]], *, budget: int | None = None) -> bool:
+        """Score several arms, each on its pool examples, as one pool of (candidate, example) pairs.
+
+        The pairs are planned in the order a search scoring the arms one after another would meet
+        them, and that plan is cut where ``budget``, ``max_evaluations`` or the cap on requests
+        would have stopped it (each evaluation counted at ``calls_per_example`` requests); then every
+        stored score of the plan is read back and the missing ones are computed together, on the
+        evaluator's threads. Stored scores, decisions and where a cap stops are those of the serial
+        order, so a resumed run takes the same path. Returns True when ``budget`` cut the plan (the
+        search's own evaluation budget is spent); a cap raises :class:`BudgetExhausted` once the
+        planned pairs are done.
+
+        Example:
+            >>> engine.evaluate_many([(0, range(5)), (1, range(5))])  # doctest: +SKIP
+            False
+        """
+        plan, cut, stop = self._plan(requests, budget)
+        if plan:
+            if self.claims.shared:
+                for arm in dict.fromkeys(a for a, i in plan if i not in self.arms[a].stored):
+                    self._refresh(arm)
+            for arm, index in plan:
+                if index in self.arms[arm].stored:
+                    self._read_back(arm, index)
+            missing = [(arm, index) for arm, index in plan if index not in self.arms[arm].seen]
             if missing:
                 self.block.check()
-                self._evaluate_claimed(arm, missing)
-        return [state.seen[i] for i in indices if i in state.seen]
+                self._evaluate_claimed(missing)
+        if stop is not None:
+            raise stop
+        return cut
+
+    def _plan(
+        self, requests: Sequence[tuple[int, Sequence[int]]], budget: int | None
+    ) -> tuple[list[tuple[int, int]], bool, BudgetExhausted | None]:
+        """The pairs a serial walk over ``requests`` would score before a budget or cap stops it;
+        whether ``budget`` cut it; the cap's stop, if one was met."""
+        plan: list[tuple[int, int]] = []
+        planned: set[tuple[int, int]] = set()
+        evaluations, calls = self.evaluations, self.block.usage.calls
+        max_calls, per_example = self.block.limits.max_calls, self.calls_per_example
+        for arm, indices in requests:
+            seen = self.arms[arm].seen
+            wanted = [i for i in dict.fromkeys(indices) if i not in seen and (arm, i) not in planned]
+            if not wanted:
+                continue
+            if budget is not None:
+                room = budget - len(plan)
+                if room <= 0:
+                    return plan, True, None
+                if len(wanted) > room:
+                    return plan + [(arm, i) for i in wanted[:room]], True, None
+            if self.max_evaluations is not None:
+                room = self.max_evaluations - evaluations
+                if room <= 0:
+                    return plan, False, BudgetExhausted(f"{self.name}: cap of {self.max_evaluations} example evaluations reached")
+                wanted = wanted[:room]
+            if max_calls is not None:
+                # every process reaches the same point of the run: no worker computes past the examples the
+                # cap affords along the search's order, whichever it gets to first
+                room = (max_calls - calls) // per_example
+                if room <= 0:
+                    usage = self.block.usage.model_copy(update={"calls": calls})
+                    reason = self.block.limits.exceeded_by(usage, per_example, self.block.spent_before)
+                    return plan, False, BudgetExhausted(f"{self.block.name or 'block'}: {reason}")
+                wanted = wanted[:room]
+            plan += [(arm, i) for i in wanted]
+            planned.update(plan[-len(wanted):])
+            evaluations += len(wanted)
+            calls += len(wanted) * per_example
+        return plan, False, None
 
     def _read_back(self, arm: int, index: int) -> None:
         """Use a stored score; its LM requests count against the caps as when it was computed."""
@@ -476,49 +525,117 @@ class Engine:
                 self._best = max(self._best, self.mean(arm))
             self._bar.set_postfix(best=f"{self._best:.3f}", lm_calls=self.block.usage.model_calls, refresh=False)
 
-    def _evaluate_claimed(self, arm: int, missing: list[int]) -> None:
-        """Evaluate the examples this process can claim, in chunks; wait for other processes' scores."""
-        state = self.arms[arm]
-        key = state.record.key
-        # claim a few batches at a time: threads stay busy, and other processes still find work to share
-        chunk = 4 * max(1, getattr(self.scorer, "num_threads", 1)) if self.claims.shared else len(missing)
+    def _evaluate_claimed(self, missing: list[tuple[int, int]]) -> None:
+        """Compute the (arm, example) pairs as one pool across arms, each claimed by a thread as it starts
+        on it (so workers sharing the run split a stage pair by pair, whatever their threads); then wait
+        for the scores of the pairs other processes hold."""
+        wait = self.claim_poll
         while missing:
-            mine: list[int] = []
-            for index in missing:
-                if self.claims.claim(key, index):
-                    mine.append(index)
-                    if len(mine) >= chunk:
-                        break
-            if mine and self.claims.shared:  # a claim taken over from a dead process may hide a stored score
-                self._refresh(arm)
-                done = [i for i in mine if i in state.stored]
-                for index in done:
-                    if index not in state.seen:
-                        self._read_back(arm, index)
-                mine = [i for i in mine if i not in state.stored]
-            if mine:
-                try:
-                    with activate(self.block), not_recorded():
-                        results, stop = self._run(state.record.instructions, [(i, self.examples[i]) for i in mine])
-                except BaseException:
-                    self.claims.release(key, mine)
-                    raise
-                self._store(arm, results)
-                self.claims.release(key, [i for i in mine if i not in state.stored])  # failed or not reached: free to retry
-                if stop is not None:
-                    raise stop
-                check = getattr(self.scorer, "check_failures", None)
-                if check is not None:
-                    check()
-            else:  # another live process holds these claims: use what it stores
-                time.sleep(self.claim_poll)
-                self._refresh(arm)
-                for index in missing:
+            computed = self._compute(missing)
+            missing = [(arm, index) for arm, index in missing if index not in self.arms[arm].seen]
+            if missing and not computed:  # other live processes hold these claims: use what they store
+                time.sleep(wait)
+                wait = min(2 * wait, 2.0)  # back off while they work; a score read resets it
+                for arm in dict.fromkeys(a for a, _ in missing):
+                    self._refresh(arm)
+                for arm, index in missing:
+                    state = self.arms[arm]
                     if index in state.stored and index not in state.seen:
                         self._read_back(arm, index)
+                        wait = self.claim_poll
                     elif index in state.failed and index not in state.seen:
                         self._see(arm, index, 0.0, state.failed[index])
-            missing = [i for i in missing if i not in state.seen]
+                missing = [(arm, index) for arm, index in missing if index not in self.arms[arm].seen]
+
+    def _compute(self, pairs: list[tuple[int, int]]) -> int:
+        """Run the pairs this process can claim together; store their scores as they come (a few at a
+        time); give back claims on what was not done. Returns how many pairs this process computed."""
+        by_arm: dict[int, list[int]] = {}
+        for arm, index in pairs:
+            by_arm.setdefault(arm, []).append(index)
+        arms = list(by_arm)
+        jobs = [(self.arms[arm].record.instructions, [(i, self.examples[i]) for i in by_arm[arm]]) for arm in arms]
+        claimed: set[tuple[int, int]] = set()
+        pending: list[tuple[int, ExampleScore]] = []
+        lock = threading.Lock()
+        batch = max(1, getattr(self.scorer, "num_threads", 1))
+        flushed = [time.monotonic(), False]  # last flush, pool over
+
+        def flush() -> None:
+            grouped: dict[int, list[ExampleScore]] = {}
+            for arm, result in pending:
+                grouped.setdefault(arm, []).append(result)
+            pending.clear()
+            for arm, results in grouped.items():
+                self._store(arm, results)
+            flushed[0] = time.monotonic()
+
+        def claim(job: int, index: int) -> bool:
+            arm = arms[job]
+            if not self.claims.claim(self.arms[arm].record.key, index):
+                return False
+            if (self.arms[arm].record.key, index) in getattr(self.claims, "taken", ()):  # from a dead process: its
+                with lock:  # score may be stored already
+                    self._refresh(arm)
+                    if index in self.arms[arm].stored:
+                        return False
+            with lock:
+                claimed.add((arm, index))
+            return True
+
+        def on_done(job: int, result: ExampleScore) -> None:
+            with lock:
+                if flushed[1]:
+                    return
+                pending.append((arms[job], result))
+                if len(pending) >= batch or time.monotonic() - flushed[0] > 1.0:
+                    flush()
+
+        claim_each = claim if self.claims.shared else None
+        try:
+            with activate(self.block), not_recorded():
+                results, stop = self._run_many(jobs, claim_each, on_done)
+        except BaseException:
+            with lock:
+                flushed[1] = True
+            for arm in arms:
+                self.claims.release(self.arms[arm].record.key, [i for a, i in claimed if a == arm and i not in self.arms[arm].stored])
+            raise
+        with lock:
+            flushed[1] = True
+            flush()
+            for arm, scored in zip(arms, results, strict=True):
+                late = [r for r in scored if r.index not in self.arms[arm].seen]  # timed out: returned only
+                if late:
+                    self._store(arm, late)
+        for arm in arms:
+            state = self.arms[arm]
+            mine = [i for i in by_arm[arm] if (arm, i) in claimed or claim_each is None]
+            self.claims.release(state.record.key, [i for i in mine if i not in state.stored])  # failed or not reached: free to retry
+        if stop is not None:
+            raise stop
+        check = getattr(self.scorer, "check_failures", None)
+        if check is not None:
+            check()
+        return sum(len(scored) for scored in results)
+
+    def _run_many(
+        self,
+        jobs: list[tuple[dict[str, str], list[tuple[int, dspy.Example]]]],
+        claim: Any = None,
+        on_done: Any = None,
+    ) -> tuple[list[list[ExampleScore]], BudgetExhausted | None]:
+        run_many = getattr(self.scorer, "run_many", None)
+        if run_many is not None:
+            return run_many(jobs, claim=claim, on_done=on_done)
+        results: list[list[ExampleScore]] = []
+        for job, (instructions, examples) in enumerate(jobs):
+            wanted = [(i, e) for i, e in examples if claim is None or claim(job, i)]
+            done, stop = self._run(instructions, wanted)
+            results.append(done)
+            if stop is not None:
+                return results + [[] for _ in jobs[len(results):]], stop
+        return results, None
 
     def _run(self, instructions: dict[str, str], examples: list[tuple[int, dspy.Example]]) -> tuple[list[ExampleScore], BudgetExhausted | None]:
         run_partial = getattr(self.scorer, "run_partial", None)
@@ -711,8 +828,7 @@ class Engine:
         cut_short = None
         try:
             with activate(self.block):
-                self.evaluate(seed_arm, union)
-                self.evaluate(arm, union)
+                self.evaluate_many([(seed_arm, union), (arm, union)])
         except BudgetExhausted as exc:
             cut_short = str(exc)
         candidate, seed = self.arms[arm], self.arms[seed_arm]
@@ -852,16 +968,24 @@ class _ArmsView:
         scores = self.scores(arm, up_to)
         return sum(scores) / len(scores) if scores else 0.0
 
+    def missing(self, arm: int, n: int) -> int:
+        """How many of pool examples 0..n-1 the arm has not been scored on."""
+        seen = self.engine.arms[self.arms[arm]].seen
+        return sum(1 for i in range(min(n, self.pool_size)) if i not in seen)
+
     def evaluate_to(self, arm: int, n: int) -> None:
-        n = min(n, self.pool_size)
+        self.evaluate_stage([(arm, n)])
+
+    def evaluate_stage(self, targets: Sequence[tuple[int, int]]) -> None:
+        """Score each ``(arm, n)`` on pool examples 0..n-1 (those not scored yet), every arm's missing
+        examples as one pool, in the order scoring the arms one after another would take them."""
+        requests = [(self.arms[arm], range(min(n, self.pool_size))) for arm, n in targets]
         room = None if self.budget is None else self.budget - self.spent
-        wanted = [i for i in range(n) if i not in self.engine.arms[self.arms[arm]].seen]
-        if not wanted:
-            return
         if room is not None and room <= 0:
-            raise EvaluationBudgetSpent
-        self.engine.evaluate(self.arms[arm], wanted, budget=room)
-        if room is not None and len(wanted) > room:
+            if any(i not in self.engine.arms[arm].seen for arm, indices in requests for i in indices):
+                raise EvaluationBudgetSpent
+            return
+        if self.engine.evaluate_many(requests, budget=room):
             raise EvaluationBudgetSpent
 
     def should_prune(self, arm: int) -> bool:

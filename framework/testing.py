@@ -174,6 +174,10 @@ class StubServer:
             self._window.append(now)
             return None
 
+    def answer(self, request: dict[str, Any]) -> str:
+        """The reply to one chat-completions request (its JSON body); a subclass may read more than the messages."""
+        return self.reply(request.get("messages") or [])
+
     def start(self) -> StubServer:
         import json
         import time
@@ -213,7 +217,7 @@ class StubServer:
                                {"Retry-After": f"{wait:.2f}"})
                     return
                 time.sleep(stub.latency)
-                text = stub.reply(body.get("messages") or [])
+                text = stub.answer(body)
                 with stub._lock:
                     stub.requests += 1
                 prompt_tokens = sum(len(str(m.get("content", "")).split()) for m in body.get("messages") or [])

@@ -188,27 +188,29 @@ class APE(Teleprompter):
     def resample(self, ctx: SearchContext, kept: list[int], round_: int) -> list[int]:
         engine = ctx.engine
         new_arms = []
-        for arm in kept:
-            record = engine.candidates[arm]
-            for name, instruction in record.instructions.items():
-                for _ in range(self.config.mc_variations):
-                    messages = [{"role": "user", "content": VARIATION_PROMPT.format(instruction=instruction)}]
-                    items = self.propose(
-                        ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens,
-                        read=lambda reply: [reply],
-                    )
-                    if not items:
-                        continue
-                    text = self.hygiene(ctx, items[0], [])
-                    if text is None:
-                        continue
-                    candidate = {**record.instructions, name: text}
-                    if engine.arm_of(candidate) is not None:
-                        ctx.drop("duplicate")
-                        continue
-                    new_arms.append(
-                        engine.add_candidate(candidate, parent=record.key, round=round_, origin="mc-variation")
-                    )
+        asked = [
+            (engine.candidates[arm], name, [{"role": "user", "content": VARIATION_PROMPT.format(instruction=instruction)}])
+            for arm in kept
+            for name, instruction in engine.candidates[arm].instructions.items()
+            for _ in range(self.config.mc_variations)
+        ]
+        replies = self.propose_many(
+            ctx, [messages for _, _, messages in asked], temperature=self.config.temperature,
+            max_tokens=self.config.max_proposal_tokens, read=lambda reply: [reply],
+        )
+        for (record, name, _), items in zip(asked, replies, strict=True):
+            if not items:
+                continue
+            text = self.hygiene(ctx, items[0], [])
+            if text is None:
+                continue
+            candidate = {**record.instructions, name: text}
+            if engine.arm_of(candidate) is not None:
+                ctx.drop("duplicate")
+                continue
+            new_arms.append(
+                engine.add_candidate(candidate, parent=record.key, round=round_, origin="mc-variation")
+            )
         return new_arms
 
 
@@ -273,23 +275,24 @@ def induce(teleprompter: Teleprompter, ctx: SearchContext, predictor_name: str, 
     seen: set[str] = set()
     demo_texts = [str(value) for example in pool for value in example.values()]
     pipeline = len(predictors(ctx.student)) > 1
+    requests = []
     for _ in range(settings.subsamples):
         demos = ctx.rng.sample(pool, min(settings.demos, len(pool)))
         rendered = teleprompter.format_demos(ctx.student, demos, predictor_name if pipeline else None)
-        messages = induction_messages(settings.template, rendered)
-        for _ in range(settings.per_subsample):
-            items = teleprompter.propose(
-                ctx, messages, temperature=settings.temperature, max_tokens=settings.max_tokens, read=lambda reply: [reply]
-            )
-            for raw in items or []:
-                text = hygiene(teleprompter, ctx, raw, demo_texts)
-                if text is None:
-                    continue
-                if text.lower() in seen:
-                    ctx.drop("duplicate")
-                    continue
-                seen.add(text.lower())
-                proposals.append(text)
+        requests += [induction_messages(settings.template, rendered)] * settings.per_subsample
+    replies = teleprompter.propose_many(
+        ctx, requests, temperature=settings.temperature, max_tokens=settings.max_tokens, read=lambda reply: [reply]
+    )
+    for items in replies:
+        for raw in items or []:
+            text = hygiene(teleprompter, ctx, raw, demo_texts)
+            if text is None:
+                continue
+            if text.lower() in seen:
+                ctx.drop("duplicate")
+                continue
+            seen.add(text.lower())
+            proposals.append(text)
     return proposals
 
 

@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 import dspy
 from cuecard.acceptance import Acceptance, AcceptanceRule, SignTest
 from cuecard.datasets import distinct, example_key
-from cuecard.deadlines import TIMED_OUT, call_with_deadline
+from cuecard.deadlines import TIMED_OUT, call_with_deadline, run_with_deadlines
 from cuecard.errors import (
     BudgetExhausted,
     ConfigError,
@@ -779,21 +779,41 @@ class Teleprompter(DSPyTeleprompter):
         else; otherwise ``read`` (default: :func:`~cuecard.teleprompters.proposals.parse_items`) takes
         them from the tagged reply the meta-prompt asked for.
         """
+        return self.propose_many(ctx, [messages], temperature=temperature, max_tokens=max_tokens, count=count, read=read)[0]
+
+    def propose_many(
+        self,
+        ctx: SearchContext,
+        requests: Sequence[list[dict[str, str]]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        count: int = 1,
+        read: Callable[[str], list[str]] | None = None,
+    ) -> list[list[str] | None]:
+        """:meth:`propose` for independent requests, sent together (:meth:`ask_many`); results in order.
+
+        Example:
+            >>> self.propose_many(ctx, [messages_a, messages_b], temperature=0.9, max_tokens=200)  # doctest: +SKIP
+            [['Classify the review.'], None]
+        """
+        reader = read or (lambda text: parse_items(text, count))
         if self.config.structured_proposals and _supports_json_schema(self.prompt_lm):
-            asked = [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + STRUCTURED_REQUEST.format(count=count)}]
-            reply = self.ask_prompt_lm(ctx, asked, temperature=temperature, max_tokens=max_tokens + 120,
-                                       **structured_options(count))
-            if reply is None:
-                return None
-            items = read_structured(reply, count)
-            if items is not None:
-                return items
-            ctx.drop("structured reply not readable")
-            return (read or (lambda text: parse_items(text, count)))(reply)
-        reply = self.ask_prompt_lm(ctx, messages, temperature=temperature, max_tokens=max_tokens)
-        if reply is None:
-            return None
-        return (read or (lambda text: parse_items(text, count)))(reply)
+            asked = [
+                [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + STRUCTURED_REQUEST.format(count=count)}]
+                for messages in requests
+            ]
+            replies = self.ask_many(ctx, asked, temperature=temperature, max_tokens=max_tokens + 120, **structured_options(count))
+            found: list[list[str] | None] = []
+            for reply in replies:
+                items = read_structured(reply, count) if reply is not None else None
+                if reply is not None and items is None:
+                    ctx.drop("structured reply not readable")
+                    items = reader(reply)
+                found.append(items)
+            return found
+        replies = self.ask_many(ctx, list(requests), temperature=temperature, max_tokens=max_tokens)
+        return [None if reply is None else reader(reply) for reply in replies]
 
     def more_steps(self, ctx: SearchContext, done: int, planned: int, step_cost: int) -> bool:
         """Whether to run step ``done + 1``: yes within the ``planned`` steps; past them, with ``until_cap``,
@@ -831,10 +851,11 @@ class Teleprompter(DSPyTeleprompter):
         if predictor_name not in ctx.readings:
             sampler = random.Random(self.config.seed)
             readings: list[str] = []
-            for _ in range(READINGS):  # each from other examples: one reading alone is often too narrow
-                demos = sampler.sample(ctx.train, min(5, len(ctx.train)))
-                request = RULE_REQUEST.format(pairs=self.format_demos(ctx.student, demos))
-                reply = self.ask_prompt_lm(ctx, [{"role": "user", "content": request}], temperature=0.8, max_tokens=80)
+            requests = [  # each from other examples: one reading alone is often too narrow
+                [{"role": "user", "content": RULE_REQUEST.format(pairs=self.format_demos(ctx.student, sampler.sample(ctx.train, min(5, len(ctx.train)))))}]
+                for _ in range(READINGS)
+            ]
+            for reply in self.ask_many(ctx, requests, temperature=0.8, max_tokens=80):
                 reading = clean_instruction(reply) if reply else ""
                 if reading and reading not in readings:
                     readings.append(reading)
@@ -852,11 +873,54 @@ class Teleprompter(DSPyTeleprompter):
         ``retry_wait``); one that still fails returns None and is counted in the report's failures.
         A cap reached, or a model that cannot be used at all (no API key...), stops the search.
         """
+        return self.ask_many(ctx, [messages], temperature=temperature, max_tokens=max_tokens, **extra)[0]
+
+    def ask_many(
+        self, ctx: SearchContext, requests: Sequence[list[dict[str, str]]], *, temperature: float, max_tokens: int = 200, **extra: Any
+    ) -> list[str | None]:
+        """:meth:`ask_prompt_lm` for independent requests, sent together on the teleprompter's threads
+        (one at a time to a local model); replies in the order of ``requests``.
+
+        Each request gets the rollout id it would get asked alone in this order, so the replies, the
+        run's record and its replay are those of asking one after another. The requests go out in
+        groups no larger than the caps on requests and model calls leave room for, so a cap stops
+        the search at the request where asking one at a time would stop it.
+
+        Example:
+            >>> self.ask_many(ctx, [[{"role": "user", "content": "Say a."}], [{"role": "user", "content": "Say b."}]],
+            ...               temperature=0.8)  # doctest: +SKIP
+            ['a', 'b']
+        """
+        if not requests:
+            return []
+        indices = [ctx.next_sample_index() for _ in requests]
+        if indices[0] == 1:
+            ctx.engine.status(f"proposing with {self.prompt_lm.model} (a local model loads on its first call)")
+        calls = [
+            functools.partial(self._ask_once, ctx, messages, index, temperature, max_tokens, extra)
+            for messages, index in zip(requests, indices, strict=True)
+        ]
+        threads = 1 if getattr(self.prompt_lm, "is_local", False) else max(1, self.num_threads)
+        outcomes: list[tuple[str | None, str | None]] = []
+        while len(outcomes) < len(calls):
+            group = calls[len(outcomes): len(outcomes) + min(threads, _requests_room(ctx.engine, len(calls) - len(outcomes)))]
+            if len(group) == 1:
+                outcomes.append(group[0]())
+            else:
+                outcomes += run_with_deadlines(
+                    [functools.partial(contextvars.copy_context().run, call) for call in group], threads=len(group), timeout=None
+                )
+        for _, reason in outcomes:
+            if reason is not None:
+                ctx.fail(reason)
+        return [reply for reply, _ in outcomes]
+
+    def _ask_once(
+        self, ctx: SearchContext, messages: list[dict[str, str]], index: int, temperature: float, max_tokens: int, extra: dict[str, Any]
+    ) -> tuple[str | None, str | None]:
+        """One request with its retries: (reply, None), or (None, the failure's reason)."""
         from cuecard.lm import sampling_kwargs
 
-        index = ctx.next_sample_index()
-        if index == 1:
-            ctx.engine.status(f"proposing with {self.prompt_lm.model} (a local model loads on its first call)")
         options = sampling_kwargs(self.config.seed, index, temperature) if temperature > 0 else {"temperature": 0.0}
         call = functools.partial(self.prompt_lm, messages=messages, max_tokens=max_tokens, **options, **extra)
         retrying = Retrying(
@@ -875,10 +939,8 @@ class Teleprompter(DSPyTeleprompter):
         except CuecardError:
             raise
         except Exception as exc:
-            reason = failure_reason(describe_error(exc, "prompt model"))
-            ctx.fail(reason)
-            return None
-        return (outputs[0] if outputs else "") or ""
+            return None, failure_reason(describe_error(exc, "prompt model"))
+        return (outputs[0] if outputs else "") or "", None
 
     def rendered_prompt(
         self, ctx: SearchContext, predictor_name: str, instruction: str, inputs: dict[str, Any], instructions: dict[str, str] | None = None
@@ -966,6 +1028,18 @@ def fresh_name(name: str, fresh: bool) -> str:
     from datetime import datetime, timezone
 
     return f"{name}-{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%S%f')[:-3]}"
+
+
+def _requests_room(engine: Engine, wanted: int) -> int:
+    """How many of ``wanted`` requests may go out together under the run's caps on requests and model
+    calls (at least one: a request over a cap raises as it would alone)."""
+    block = engine.block
+    room = wanted
+    if block.limits.max_calls is not None:
+        room = min(room, block.limits.max_calls - block.usage.calls)
+    if block.limits.max_model_calls is not None:
+        room = min(room, block.limits.max_model_calls - (block.usage + block.spent_before).model_calls)
+    return max(1, room)
 
 
 def _price(lm: Any, tokens_in: int, tokens_out: int) -> float | None:

@@ -216,16 +216,13 @@ class OPRO(Teleprompter):
             exemplars = self.choose_exemplars(ctx, wrong)
             prompt = self.build_meta_prompt(ctx, name, base, exemplars)
             try:
-                replies = [
-                    self.propose(
-                        ctx,
-                        [{"role": "user", "content": prompt}],
-                        temperature=self.config.temperature,
-                        max_tokens=self.config.max_proposal_tokens,
-                        read=lambda reply: [extract_instruction(reply)],
-                    )
-                    for _ in range(self.config.instructions_per_step)
-                ]
+                replies = self.propose_many(
+                    ctx,
+                    [[{"role": "user", "content": prompt}]] * self.config.instructions_per_step,
+                    temperature=self.config.temperature,
+                    max_tokens=self.config.max_proposal_tokens,
+                    read=lambda reply: [extract_instruction(reply)],
+                )
             except BudgetExhausted as exc:
                 ctx.capped = str(exc)
                 ctx.note(f"step {step}: a cap was reached while proposing ({exc}); stopped")

@@ -224,29 +224,33 @@ class ProTeGi(Teleprompter):
         for name, instruction in record.instructions.items():
             read = self.task_rule(ctx, name)
             rule = f"What turns an input into its correct output, as read from other training examples (a reading may be too narrow):\n{read}\n\n" if read else ""
-            for _ in range(self.config.n_gradients):
-                group = ctx.rng.sample(errors, min(self.config.errors_per_gradient, len(errors)))
-                shown = self.format_errors(ctx, name, group, record.instructions)
-                reply = self.ask_prompt_lm(
-                    ctx,
-                    [{"role": "user", "content": GRADIENT_PROMPT.format(instruction=instruction, errors=shown, rule=rule, count=self.config.gradients_per_error)}],
-                    temperature=self.config.temperature,
-                    max_tokens=self.config.max_proposal_tokens,
-                )
-                for gradient in parse_items(reply, self.config.gradients_per_error):
-                    edits = self.propose(
-                        ctx,
-                        [{"role": "user", "content": EDIT_PROMPT.format(instruction=instruction, errors=shown, gradient=gradient, rule=rule, count=self.config.steps_per_gradient)}],
-                        temperature=self.config.temperature,
-                        max_tokens=self.config.max_proposal_tokens,
-                        count=self.config.steps_per_gradient,
-                    )
-                    for edit in edits or []:
-                        meta = {"gradient": gradient, "kind": "edit", "errors": [r.index for _, r in group]}
-                        proposals.append(({**record.instructions, name: edit}, meta))
-                        for paraphrase in self.paraphrases(ctx, edit):
-                            proposals.append(({**record.instructions, name: paraphrase}, {**meta, "kind": "paraphrase-of-edit"}))
-            for paraphrase in self.paraphrases(ctx, instruction):
+            # the gradients are asked together, then every gradient's edits, then every paraphrase
+            groups = [ctx.rng.sample(errors, min(self.config.errors_per_gradient, len(errors))) for _ in range(self.config.n_gradients)]
+            shown = [self.format_errors(ctx, name, group, record.instructions) for group in groups]
+            replies = self.ask_many(
+                ctx,
+                [[{"role": "user", "content": GRADIENT_PROMPT.format(instruction=instruction, errors=text, rule=rule, count=self.config.gradients_per_error)}] for text in shown],
+                temperature=self.config.temperature,
+                max_tokens=self.config.max_proposal_tokens,
+            )
+            gradients = [(group, text, gradient) for group, text, reply in zip(groups, shown, replies, strict=True)
+                         for gradient in parse_items(reply, self.config.gradients_per_error)]
+            edits = self.propose_many(
+                ctx,
+                [[{"role": "user", "content": EDIT_PROMPT.format(instruction=instruction, errors=text, gradient=gradient, rule=rule, count=self.config.steps_per_gradient)}]
+                 for _, text, gradient in gradients],
+                temperature=self.config.temperature,
+                max_tokens=self.config.max_proposal_tokens,
+                count=self.config.steps_per_gradient,
+            )
+            edited = [({"gradient": gradient, "kind": "edit", "errors": [r.index for _, r in group]}, edit)
+                      for (group, _, gradient), found in zip(gradients, edits, strict=True) for edit in found or []]
+            paraphrased = self.paraphrases_many(ctx, [edit for _, edit in edited] + [instruction])
+            for (meta, edit), paraphrases in zip(edited, paraphrased, strict=False):
+                proposals.append(({**record.instructions, name: edit}, meta))
+                for paraphrase in paraphrases:
+                    proposals.append(({**record.instructions, name: paraphrase}, {**meta, "kind": "paraphrase-of-edit"}))
+            for paraphrase in paraphrased[-1]:
                 proposals.append(({**record.instructions, name: paraphrase}, {"kind": "paraphrase", "gradient": None}))
         usable = []
         for candidate, meta in proposals:
@@ -266,16 +270,18 @@ class ProTeGi(Teleprompter):
         ]
 
     def paraphrases(self, ctx: SearchContext, instruction: str) -> list[str]:
-        found = []
-        for _ in range(self.config.mc_samples_per_step):
-            items = self.propose(
-                ctx,
-                [{"role": "user", "content": PARAPHRASE_PROMPT.format(instruction=instruction)}],
-                temperature=self.config.temperature,
-                max_tokens=self.config.max_proposal_tokens,
-            )
-            found.extend(items or [])
-        return found
+        return self.paraphrases_many(ctx, [instruction])[0]
+
+    def paraphrases_many(self, ctx: SearchContext, instructions: list[str]) -> list[list[str]]:
+        """Each instruction's Monte Carlo paraphrases, every request sent together."""
+        samples = self.config.mc_samples_per_step
+        replies = self.propose_many(
+            ctx,
+            [[{"role": "user", "content": PARAPHRASE_PROMPT.format(instruction=text)}] for text in instructions for _ in range(samples)],
+            temperature=self.config.temperature,
+            max_tokens=self.config.max_proposal_tokens,
+        )
+        return [[item for items in replies[n * samples:(n + 1) * samples] for item in items or []] for n in range(len(instructions))]
 
     def choose_children(self, ctx: SearchContext, usable: list, errors: list) -> list:
         """Keep ``max_expansion_factor`` children: at random, or the best on the parent's error examples."""

@@ -1,0 +1,146 @@
+"""Several workers on one PostgreSQL run: wall time of 1 and 3 workers, database round trips, duplicates.
+
+A throwaway PostgreSQL server is started as the tests start it (``tests/postgres.py``: ``initdb`` +
+``pg_ctl`` on 127.0.0.1; Debian's ``postgresql`` package provides the binaries). Every worker is a
+process running the scale-out tests' compile (``tests/scaleout_worker.py``: APE with induction,
+multi-stage scoring and one Monte Carlo round, on scripted models) on one run in a fresh database,
+all released together. Two settings of the task model:
+
+- serial: a local-style model (one call at a time), 0.2 s per call;
+- remote: 16 threads, 0.5 s per call.
+
+Printed per setting and worker count: wall time (release to the last worker's end), the ratio of one
+worker's wall to three workers', evaluations computed (each pair once: duplicates are pairs
+computed by two workers), database transactions per evaluation (``pg_stat_database``:
+``xact_commit + xact_rollback`` of the run's database, every worker's statements included), rolled-back
+transactions, and whether every worker ended with the outcome of one worker alone.
+Targets: 3 workers >= 2.5x one worker; <= 5 round trips per evaluation.
+
+    .venv/bin/python benchmarks/workers_throughput.py [--size large] [--settings serial,remote]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+TESTS = HERE.parent / "tests"
+SETTINGS = {"serial": {"delay": 0.2, "threads": 1}, "remote": {"delay": 0.5, "threads": 16}}
+GOAL_RATIO, GOAL_TRIPS = 2.5, 5.0
+
+
+def worker(storage: str, out: Path, go: Path, delay: float, threads: int, size: str) -> None:
+    """One worker: the scale-out compile, with a remote-style task model when ``threads`` > 1."""
+    sys.path.insert(0, str(TESTS))
+    import scaleout_worker
+    from cuecard import testing
+
+    if threads > 1:  # the same compile on a remote-style model: threads, DSPy's ChatAdapter
+        original, task_reply = testing.scripted_lm, scaleout_worker.task_reply
+
+        def chat_reply(messages: list[dict[str, str]]) -> str:
+            text = messages[-1]["content"].replace("[[ ## review ## ]]\n", "Review: ")
+            return f"[[ ## sentiment ## ]]\n{task_reply([{'content': text}])}\n\n[[ ## completed ## ]]"
+
+        scaleout_worker.task_reply = chat_reply  # the worker's slow task model calls it by name
+        scaleout_worker.scripted_lm = lambda reply, **options: original(reply, **{**options, "local": False})
+        scaleout_worker.APE_SETTINGS = {**scaleout_worker.APE_SETTINGS, "num_threads": threads}
+    Path(f"{out}.ready").touch()
+    while not go.exists():
+        time.sleep(0.02)
+    result = scaleout_worker.run(storage, Path(f"{out}.log"), delay, size)
+    out.write_text(json.dumps(result))
+
+
+def counters(url: str, database: str) -> tuple[int, int]:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute("SELECT pg_stat_clear_snapshot()")
+        row = connection.execute(
+            "SELECT xact_commit, xact_rollback FROM pg_stat_database WHERE datname = %s", (database,)
+        ).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def run_group(admin_url: str, name: str, count: int, setting: dict[str, Any], size: str, folder: Path) -> dict[str, Any]:
+    import psycopg
+
+    with psycopg.connect(admin_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    storage = admin_url.rsplit("/", 1)[0] + "/" + name
+    go = folder / f"{name}.go"
+    outs = [folder / f"{name}-{i}.json" for i in range(count)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
+    processes = [
+        subprocess.Popen([sys.executable, __file__, "--worker", storage, str(out), str(go), str(setting["delay"]),
+                          str(setting["threads"]), size], env=env)
+        for out in outs
+    ]
+    deadline = time.monotonic() + 300
+    while not all(Path(f"{out}.ready").exists() for out in outs):
+        if time.monotonic() > deadline or any(p.poll() is not None for p in processes):
+            raise RuntimeError("a worker did not start")
+        time.sleep(0.05)
+    before = counters(admin_url, name)
+    start = time.monotonic()
+    go.touch()
+    for process in processes:
+        process.wait(timeout=1800)
+    wall = time.monotonic() - start
+    time.sleep(1.5)  # the servers' backends flush their statistics about once a second
+    after = counters(admin_url, name)
+    results = [json.loads(out.read_text()) for out in outs]
+    pairs = [line for out in outs for line in Path(f"{out}.log").read_text().splitlines()]
+    return {
+        "wall": wall, "evaluations": len(set(pairs)), "duplicates": len(pairs) - len(set(pairs)),
+        "commits": after[0] - before[0], "rollbacks": after[1] - before[1],
+        "outcomes": [r["outcome"] for r in results],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="large", choices=["small", "large"])
+    parser.add_argument("--settings", default=",".join(SETTINGS))
+    args = parser.parse_args()
+    sys.path.insert(0, str(TESTS))
+    import postgres
+
+    reason = postgres.missing_reason()
+    if reason is not None:
+        sys.exit(f"workers_throughput: no PostgreSQL here: {reason}")
+    folder = Path(tempfile.mkdtemp(prefix="cuecard-workers-"))
+    print(f"{'setting':<8} {'workers':>7} {'wall':>7} {'ratio':>6} {'evals':>6} {'dup':>4} {'xact/eval':>9} {'rollbacks':>9} "
+          f"{'same outcome':>12}")
+    with postgres.PostgresServer() as server:
+        for setting_name in args.settings.split(","):
+            setting = SETTINGS[setting_name]
+            alone = None
+            for count in (1, 3):
+                row = run_group(server.url, f"{setting_name}_{count}", count, setting, args.size, folder)
+                alone = alone or row
+                ratio = alone["wall"] / row["wall"]
+                trips = (row["commits"] + row["rollbacks"]) / max(1, row["evaluations"])
+                same = all(outcome == alone["outcomes"][0] for outcome in row["outcomes"])
+                print(f"{setting_name:<8} {count:>7} {row['wall']:>6.1f}s {ratio:>5.2f}x {row['evaluations']:>6} "
+                      f"{row['duplicates']:>4} {trips:>9.1f} {row['rollbacks']:>9} {'yes' if same else 'no':>12}")
+                sys.stdout.flush()
+    print(f"\ngoals: 3 workers >= {GOAL_RATIO}x one worker; <= {GOAL_TRIPS:.0f} round trips (here: transactions) per "
+          "evaluation, amortised over everything the run stores")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "--worker":
+        storage, out, go, delay, threads, size = sys.argv[2:8]
+        worker(storage, Path(out), Path(go), float(delay), int(threads), size)
+    else:
+        main()

@@ -1,0 +1,164 @@
+"""Throughput in one process: a stage's (candidate, example) pairs are scored as one pool across
+candidates, and independent proposal requests go out together, with the results of the serial order.
+
+Scripted LMs with a fixed latency go through the real DSPy + cuecard call path (as a remote model:
+threads are used); the engine stores into a real SQLite file. Speed figures are in
+``benchmarks/compile_throughput.py``, not here: these tests check order, results and concurrency.
+"""
+
+import threading
+import time
+
+import cuecard
+import pytest
+from cuecard.evaluate import Evaluator
+from cuecard.metrics import exact_match
+from cuecard.policies import FullEvaluation, MultiStage
+from cuecard.study import Engine
+from cuecard.teleprompters import APE
+from cuecard.testing import BernoulliTask, scripted_lm
+from sentiment_cases import REVIEWS, sentiment_program
+
+
+class InFlight:
+    """Wraps a reply function with a latency and counts the calls in flight (the most at once)."""
+
+    def __init__(self, reply, latency=0.03):
+        self.reply, self.latency = reply, latency
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, messages):
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        try:
+            time.sleep(self.latency)
+            return self.reply(messages)
+        finally:
+            with self.lock:
+                self.now -= 1
+
+
+def bernoulli_engine(tmp_path, name, threads, limits=None, n_arms=9, pool=24):
+    task = BernoulliTask([0.3 + 0.05 * i for i in range(n_arms)], pool_size=pool, seed=3)
+    counter = InFlight(lambda messages: f"[[ ## answer ## ]]\n{task._reply(messages)}\n\n[[ ## completed ## ]]")
+    lm = scripted_lm(counter, name="scripted/remote-bernoulli", local=False)
+    engine = Engine(
+        Evaluator(task.program, task.metric, task_lm=lm, num_threads=threads), task.examples, name="pooled",
+        storage=f"sqlite:///{tmp_path / name}", progress=False, limits=limits,
+    )
+    for arm in range(n_arms):
+        engine.add_candidate(task.candidate(arm))
+    return engine, counter, lm
+
+
+def outcome(engine, allocation):
+    return (
+        [(e.arm, e.mean, e.n, e.pruned) for e in allocation.ranking],
+        allocation.stopped,
+        [engine.scores(arm) for arm in range(len(engine.arms))],
+        engine.evaluations,
+    )
+
+
+def test_a_stage_is_scored_as_one_pool_across_candidates_with_the_serial_results(tmp_path):
+    policy = MultiStage(min_examples=4, reduction=3, survivors=3, final_examples=12)
+    serial, serial_calls, _ = bernoulli_engine(tmp_path, "serial.db", threads=1)
+    pooled, pooled_calls, _ = bernoulli_engine(tmp_path, "pooled.db", threads=16)
+    expected = outcome(serial, serial.allocate(policy))
+    assert outcome(pooled, pooled.allocate(policy)) == expected
+    assert expected[0][0][3] is False and sum(e[3] for e in expected[0]) == 6  # six of nine arms pruned
+    assert serial_calls.most == 1
+    # one candidate's part of any stage is at most 8 examples (4, then 12 - 4): more at once is a pool
+    assert pooled_calls.most > 8
+    stored = {key: {i: s.score for i, s in arm.stored.items()} for key, arm in ((a.record.key, a) for a in pooled.arms)}
+    assert stored == {a.record.key: {i: s.score for i, s in a.stored.items()} for a in serial.arms}
+
+
+@pytest.mark.parametrize("cap", [13, 22])
+def test_a_cap_cuts_a_pooled_stage_where_the_serial_order_stops_and_a_rerun_takes_the_same_path(tmp_path, cap):
+    limits = cuecard.Limits(max_calls=cap)
+    serial, _, _ = bernoulli_engine(tmp_path, "serial.db", threads=1, limits=limits)
+    pooled, counter, _ = bernoulli_engine(tmp_path, "pooled.db", threads=16, limits=limits)
+    expected = outcome(serial, serial.allocate(FullEvaluation(n_examples=4)))
+    got = outcome(pooled, pooled.allocate(FullEvaluation(n_examples=4)))
+    assert got == expected and "cap of" in (got[1] or "")
+    assert pooled.block.usage.calls == cap and counter.most > 4
+    rerun, rerun_calls, lm = bernoulli_engine(tmp_path, "pooled.db", threads=16, limits=limits)
+    assert outcome(rerun, rerun.allocate(FullEvaluation(n_examples=4))) == expected
+    assert rerun.computed == 0 and rerun.read_back == cap and rerun_calls.most == 0
+
+
+def test_independent_proposals_go_out_together_with_the_serial_replies(tmp_path):
+    def propose(messages):
+        text = messages[-1]["content"]
+        return f"Say the mood of the review ({len(text) % 7})."
+
+    def compile_with(threads):
+        proposer = InFlight(propose, latency=0.3)
+        task = InFlight(lambda messages: "[[ ## sentiment ## ]]\npositive\n\n[[ ## completed ## ]]", latency=0.0)
+        ape = APE(
+            metric=exact_match("sentiment"), task_lm=scripted_lm(task, name="scripted/task", local=False),
+            prompt_lm=scripted_lm(proposer, name="scripted/proposer", local=False), num_subsamples=3,
+            num_prompts_per_subsample=2, num_demos=3, storage=f"sqlite:///{tmp_path / f'ape{threads}.db'}",
+            progress=False, num_threads=threads, policy=FullEvaluation(n_examples=6),
+        )
+        report = ape.compile(sentiment_program(), trainset=REVIEWS[:20]).cuecard_report
+        return proposer, [(c.instructions, c.origin, c.dev_score, c.dev_examples) for c in report.candidates], report.usage.calls
+
+    serial, serial_candidates, serial_calls = compile_with(1)
+    pooled, pooled_candidates, pooled_calls = compile_with(16)
+    assert pooled_candidates == serial_candidates and pooled_calls == serial_calls
+    assert serial.most == 1 and pooled.most == 6  # three subsamples, two samples each
+
+
+def test_proposals_sent_together_stop_at_the_cap_like_one_at_a_time():
+    proposer = InFlight(lambda messages: "Level 7 please.", latency=0.3)
+    prompt_lm = scripted_lm(proposer, name="scripted/proposer", local=False)
+    compiled = APE(
+        metric=exact_match("sentiment"), task_lm=scripted_lm(lambda m: "negative", name="scripted/task", local=False),
+        prompt_lm=prompt_lm, storage=":memory:", progress=False,
+        limits=cuecard.Limits(max_calls=12), num_subsamples=2, num_prompts_per_subsample=30,
+    ).compile(sentiment_program(), trainset=REVIEWS[:20])
+    report = compiled.cuecard_report
+    assert report.usage.calls == 12 == len(prompt_lm.engine.requests)
+    assert proposer.most > 4  # the twelve requests the cap affords went out together, not one at a time
+    assert any("cap of 12 LM requests" in note for note in report.notes)
+
+
+def test_a_claim_held_by_another_worker_is_no_database_error(postgres_url):
+    """Two workers claiming the same pairs on a real PostgreSQL: the loser gets False without a
+    duplicate-key error, so the server rolls back no more transactions than when nobody loses a claim
+    (before, each lost claim was a rolled-back INSERT and an ERROR line in the server's log)."""
+    import psycopg
+    from cuecard.sharing import SQLClaims
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute('CREATE DATABASE "claims_no_error"')
+    url = postgres_url.rsplit("/", 1)[0] + "/claims_no_error"
+
+    def rollbacks():
+        time.sleep(1.5)  # closed connections' server processes have reported their statistics
+        with psycopg.connect(url, autocommit=True) as connection:
+            return connection.execute("SELECT xact_rollback FROM pg_stat_database WHERE datname = current_database()").fetchone()[0]
+
+    def two_workers(run, contended):
+        first, second = SQLClaims(url, run), SQLClaims(url, run)
+        try:
+            won = [first.claim("key", i) for i in range(20)]
+            lost = [second.claim("key", i if contended else 100 + i) for i in range(20)]
+        finally:
+            first.close()
+            second.close()
+        return won, lost
+
+    two_workers("warm-up", False)  # the table exists
+    start = rollbacks()
+    won, lost = two_workers("alone", False)
+    assert all(won) and all(lost)
+    baseline = rollbacks() - start
+    start = rollbacks()
+    won, lost = two_workers("contended", True)
+    assert all(won) and not any(lost)
+    assert rollbacks() - start == baseline
