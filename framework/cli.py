@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import inspect
 import json
 import os
 import signal
@@ -28,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 EXIT_FAILURE, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
-POLICY_NAMES = ("full", "multistage", "ucb", "ucb-e", "successive-rejects", "successive-halving", "wilcoxon")
 METRICS = ("exact_match", "token_f1", "contains")
 
 
@@ -138,23 +136,6 @@ def load_data(path: str, program: Any, columns: str | None, *, labelled: bool) -
     )
 
 
-def _preferences(path: str) -> list[dict[str, Any]]:
-    """Preference records (``prompt``, optionally ``good_res``/``bad_res``) from a JSON list or JSONL file."""
-    from cuecard.datasets import DataFileError
-
-    file = Path(path)
-    if not file.is_file():
-        raise DataFileError(f"{path}: no such file")
-    text = file.read_text(encoding="utf-8-sig")
-    try:
-        records = [json.loads(line) for line in text.splitlines() if line.strip()] if file.suffix == ".jsonl" else json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataFileError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
-    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
-        raise DataFileError(f"{path}: expected a list of objects with a 'prompt' field")
-    return records
-
-
 def _options(pairs: list[str]) -> dict[str, Any]:
     options = {}
     for pair in pairs or []:
@@ -200,10 +181,12 @@ def _check_out(path: str) -> Path:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     import cuecard
+    from cuecard.cli_inputs import foreign_flags, method_inputs
     from cuecard.errors import ConfigError, TeleprompterConfigError
     from cuecard.evaluate import check_context
     from cuecard.policies import make_policy
     from cuecard.registry import teleprompter as registered
+    from cuecard.registry import teleprompters
 
     out = _check_out(args.out)
     if args.run_name is not None:
@@ -215,26 +198,23 @@ def cmd_compile(args: argparse.Namespace) -> int:
             raise UsageError(str(exc)) from None
     program, file_metric = build_program(args)
     cls = registered(args.teleprompter)
+    foreign = foreign_flags(cls, args, teleprompters())
+    if foreign:
+        raise UsageError(f"{', '.join(foreign)} {'is not an option' if len(foreign) == 1 else 'are not options'} "
+                         f"of --teleprompter {args.teleprompter}")
     options = _options(args.set)
     try:
         cls.make_config({"seed": args.seed, **options})
     except TeleprompterConfigError as exc:
         raise UsageError(f"--set: {exc}") from None
-    labelled = cls.needs_labels  # BPO needs prompts only: a judge compares answers
+    labelled = cls.needs_labels  # a method that needs no gold outputs reads inputs only
     train = load_data(args.train, program, args.columns, labelled=labelled)
     dev = load_data(args.dev, program, args.columns, labelled=labelled) if args.dev else None
     task_lm = _lm(args.task_model, args.api_base, args.max_tokens, args.rpm)
     separate = args.prompt_model and (args.prompt_model != args.task_model or args.prompt_api_base)
     prompt_lm = _lm(args.prompt_model, args.prompt_api_base, rpm=args.prompt_rpm) if separate else task_lm
     kwargs: dict[str, Any] = dict(task_lm=task_lm, prompt_lm=prompt_lm)
-    accepted = inspect.signature(cls.__init__).parameters
-    for flag, name, value in (("--preferences", "preferences", args.preferences), ("--judge-model", "judge_lm", args.judge_model)):
-        if value and name not in accepted:
-            raise UsageError(f"{flag} is not an option of --teleprompter {args.teleprompter}")
-    if "judge_lm" in accepted:
-        kwargs["judge_lm"] = cuecard.LM(args.judge_model) if args.judge_model else task_lm
-    if "preferences" in accepted:
-        kwargs["preferences"] = _preferences(args.preferences) if args.preferences else []
+    kwargs.update(method_inputs(cls, args, lambda spec: _lm(spec, None)))  # the method's own flags (cli_inputs)
     if cls.needs_labels:
         kwargs["metric"] = file_metric if file_metric is not None and not args.metric else build_metric(args.metric or "exact_match", program)
     max_calls = args.max_calls
@@ -622,10 +602,12 @@ def cmd_teleprompters(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cuecard.registry import programs, teleprompters
+    from cuecard.cli_inputs import add_method_options
+    from cuecard.registry import policies, programs, teleprompters
 
     parser = argparse.ArgumentParser(
-        prog="cuecard", description="Compile DSPy programs with automatic prompt engineering (APE, ProTeGi, OPRO, PE2, BPO).",
+        prog="cuecard", description="Compile DSPy programs with automatic prompt engineering "
+                                    f"({', '.join(sorted(teleprompters()))}).",
         epilog="Run `cuecard COMMAND --help` for each command's options.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -644,10 +626,8 @@ def build_parser() -> argparse.ArgumentParser:
                           help="the method that rewrites the instructions (default: ape; `cuecard teleprompters` "
                                "lists them with their settings)")
     compile_.add_argument("--set", action="append", metavar="KEY=VALUE", help="a teleprompter option (JSON value), repeatable")
-    compile_.add_argument("--policy", choices=POLICY_NAMES, metavar="POLICY",
-                          help=f"how candidates are scored: {', '.join(POLICY_NAMES)} (default: the method's own)")
-    compile_.add_argument("--preferences", help="bpo: preference records (.json list or .jsonl) with prompt, good_res, bad_res")
-    compile_.add_argument("--judge-model", help="bpo: the pairwise judge (default: the task model)")
+    compile_.add_argument("--policy", choices=sorted(policies()), metavar="POLICY",
+                          help=f"how candidates are scored: {', '.join(sorted(policies()))} (default: the method's own)")
     compile_.add_argument("--task-model", default="local",
                           help="the model the program runs on: local (the embedded model), a .gguf path, or a litellm "
                                "model such as openai/gpt-4o-mini (default: local)")
@@ -691,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     compile_.add_argument("--storage", help="an Optuna storage URL (default: runs/<name>/study.db)")
     compile_.add_argument("--out", required=True, help="the compiled program's .json file")
     compile_.add_argument("--quiet", action="store_true", help="no progress bars or status lines")
+    add_method_options(compile_, teleprompters())  # each method's own inputs, declared in its cli_inputs
     compile_.set_defaults(handler=cmd_compile)
 
     run = commands.add_parser("run", help="answer JSONL inputs with a compiled program (JSONL out)",

@@ -399,17 +399,18 @@ class Wilcoxon(Policy):
         return pruned
 
 
-POLICIES: dict[str, type[Policy]] = {
-    policy.name: policy
-    for policy in (FullEvaluation, MultiStage, UCB, UCBE, SuccessiveRejects, SuccessiveHalving, Wilcoxon)
-}
-
-
 def make_policy(name: str, **options: float | int | None) -> Policy:
-    """A policy by name (``full``, ``multistage``, ``ucb``, ``ucb-e``, ``successive-rejects``,
-    ``successive-halving``, ``wilcoxon``) with its options."""
-    try:
-        cls = POLICIES[name]
-    except KeyError:
-        raise ConfigError(f"Unknown policy {name!r}; choose one of {sorted(POLICIES)}") from None
-    return cls(**options)
+    """A registered policy by name (cuecard's: ``full``, ``multistage``, ``ucb``, ``ucb-e``,
+    ``successive-rejects``, ``successive-halving``, ``wilcoxon``; others through the ``cuecard.policies``
+    entry points) with its options.
+
+    Example:
+        >>> make_policy("ucb").name
+        'ucb'
+    """
+    from .registry import policies
+
+    known = policies()
+    if name not in known:
+        raise ConfigError(f"Unknown policy {name!r}; choose one of {sorted(known)}")
+    return known[name](**options)

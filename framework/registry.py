@@ -9,7 +9,10 @@ with one line in its ``pyproject.toml``::
 The class subclasses :class:`cuecard.teleprompters.Teleprompter` and declares ``name``, ``Config``
 (its settings), ``default_policy``, ``needs_labels`` and a one-line ``summary``. Programs are found
 the same way in the group ``cuecard.programs``; a program class builds itself from the command's
-options with ``from_options(**options)``.
+options with ``from_options(**options)``, and :func:`cuecard.load` rebuilds only registered programs.
+Allocation policies (``--policy``, :func:`cuecard.policies.make_policy`) are found in the group
+``cuecard.policies``, each under its class's ``name``. A teleprompter's own command-line inputs are
+declared in its ``cli_inputs`` (see :mod:`cuecard.cli_inputs`).
 
 ``framework/`` (this package) imports nothing from ``cuecard.teleprompters`` or ``cuecard.programs``:
 they stand on it, and it finds them only through these entry points.
@@ -28,6 +31,7 @@ from .errors import CuecardError
 
 TELEPROMPTERS = "cuecard.teleprompters"
 PROGRAMS = "cuecard.programs"
+POLICIES = "cuecard.policies"
 
 
 class RegistryError(CuecardError, LookupError):
@@ -54,6 +58,16 @@ def programs() -> dict[str, Any]:
     return _load(PROGRAMS)
 
 
+def policies() -> dict[str, Any]:
+    """Every registered allocation policy class, by name (the names ``--policy`` takes).
+
+    Example:
+        >>> policies()["full"].__name__
+        'FullEvaluation'
+    """
+    return _load(POLICIES)
+
+
 def teleprompter(name: str) -> Any:
     """The teleprompter class registered as ``name``; :class:`RegistryError` names the known ones."""
     found = teleprompters()
@@ -67,4 +81,14 @@ def program_class(class_name: str) -> Any | None:
     return next((cls for cls in programs().values() if cls.__name__ == class_name), None)
 
 
-__all__ = ["PROGRAMS", "TELEPROMPTERS", "RegistryError", "program_class", "programs", "teleprompter", "teleprompters"]
+__all__ = [
+    "POLICIES",
+    "PROGRAMS",
+    "TELEPROMPTERS",
+    "RegistryError",
+    "policies",
+    "program_class",
+    "programs",
+    "teleprompter",
+    "teleprompters",
+]

@@ -246,6 +246,8 @@ class SQLClaims:
 
 def open_claims(storage_url: str, run: str, *, stale_after: float = 60.0) -> Claims:
     """SQL claims for a database storage URL, :class:`NoClaims` for anything else."""
-    if storage_url in (":memory:", "sqlite:///:memory:") or "://" not in storage_url:
+    from .store import is_database
+
+    if not is_database(storage_url):
         return NoClaims()
     return SQLClaims(storage_url, run, stale_after=stale_after)

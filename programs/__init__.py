@@ -2,6 +2,8 @@
 
 Each is a normal ``dspy.Module``. Built from JSON-friendly arguments only, so a saved program can be
 rebuilt by :func:`cuecard.load` without user code (the arguments are kept in ``program.cuecard_spec``).
+The one registry of programs is the ``cuecard.programs`` entry-point group (``pyproject.toml``): the
+names ``--program`` takes, and the only classes :func:`cuecard.load` builds by itself.
 
 Example:
     >>> from cuecard.programs import Classify
@@ -17,15 +19,7 @@ from typing import Any, Literal
 import dspy
 from cuecard.errors import ConfigError, SignatureError
 
-BUILTIN: dict[str, type[dspy.Module]] = {}
-"""Built-in program classes by name; the only classes :func:`cuecard.load` builds by itself."""
-
 _TYPES: dict[str, Any] = {"str": str, "int": int, "float": float, "bool": bool, "list[str]": list[str]}
-
-
-def builtin(cls: type[dspy.Module]) -> type[dspy.Module]:
-    BUILTIN[cls.__name__] = cls
-    return cls
 
 
 class _Spec:
@@ -63,7 +57,6 @@ def _one(fields: dict, what: str, signature: str) -> str:
     return next(iter(fields))
 
 
-@builtin
 class Classify(dspy.Module, _Spec):
     """Classification into given labels: one predictor whose output field takes one of ``labels``.
 
@@ -96,7 +89,6 @@ class Classify(dspy.Module, _Spec):
         return self.predict(**inputs)
 
 
-@builtin
 class AnswerWithReasoning(dspy.Module, _Spec):
     """Question answering that reasons step by step before the answer (DSPy's ``ChainOfThought``).
 
@@ -115,7 +107,6 @@ class AnswerWithReasoning(dspy.Module, _Spec):
         return self.answer(**inputs)
 
 
-@builtin
 class Extract(dspy.Module, _Spec):
     """Extraction of typed fields from a text; ``fields`` maps each field to str, int, float, bool or list[str].
 
@@ -148,7 +139,6 @@ class Extract(dspy.Module, _Spec):
         return self.extract(**inputs)
 
 
-@builtin
 class RewriteThenAnswer(dspy.Module, _Spec):
     """A rewriting stage in front of an answering stage (BPO's shape): the input field is rewritten,
     then answered. The answer is given the rewritten text under the original field name.
@@ -178,7 +168,6 @@ class RewriteThenAnswer(dspy.Module, _Spec):
         return self.answer(**{**inputs, self.field: rewritten})
 
 
-@builtin
 class SummarizeThenClassify(dspy.Module, _Spec):
     """A two-stage pipeline: summarise the text, then classify the summary into ``labels``.
 
@@ -219,7 +208,6 @@ class SummarizeThenClassify(dspy.Module, _Spec):
         return self.classify(summary=summary)
 
 
-@builtin
 class Respond(dspy.Module, _Spec):
     """An open-ended assistant: answers a request in free text (the target program BPO aligns).
 
@@ -243,7 +231,6 @@ REWRITE_INSTRUCTIONS = (
 )
 
 
-@builtin
 class Rewritten(dspy.Module, _Spec):
     """Any program with a rewriting stage in front: each of ``fields`` is rewritten (``passes`` times),
     then the untouched program answers. BPO compiles the rewriter's instruction and demonstrations.
@@ -279,7 +266,12 @@ class Rewritten(dspy.Module, _Spec):
         super().__init__()
         if isinstance(program, dict):
             spec = program
-            program = BUILTIN[spec["class"]](**spec.get("kwargs", {}))
+            from cuecard.registry import program_class
+
+            cls = program_class(spec["class"])
+            if cls is None:
+                raise ConfigError(f"Rewritten: {spec['class']!r} is not a registered program (cuecard.programs entry points)")
+            program = cls(**spec.get("kwargs", {}))
         from cuecard.program import required_inputs
 
         fields = list(fields or required_inputs(program))
@@ -349,19 +341,7 @@ class Rewritten(dspy.Module, _Spec):
         return best
 
 
-PROGRAM_NAMES = {
-    "classify": Classify,
-    "qa": AnswerWithReasoning,
-    "extract": Extract,
-    "rewrite-answer": RewriteThenAnswer,
-    "two-stage": SummarizeThenClassify,
-    "respond": Respond,
-}
-"""The names the ``cuecard`` command knows the built-in programs by."""
-
 __all__ = [
-    "BUILTIN",
-    "PROGRAM_NAMES",
     "AnswerWithReasoning",
     "Classify",
     "Extract",

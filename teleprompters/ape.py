@@ -16,20 +16,17 @@ Example:
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Sequence
 from typing import Any, Literal
 
 import dspy
 from cuecard.errors import TeleprompterConfigError
 from cuecard.policies import Allocation
-from cuecard.program import get_instructions, predictors
-from pydantic import BaseModel, Field, model_validator
+from cuecard.program import get_instructions
+from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
-
-DEMOS = "[[DEMOS]]"
-BLANK = "[[INSTRUCTION]]"
+from .induction import BLANK, DEMOS, Induction, combine, hygiene, induce
 
 FORWARD_TEMPLATE = (
     "A teacher gave a student one instruction. Following it, the student turned each input below "
@@ -212,112 +209,3 @@ class APE(Teleprompter):
                 engine.add_candidate(candidate, parent=record.key, round=round_, origin="mc-variation")
             )
         return new_arms
-
-
-def collect_traces(ctx: SearchContext, predictor_name: str) -> list[dspy.Example]:
-    """Run the program on train examples; keep ``predictor_name``'s inputs and outputs where the metric passed."""
-    seed = get_instructions(ctx.student)
-    examples = []
-    for example in ctx.train:
-        run = ctx.engine.trace(seed, example)
-        if run.error is not None:
-            continue
-        try:
-            passed = ctx.teleprompter.metric(example, run.prediction, run.steps)
-        except Exception:
-            continue
-        if not passed:
-            continue
-        for name, inputs, outputs in run.steps:
-            if name == predictor_name:
-                examples.append(dspy.Example(**inputs, **outputs).with_inputs(*inputs))
-    return examples
-
-
-# ---- induction, shared with the teleprompters that start from induced prompts (PE2) --------------------
-class Induction(BaseModel):
-    """How instructions are induced: the template (with the demos and blank markers), how many demo
-    subsamples, demos each, samples per subsample, and the sampling settings."""
-
-    template: str = FORWARD_TEMPLATE
-    subsamples: int = 1
-    demos: int = 5
-    per_subsample: int = 10
-    temperature: float = 0.9
-    max_tokens: int = 80
-
-
-def induction_messages(template: str, demos: str) -> list[dict[str, str]]:
-    """The induction request: the template with the demos in, the blank cut (forward) or marked."""
-    if template.rstrip().endswith(BLANK):
-        text = template.rstrip()[: -len(BLANK)].rstrip()
-    else:
-        text = template.replace(BLANK, "____")
-    return [{"role": "user", "content": text.replace(DEMOS, demos)}]
-
-
-def demo_pool(ctx: SearchContext, predictor_name: str) -> list[dspy.Example]:
-    """Train examples as the predictor sees them: the examples themselves for a one-predictor
-    program; for a pipeline, the predictor's own inputs/outputs in runs the metric judged right."""
-    if len(predictors(ctx.student)) == 1:
-        return ctx.train
-    return collect_traces(ctx, predictor_name)
-
-
-def induce(teleprompter: Teleprompter, ctx: SearchContext, predictor_name: str, settings: Induction) -> list[str]:
-    """Instructions for ``predictor_name`` induced from train demonstrations by the prompt model,
-    cleaned and screened (:func:`hygiene`), duplicates dropped; every drop is counted in the report."""
-    pool = demo_pool(ctx, predictor_name)
-    if not pool:
-        ctx.note(f"{predictor_name}: no successful trace to induce from")
-        return []
-    proposals: list[str] = []
-    seen: set[str] = set()
-    demo_texts = [str(value) for example in pool for value in example.values()]
-    pipeline = len(predictors(ctx.student)) > 1
-    requests = []
-    for _ in range(settings.subsamples):
-        demos = ctx.rng.sample(pool, min(settings.demos, len(pool)))
-        rendered = teleprompter.format_demos(ctx.student, demos, predictor_name if pipeline else None)
-        requests += [induction_messages(settings.template, rendered)] * settings.per_subsample
-    replies = teleprompter.propose_many(
-        ctx, requests, temperature=settings.temperature, max_tokens=settings.max_tokens, read=lambda reply: [reply]
-    )
-    for items in replies:
-        for raw in items or []:
-            text = hygiene(teleprompter, ctx, raw, demo_texts)
-            if text is None:
-                continue
-            if text.lower() in seen:
-                ctx.drop("duplicate")
-                continue
-            seen.add(text.lower())
-            proposals.append(text)
-    return proposals
-
-
-def hygiene(teleprompter: Teleprompter, ctx: SearchContext, raw: str, demo_texts: Sequence[str]) -> str | None:
-    """Clean a proposal, or drop it (counted by reason): empty, over-long, or copying training text."""
-    text = teleprompter.screen(ctx, raw)
-    if text is None:
-        return None
-    lowered = text.lower()
-    if any(len(demo) > 20 and demo.lower() in lowered for demo in demo_texts):
-        ctx.drop("copies a demonstration")
-        return None
-    if text.count(":") >= 3 or "\n" in text:
-        ctx.drop("echoes the demo format")
-        return None
-    return text
-
-
-def combine(ctx: SearchContext, seed: dict[str, str], pools: dict[str, list[str]]) -> list[dict[str, str]]:
-    """Full candidates: for one predictor, one per proposal; for several, seeded combinations."""
-    names = list(seed)
-    if len(names) == 1:
-        return [{names[0]: text} for text in pools[names[0]]]
-    options = [pools[name] or [seed[name]] for name in names]
-    count = max(len(option) for option in options)
-    combos = list(itertools.product(*options))
-    ctx.rng.shuffle(combos)
-    return [dict(zip(names, combo, strict=True)) for combo in combos[:count]]

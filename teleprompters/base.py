@@ -27,6 +27,7 @@ from typing import Any, ClassVar
 
 import dspy
 from cuecard.acceptance import Acceptance, AcceptanceRule, SignTest
+from cuecard.cli_inputs import CLIInput
 from cuecard.datasets import distinct, example_key
 from cuecard.deadlines import TIMED_OUT, call_with_deadline, run_with_deadlines
 from cuecard.errors import (
@@ -211,6 +212,8 @@ class Teleprompter(DSPyTeleprompter):
     """Whether the trainset must carry the outputs (a metric compares them); BPO's judge needs none."""
     summary: ClassVar[str] = ""
     """One line on what the method does, for ``cuecard teleprompters``."""
+    cli_inputs: ClassVar[tuple[CLIInput, ...]] = ()
+    """The method's own ``cuecard compile`` flags (files, models, switches): see :mod:`cuecard.cli_inputs`."""
 
     def __init__(
         self,

@@ -31,11 +31,13 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from cuecard.errors import TeleprompterConfigError
+from cuecard.cli_inputs import CLIInput
+from cuecard.errors import DataFileError, TeleprompterConfigError
 from cuecard.identity import digest, lm_identity
 from cuecard.judge import JUDGE_SYSTEM, JUDGE_USER, PairwiseJudge, PairwiseMetric, WinRate
 from cuecard.policies import Allocation, FullEvaluation
 from cuecard.program import demos_key, encode_demos, get_instructions, predictors, required_inputs
+from cuecard.programs import Rewritten
 from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -66,6 +68,26 @@ def parse_construction(text: str) -> tuple[str, str | None]:
     comparison = _COMPARISON.search(text)
     prompt = optimized.group(1).strip().strip("\"'") if optimized else None
     return (comparison.group(1).strip() if comparison else ""), (prompt or None)
+
+
+def read_preferences(path: str) -> list[dict[str, Any]]:
+    """Preference records (``prompt``, optionally ``good_res``/``bad_res``) from a JSON list or JSONL file.
+
+    Example:
+        >>> read_preferences("records.jsonl")[0]["prompt"]  # doctest: +SKIP
+        'Explain tides.'
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise DataFileError(f"{path}: no such file")
+    text = file.read_text(encoding="utf-8-sig")
+    try:
+        records = [json.loads(line) for line in text.splitlines() if line.strip()] if file.suffix == ".jsonl" else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataFileError(f"{path}: not valid JSON ({exc.msg}, line {exc.lineno})") from None
+    if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+        raise DataFileError(f"{path}: expected a list of objects with a 'prompt' field")
+    return records
 
 
 class BPOConfig(TeleprompterConfig):
@@ -117,6 +139,11 @@ class BPO(Teleprompter):
     config: BPOConfig
 
     default_policy = FullEvaluation
+    cli_inputs = (
+        CLIInput(flag="--preferences", keyword="preferences", kind="file", read=read_preferences,
+                 help="preference records (.json list or .jsonl) with prompt, good_res, bad_res"),
+        CLIInput(flag="--judge-model", keyword="judge_lm", kind="model", help="the pairwise judge (default: the task model)"),
+    )
 
     def __init__(
         self,
@@ -140,8 +167,6 @@ class BPO(Teleprompter):
     def prepare(self, student: dspy.Module) -> tuple[dspy.Module, Any]:
         """The student wrapped with a rewriting stage, and a pairwise metric: the wrapped program's answer
         against the untouched student's answer to the original prompt, judged by ``judge_lm``."""
-        from cuecard.programs import Rewritten
-
         fields = self.config.fields or required_inputs(student)
         self.check_preferences()
         wrapper = Rewritten(student, fields=fields, passes=self.config.passes, samples=self.config.samples, template=self.rewriter_template)

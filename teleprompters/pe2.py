@@ -29,8 +29,9 @@ from cuecard.policies import Allocation, FullEvaluation
 from cuecard.program import get_instructions, predictors
 from pydantic import Field
 
-from .ape import Induction, combine, induce
+from .ape import FORWARD_TEMPLATE  # the paper starts from APE-style induced prompts: APE's own template
 from .base import SearchContext, Teleprompter, TeleprompterConfig
+from .induction import Induction, combine, induce
 from .proposals import clean_instruction, parse_items
 
 PROMPT_SLOT = "<<PROMPT>>"
@@ -193,7 +194,8 @@ class PE2(Teleprompter):
 
     def induce_starting_prompts(self, ctx: SearchContext, seed: dict[str, str]) -> None:
         """``n_init`` prompts per predictor induced from demonstrations, as APE's forward mode does."""
-        settings = Induction(demos=min(self.config.init_demos, len(ctx.train)), per_subsample=self.config.n_init)
+        settings = Induction(template=FORWARD_TEMPLATE, demos=min(self.config.init_demos, len(ctx.train)),
+                             per_subsample=self.config.n_init)
         pools = {name: induce(self, ctx, name, settings) for name in seed}
         for candidate in combine(ctx, seed, pools):
             ctx.engine.add_candidate(candidate, origin="induced")

@@ -216,6 +216,42 @@ def test_cells_of_a_method_whose_code_changed_are_recomputed(tmp_path, fresh_cac
     assert [": stored (" in line for line in lines] == [True, False, True, False]  # seed 0, ape 0, seed 1, ape 1
 
 
+def test_fingerprints_follow_the_modules_a_method_imports(monkeypatch):
+    """PE2's cells go stale when the induction module or base.py changes; OPRO's only when what it runs does."""
+    from benchmarks.harness.methods import _files, method_code_hash
+
+    root = Path(__file__).resolve().parents[1]
+    shown = {name: {str(path.relative_to(root)) for path in _files(name)} for name in ("pe2", "opro", "ape")}
+    assert {"teleprompters/pe2.py", "teleprompters/induction.py", "teleprompters/base.py", "teleprompters/proposals.py",
+            "framework/study.py", "framework/evaluate.py", "benchmarks/harness/methods/pe2.py"} <= shown["pe2"]
+    assert not {"teleprompters/ape.py", "teleprompters/pe2.py", "teleprompters/induction.py"} & shown["opro"]
+    assert "framework/cli.py" not in shown["ape"]  # the command line runs no method
+    before = {name: method_code_hash(name) for name in ("pe2", "ape", "opro", "copro")}
+    original = Path.read_bytes
+    for edited, stale in (("induction.py", {"pe2", "ape"}), ("base.py", {"pe2", "ape", "opro"})):
+        monkeypatch.setattr(Path, "read_bytes", lambda self, edited=edited: original(self) + (b"#" if self.name == edited else b""))
+        after = {name: method_code_hash(name) for name in before}
+        assert {name for name in before if after[name] != before[name]} == stale, edited
+
+
+def test_module_files_reads_imports_from_the_source(tmp_path, monkeypatch):
+    """Function-level imports count; a name imported through a package counts as the module defining it."""
+    from benchmarks.harness.sources import module_files
+
+    package = tmp_path / "meth"
+    package.mkdir()
+    (package / "__init__.py").write_text("from .shared import helper\nfrom .other import unrelated\n")
+    (package / "method.py").write_text("from meth import helper\n\ndef run():\n    from .lazy import LATER\n    return helper(LATER)\n")
+    (package / "shared.py").write_text("from .deeper import CONSTANT\n\ndef helper(x):\n    return x + CONSTANT\n")
+    for name, text in (("deeper", "CONSTANT = 1\n"), ("lazy", "LATER = 2\n"), ("other", "def unrelated():\n    pass\n")):
+        (package / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    names = [path.name for path in module_files(["meth.method"], within=["meth"])]
+    assert names == ["deeper.py", "lazy.py", "method.py", "shared.py"]
+    for module in ("meth", "meth.method", "meth.shared", "meth.deeper", "meth.lazy", "meth.other"):
+        sys.modules.pop(module, None)
+
+
 def test_cost_is_reported_as_if_cold_beside_the_calls_that_reached_a_model(tmp_path, fresh_cache):
     models = scripted_models()
     first = json.loads(run(config(tmp_path, methods=["ape"], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=models)["json"].read_text())

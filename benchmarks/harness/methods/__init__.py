@@ -6,7 +6,8 @@ is a method too, with no file of its own: it runs on its own ``plan()`` for the 
 Each method file has ``run(program, *, train, dev, metric, task_lm, prompt_lm, cap, seed, workdir)``
 returning the compiled program and a :class:`MethodRun`; cuecard's also have ``plan(cap, n_train,
 n_dev)``, their knobs from the engine's estimate. A cell's fingerprint includes a hash of its method's
-file (and of the file it shares with its kind), so editing one method recomputes only its cells.
+file, of the file it shares with its kind and, for cuecard's methods, of every cuecard module the method
+imports: editing one method recomputes only its cells; editing a module methods share recomputes theirs.
 """
 
 from __future__ import annotations
@@ -14,12 +15,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib
-import inspect
 from pathlib import Path
 from typing import Any
 
 import dspy
 
+from ..sources import module_files
 from .common import MethodRun, Runner
 from .pe2 import ABLATIONS as PE2_ABLATIONS
 
@@ -51,29 +52,29 @@ def run_seed(program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
     return program, MethodRun(planned_calls=0)
 
 
-TELEPROMPTERS = HERE.parents[2] / "teleprompters"
-
-
 def _files(name: str) -> list[Path]:
     """The files a method's results depend on: its own, what it shares with its kind, and for cuecard's
-    teleprompters their source (a teleprompter edited recomputes its cells; DSPy's cells stay)."""
+    teleprompters every cuecard module they import, followed transitively (see :mod:`..sources`): a
+    teleprompter, a module it shares or the engine edited recomputes its cells; DSPy's cells stay."""
     if name in PE2_ABLATIONS:
         name = "pe2"
     if name in DSPY_METHOD_NAMES:
         return [HERE / f"{name}.py", HERE / "dspy_common.py"]
     if name in REGISTERED_METHODS:
-        source = Path(inspect.getsourcefile(registered_teleprompters()[name]) or "")
-        return [HERE / "common.py", source, TELEPROMPTERS / "base.py", TELEPROMPTERS / "proposals.py"]
-    sources = [TELEPROMPTERS / f"{name}.py", TELEPROMPTERS / "base.py", TELEPROMPTERS / "proposals.py"]
-    return [HERE / f"{name}.py", HERE / "common.py", *(path for path in sources if path.is_file())]
+        cls = registered_teleprompters()[name]
+        within = ["cuecard", __name__, cls.__module__.split(".")[0]]  # and the third party's own package
+        return module_files([f"{__name__}.common", cls.__module__], within)
+    from cuecard.registry import teleprompter
+
+    return module_files([f"{__name__}.{name}", f"{__name__}.common", teleprompter(name).__module__], ["cuecard", __name__])
 
 
 def method_code_hash(name: str) -> str:
     """A hash of the files that set the method's knobs and run it (and of the DSPy version).
 
     It is part of each cell's fingerprint, so cells stored before that code changed are recomputed
-    rather than mixed with new ones: for cuecard's methods, their teleprompter's source too (a change in
-    the engine below them is not seen: rerun with a new ``--out`` after one).
+    rather than mixed with new ones: for cuecard's methods, the source of every cuecard module they
+    import (their teleprompter, the shared induction and proposal modules, base.py, the engine).
     """
     if name in BASELINES:
         return name
