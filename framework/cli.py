@@ -653,11 +653,42 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of command ``name`` (its usage is the one a mistake in its options should show)."""
+    for action in parser._subparsers._group_actions:  # argparse keeps subcommands only there
+        if name in getattr(action, "choices", {}):
+            return action.choices[name]
+    return parser
+
+
+def unknown_arguments(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    """One line for arguments the command does not take, with the closest flag for each mistyped one.
+
+    Example:
+        >>> unknown_arguments(["--budjet", "light"], build_parser()._subparsers._group_actions[0].choices["compile"])
+        'unrecognized argument --budjet (did you mean --budget?)'
+    """
+    import difflib
+
+    flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    mistyped = [argument.split("=", 1)[0] for argument in unknown if argument.startswith("-")]
+    if not mistyped:
+        return f"unrecognized arguments: {' '.join(unknown)}"
+    pieces = []
+    for flag in mistyped:
+        close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6)
+        pieces.append(f"unrecognized argument {flag}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return "; ".join(pieces)
+
+
 def main(argv: list[str] | None = None) -> int:
     import warnings
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = _subcommand(parser, args.command)
+        command.error(unknown_arguments(unknown, command))
     from cuecard.errors import CuecardError, SavedFileWarning
 
     def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
