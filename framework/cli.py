@@ -269,8 +269,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         from cuecard.evaluate import describe_failures
 
         print(f"failures: {describe_failures(report.failures, limit=10)} (failed evaluations are retried by the next run)")
-    if report.stopped:
-        print(f"stopped by a cap: {report.stopped}; the same command with a larger cap continues the run")
+    reason = report.stop_reason
+    print(f"search stopped: {reason.text}" + ("; the same command with a larger cap continues the run" if reason.by_cap else ""))
     for note in report.notes:
         print(f"note: {note}")
     return 0

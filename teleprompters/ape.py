@@ -24,6 +24,7 @@ import dspy
 from cuecard.errors import TeleprompterConfigError
 from cuecard.policies import Allocation
 from cuecard.program import get_instructions, predictors
+from cuecard.stopping import StopKind
 from pydantic import BaseModel, Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -156,11 +157,11 @@ class APE(Teleprompter):
             round_ += 1
             new_arms = self.resample(ctx, kept, round_)
             if not new_arms:
-                ctx.note(f"Monte Carlo round {round_}: no usable variation; search stopped")
+                ctx.stop(StopKind.NOTHING_NEW, f"Monte Carlo round {round_} gave no usable variation")
                 break
             allocation = ctx.allocate(kept + new_arms)
             if allocation.best.mean <= best:
-                ctx.note(f"Monte Carlo round {round_}: no gain over {best:.3f}; search stopped")
+                ctx.stop(StopKind.NO_IMPROVEMENT, f"Monte Carlo round {round_}: no gain over {best:.3f}")
                 break
             best = allocation.best.mean
         return allocation

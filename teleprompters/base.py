@@ -49,6 +49,7 @@ from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
 from cuecard.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
+from cuecard.stopping import StopKind, StopReason
 from cuecard.study import Engine
 from cuecard.usage import Limits
 from dspy.teleprompt import Teleprompter as DSPyTeleprompter
@@ -115,6 +116,7 @@ class SearchContext:
         self.notes: list[str] = []
         self.pruned: set[int] = set()
         self.capped: str | None = None
+        self.stop_reason: StopReason | None = None
         self.readings: dict[str, list[str]] = {}
         self.sample_counter = 0
         self.history: list[dict[str, Any]] = []
@@ -132,8 +134,17 @@ class SearchContext:
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
 
-    def note(self, text: str) -> None:
-        self.notes.append(text)
+    def note(self, text: str, limit: int = 400) -> None:
+        """Add a note to the report: one line (a model's multi-line reading is flattened), shortened to ``limit``."""
+        line = " ".join(str(text).split())
+        self.notes.append(line if len(line) <= limit else line[: limit - 3] + "...")
+
+    def stop(self, kind: StopKind, detail: str = "") -> None:
+        """Say why the search stops (the first reason given stands); a cap also leaves the run open to continue."""
+        if self.stop_reason is None:
+            self.stop_reason = StopReason(kind=kind, detail=detail)
+        if kind == StopKind.CAP:
+            self.capped = self.capped or detail
 
     def train_answers(self) -> set[str]:
         """Every output value of the train examples, normalised (a proposal that is one of them is an answer)."""
@@ -157,10 +168,10 @@ class SearchContext:
     def allocate(self, arms: Sequence[int] | None = None, budget: int | None = None) -> Allocation:
         allocation = self.engine.allocate(self.teleprompter.policy, arms, budget)
         self.pruned.update(e.arm for e in allocation.ranking if e.pruned)
-        if allocation.stopped:
-            self.note(f"scoring stopped early: {allocation.stopped}")
         if allocation.capped:
-            self.capped = self.capped or allocation.stopped
+            self.stop(StopKind.CAP, allocation.stopped or "")
+        elif allocation.stopped:
+            self.note(f"scoring stopped early: {allocation.stopped}")
         return allocation
 
 
@@ -433,8 +444,7 @@ class Teleprompter(DSPyTeleprompter):
             try:
                 final = self.search(ctx)
             except BudgetExhausted as exc:
-                ctx.capped = str(exc)
-                ctx.note(f"search stopped: {exc}; the best candidate scored so far wins")
+                ctx.stop(StopKind.CAP, f"{exc}; the best candidate scored so far wins")
                 final = ctx.ranking_so_far()
             except EvaluationFailed as exc:
                 engine.finish(failed=str(exc))
@@ -444,7 +454,7 @@ class Teleprompter(DSPyTeleprompter):
                 engine.status("checking the winner against the seed on the same dev examples")
             acceptance = engine.compare(final.best.arm, seed_arm, self.acceptance)
             if acceptance.cut_short:
-                ctx.capped = ctx.capped or acceptance.cut_short
+                ctx.stop(StopKind.CAP, f"while checking the winner against the seed: {acceptance.cut_short}")
         engine.finish(sorted(ctx.pruned), stopped=ctx.capped)
         report = self.build_report(ctx, final, seed_instructions, train, dev, identity, acceptance)
         compiled = apply_instructions(student, report.best.instructions)
@@ -618,6 +628,7 @@ class Teleprompter(DSPyTeleprompter):
             dropped=ctx.dropped,
             failures=failures,
             stopped=ctx.capped,
+            stop_reason=ctx.stop_reason or StopReason(),
             evaluations=engine.evaluations,
             usage=usage,
             task_usage=usage - prompt_usage,
@@ -729,9 +740,10 @@ class Teleprompter(DSPyTeleprompter):
         reserve = self.acceptance_reserve(ctx)
         if room - reserve >= step_cost:
             return True
-        ctx.note(
-            f"stopped: {room} requests left under the cap, fewer than one more step ({step_cost}) and the seed's "
-            f"check on the winner's examples ({reserve}) may take"
+        ctx.stop(
+            StopKind.NO_ROOM,
+            f"{room} requests left under the cap, fewer than one more step ({step_cost}) and the seed's "
+            f"check on the winner's examples ({reserve}) may take",
         )
         return False
 

@@ -27,6 +27,7 @@ from cuecard.errors import BudgetExhausted
 from cuecard.evaluate import ExampleScore
 from cuecard.policies import Allocation, FullEvaluation
 from cuecard.program import get_instructions, predictors
+from cuecard.stopping import StopKind
 from pydantic import Field
 
 from .ape import Induction, combine, induce
@@ -168,8 +169,7 @@ class PE2(Teleprompter):
                 for parent in parents:
                     children += self.expand(ctx, parent, step)
             except BudgetExhausted as exc:
-                ctx.capped = str(exc)
-                ctx.note(f"step {step}: a cap was reached while proposing ({exc}); stopped")
+                ctx.stop(StopKind.CAP, f"while proposing at step {step}: {exc}")
                 if children:
                     ctx.allocate(children)
                 break
@@ -185,7 +185,7 @@ class PE2(Teleprompter):
                 }
             )
             if not children:
-                ctx.note(f"step {step}: no usable new prompt; search ended with the best so far")
+                ctx.stop(StopKind.NOTHING_NEW, f"step {step} gave no usable new prompt; the best so far wins")
                 break
             if scored is not None and scored.stopped:
                 break

@@ -27,7 +27,7 @@ class Models:
 
     def reply(self, messages):
         text = messages[-1]["content"]
-        if "Review:" not in text or "instruction" in text.lower() and "<INS>" in text or "teacher gave" in text:
+        if any(ask in text for ask in ("<INS>", "What was the instruction?", "teacher gave")) or "Review:" not in text:
             return f"<INS>{self.proposal} (idea {next(self.count)}).</INS>"
         review = text.split("Review:")[-1].split("\n")[0]
         if any(word in review for word in self.unreadable):
@@ -76,3 +76,44 @@ def test_the_readme_says_one_true_thing_about_the_global_lm():
     readme = (ROOT / "README.md").read_text()
     assert "never reads a global LM" not in readme
     assert readme.count("the LM given to `dspy.configure`") >= 2  # models section and teleprompters section agree
+
+
+# ---- goal 4: everything a user reads is true -----------------------------------------------------------
+OPRO_LIGHT = ["--teleprompter", "opro", "--budget", "light", "--set", "patience=100"]
+
+
+def test_one_stop_reason_the_same_in_the_cli_the_report_and_the_notes(models, capsys, tmp_path):
+    code, out, err = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), *OPRO_LIGHT, "--quiet", "--out", "p.json"], capsys)
+    assert code == 0, err
+    report = saved_report()
+    reason = report.stop_reason
+    assert reason.kind == "no room" and "fewer than one more step" in reason.text
+    assert f"search stopped: {reason.text}" in out
+    assert not any("stopped" in note for note in report.notes), "the reason is said once, not again as a note"
+    code, _, _ = run_main(["report", "p.json", "--out-dir", str(tmp_path / "r")], capsys)
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "ran to its end" not in page and "Stopped by a cap" not in page
+    assert page.count(reason.text.split(":")[0]) == 2  # the headline and the cost section, both from the one field
+
+
+def test_a_cap_is_the_stop_reason_and_a_search_that_ran_out_of_ideas_says_so(models, capsys):
+    code, out, _ = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", "opro", "--max-calls", "60",
+                             "--quiet", "--out", "p.json"], capsys)
+    assert code == 0
+    assert saved_report().stop_reason.kind == "cap"
+    assert "search stopped: a cap was reached: " in out and "cap of 60 LM requests" in out and "larger cap continues" in out
+    code, out, _ = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", "opro", "--set", "steps=6",
+                             "--set", "patience=2", "--quiet", "--out", "q.json"], capsys)
+    assert saved_report("q.json").stop_reason.kind == "no improvement"
+    assert "search stopped: the best score stopped improving: " in out and "(patience 2)" in out
+
+
+def test_notes_are_one_line_each(models, capsys):
+    models.proposal = "Say whether the review\nis positive\nor negative"
+    code, out, _ = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), *OPRO_LIGHT, "--quiet", "--out", "p.json"], capsys)
+    assert code == 0
+    notes = [line for line in out.splitlines() if line.startswith("note: ")]
+    reading = next(note for note in notes if "read from train examples" in note)
+    assert "is positive or negative" in reading  # the reading flattened, not cut at its first line
+    assert all(len(note) <= 410 for note in notes)
+    assert not any(line.strip() and not line.startswith(("note: ", "compiled", "search", "  ", "winner", "run ")) for line in out.splitlines())
