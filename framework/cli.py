@@ -265,6 +265,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
         f"({process.model_calls} by this process; {process.lm_requests_replayed} requests replayed from the run's record, "
         f"{process.evaluations_read_back} evaluations read back)"
     )
+    if usage.parse_failures:
+        print(f"parse failures: {parse_failures(report)}")
     if report.failures:
         from cuecard.evaluate import describe_failures
 
@@ -274,6 +276,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for note in report.notes:
         print(f"note: {note}")
     return 0
+
+
+def parse_failures(report: Any) -> str:
+    """The answers the adapter could not read as the program's output fields, with one of them, in one line."""
+    example = f" (e.g. {report.parse_failure_example})" if report.parse_failure_example else ""
+    return (f"{report.usage.parse_failures} task-model answers (of {report.task_usage.calls} requests) could not be read "
+            f"as the output fields{example}; the metric scored their raw text")
 
 
 BUDGETS = {"light": 150, "medium": 600, "heavy": 2400}

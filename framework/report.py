@@ -93,6 +93,9 @@ class CompileReport(BaseModel):
     candidates: list[CandidateSummary]
     dropped: dict[str, int] = Field(default_factory=dict)
     failures: dict[str, int] = Field(default_factory=dict, description="failed evaluations and proposals by reason")
+    parse_failure_example: str | None = Field(
+        None, description="one task-model answer the adapter could not read as the output fields (usage.parse_failures counts them)"
+    )
     stopped: str | None = Field(None, description="the cap that stopped the search, if one did")
     stop_reason: StopReason = Field(default_factory=StopReason, description="why the search stopped, said once")
     evaluations: int = 0

@@ -95,6 +95,8 @@ class UsageMeter:
         self.name = name
         self._lock = threading.Lock()
         self._by_model: dict[str, Usage] = {}
+        self.parse_failure_example: str | None = None
+        """The first answer that could not be parsed (one line, shortened), to show the user what went wrong."""
 
     def __deepcopy__(self, memo: dict) -> UsageMeter:
         return self
@@ -102,8 +104,10 @@ class UsageMeter:
     def add(self, record: CallRecord) -> None:
         self._add(record.model, record.as_usage())
 
-    def add_parse_failure(self, model: str) -> None:
+    def add_parse_failure(self, model: str, example: str | None = None) -> None:
         self._add(model, Usage(parse_failures=1))
+        if example is not None and self.parse_failure_example is None:
+            self.parse_failure_example = example
 
     def _add(self, model: str, usage: Usage) -> None:
         with self._lock:
@@ -123,6 +127,7 @@ class UsageMeter:
     def reset(self) -> None:
         with self._lock:
             self._by_model.clear()
+            self.parse_failure_example = None
 
 
 class Limits(BaseModel):
@@ -221,8 +226,14 @@ def record(meter: UsageMeter | None, call: CallRecord) -> None:
         block.add(call)
 
 
-def record_parse_failure(meter: UsageMeter | None, model: str) -> None:
+def record_parse_failure(meter: UsageMeter | None, model: str, answer: str | None = None, fields: str = "") -> None:
+    """Count an answer the adapter could not read as the output fields; the first one is kept as an example
+    (``fields``: what it was read as), one line and at most 200 characters."""
+    example = None
+    if answer is not None:
+        line = " ".join(answer.split())
+        example = f"{fields}: {line[:200]!r}" if fields else repr(line[:200])
     if meter is not None:
-        meter.add_parse_failure(model)
+        meter.add_parse_failure(model, example)
     for block in _active_blocks.get():
-        block.add_parse_failure(model)
+        block.add_parse_failure(model, example)

@@ -627,6 +627,7 @@ class Teleprompter(DSPyTeleprompter):
             candidates=summaries,
             dropped=ctx.dropped,
             failures=failures,
+            parse_failure_example=engine.block.parse_failure_example,
             stopped=ctx.capped,
             stop_reason=ctx.stop_reason or StopReason(),
             evaluations=engine.evaluations,

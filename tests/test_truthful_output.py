@@ -117,3 +117,21 @@ def test_notes_are_one_line_each(models, capsys):
     assert "is positive or negative" in reading  # the reading flattened, not cut at its first line
     assert all(len(note) <= 410 for note in notes)
     assert not any(line.strip() and not line.startswith(("note: ", "compiled", "search", "  ", "winner", "run ")) for line in out.splitlines())
+
+
+def test_parse_failures_are_shown_with_one_unparsed_answer(models, capsys, tmp_path):
+    models.unreadable = ("movie", "film")
+    code, out, _ = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", "ape", "--set", "num_subsamples=1",
+                             "--set", "num_prompts_per_subsample=2", "--quiet", "--out", "p.json"], capsys)
+    assert code == 0
+    report = saved_report()
+    failures = report.usage.parse_failures
+    assert failures > 0 and report.parse_failure_example == "sentiment: 'I would rather not say.'"
+    line = next(line for line in out.splitlines() if line.startswith("parse failures: "))
+    assert f"{failures} task-model answers (of {report.task_usage.calls} requests)" in line
+    assert "I would rather not say." in line
+    run_main(["report", "p.json", "--out-dir", str(tmp_path / "r")], capsys)
+    page = (tmp_path / "r" / "report.html").read_text()
+    assert "<b>Failures:</b> none" not in page
+    assert f"answers not readable as the output fields: {failures} of {report.task_usage.calls}" in page
+    assert "I would rather not say." in page and "<th class=\"num\">parse failures</th>" in page
