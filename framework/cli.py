@@ -222,18 +222,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
         kwargs["preferences"] = _preferences(args.preferences) if args.preferences else []
     if cls.needs_labels:
         kwargs["metric"] = file_metric if file_metric is not None and not args.metric else build_metric(args.metric or "exact_match", program)
-    max_calls = args.max_calls
-    planned: dict[str, Any] = {}
-    if args.budget:
-        max_calls = max_calls or BUDGETS[args.budget]
-        sizes = cls(metric=None, task_lm=task_lm, **options).split(list(train), list(dev) if dev else None)
-        planned = cls.plan(max_calls, len(sizes[0]), len(sizes[1]), len(program.predictors()))
+    max_calls = args.max_calls or (BUDGETS[args.budget] if args.budget else None)
     limits = {"max_calls": max_calls, "max_model_calls": args.max_model_calls}
     kwargs.update(
         storage=args.storage, progress=not args.quiet, runs_root=args.run_dir, run_name=args.run_name,
         limits=cuecard.Limits(**limits) if any(v is not None for v in limits.values()) else None,
         max_evaluations=args.max_evaluations, timeout=args.timeout, max_failure_share=args.max_failure_share,
-        num_threads=args.threads, **{**planned, "seed": args.seed, **options},
+        num_threads=args.threads, auto=args.budget, **{"seed": args.seed, **options},
     )
     if args.policy:
         kwargs["policy"] = make_policy(args.policy)
@@ -285,8 +280,7 @@ def parse_failures(report: Any) -> str:
             f"as the output fields{example}; the metric scored their raw text")
 
 
-BUDGETS = {"light": 150, "medium": 600, "heavy": 2400}
-"""``--budget`` presets: LM requests per compile; the teleprompter plans its knobs for them."""
+from cuecard.usage import BUDGETS  # noqa: E402 - the presets of --budget, the same as a teleprompter's auto=
 
 
 def _score(summary: Any) -> str:

@@ -130,6 +130,11 @@ class UsageMeter:
             self.parse_failure_example = None
 
 
+BUDGETS = {"light": 150, "medium": 600, "heavy": 2400}
+"""The presets of ``auto=`` (every teleprompter) and ``--budget``: LM requests per compile; the teleprompter
+plans its knobs for them."""
+
+
 class Limits(BaseModel):
     """Caps on a block of work. ``None`` means no cap.
 

@@ -51,7 +51,7 @@ from cuecard.program import apply_instructions, check_examples, get_instructions
 from cuecard.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
 from cuecard.stopping import StopKind, StopReason
 from cuecard.study import Engine
-from cuecard.usage import Limits
+from cuecard.usage import BUDGETS, Limits
 from dspy.teleprompt import Teleprompter as DSPyTeleprompter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -200,6 +200,9 @@ class Teleprompter(DSPyTeleprompter):
         acceptance: the rule a winner must pass against the seed on the same dev examples to replace
             it (default :class:`~cuecard.acceptance.SignTest`, one-sided at 0.1); ``AlwaysAccept()``
             returns the search's winner unchecked.
+        auto: ``"light"``, ``"medium"`` or ``"heavy"``, as DSPy's optimizers take it: the method's knobs are
+            planned for that many LM requests (150, 600, 2400: ``--budget``'s presets) and the compile is capped
+            there (see :meth:`apply_auto`).
     """
 
     name = "teleprompter"
@@ -233,6 +236,7 @@ class Teleprompter(DSPyTeleprompter):
         retry_wait: float = 1.0,
         metric_version: str | None = None,
         acceptance: AcceptanceRule | None = None,
+        auto: str | None = None,
         **config: Any,
     ) -> None:
         super().__init__()
@@ -242,6 +246,10 @@ class Teleprompter(DSPyTeleprompter):
             raise TeleprompterConfigError(f"max_failure_share={max_failure_share}: must be in (0, 1]")
         if prompt_retries < 0 or retry_wait < 0:
             raise TeleprompterConfigError("prompt_retries and retry_wait must be >= 0")
+        if auto is not None and auto not in BUDGETS:
+            raise TeleprompterConfigError(f"auto={auto!r}: one of {', '.join(map(repr, BUDGETS))} (or None)")
+        self.auto = auto
+        self._policy_given = policy is not None
         self.metric = metric
         self._task_lm = task_lm
         self._prompt_lm = prompt_lm
@@ -279,6 +287,22 @@ class Teleprompter(DSPyTeleprompter):
                     problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
             valid = ", ".join(sorted(cls.Config.model_fields))
             raise TeleprompterConfigError(f"{'; '.join(problems)}. Settings of {cls.__name__}: {valid}") from None
+
+    def apply_auto(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None) -> None:
+        """With ``auto="light"|"medium"|"heavy"`` (as DSPy's optimizers take it), plan the method's knobs for the
+        preset's LM requests (:data:`~cuecard.usage.BUDGETS`, the same as ``--budget``) on this data and cap the
+        compile there; settings given explicitly, a policy given and a cap on requests given win."""
+        if self.auto is None:
+            return
+        cap = self.limits.max_calls if self.limits is not None and self.limits.max_calls is not None else BUDGETS[self.auto]
+        train, dev = self.split(list(trainset), list(valset) if valset is not None else None)
+        planned = dict(self.plan(cap, len(train), len(dev), len(predictors(student))))
+        policy = planned.pop("policy", None)
+        if policy is not None and not self._policy_given:
+            self.policy = policy
+        explicit = {name: getattr(self.config, name) for name in self.config.model_fields_set}
+        self.config = self.make_config({**planned, **explicit})
+        self.limits = (self.limits or Limits()).model_copy(update={"max_calls": cap})
 
     @property
     def task_lm(self) -> dspy.LM:
@@ -407,6 +431,7 @@ class Teleprompter(DSPyTeleprompter):
         check_examples(student, trainset, what="trainset")
         if valset is not None:
             check_examples(student, valset, what="valset")
+        self.apply_auto(student, trainset, valset)
         student, metric = self.prepare(student)
         if self.config.objective == "logprob" and getattr(self.task_lm, "scorer", None) is None:
             raise ScoringUnsupportedError(
@@ -478,6 +503,7 @@ class Teleprompter(DSPyTeleprompter):
             131
         """
         check_examples(student, trainset, what="trainset")
+        self.apply_auto(student, trainset, valset)
         train, dev = self.split(list(trainset), list(valset) if valset is not None else None)
         count = len(predictors(student))
         planned = self.planned_calls(len(train), len(dev), count)

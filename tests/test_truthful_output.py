@@ -135,3 +135,23 @@ def test_parse_failures_are_shown_with_one_unparsed_answer(models, capsys, tmp_p
     assert "<b>Failures:</b> none" not in page
     assert f"answers not readable as the output fields: {failures} of {report.task_usage.calls}" in page
     assert "I would rather not say." in page and "<th class=\"num\">parse failures</th>" in page
+
+
+@pytest.mark.parametrize("name", ["ape", "opro", "protegi", "pe2"])
+def test_auto_plans_the_same_knobs_as_budget_and_caps_the_compile(models, capsys, name):
+    from cuecard.metrics import exact_match
+    from cuecard.registry import teleprompter
+    from cuecard.usage import BUDGETS
+
+    code, _, err = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", name, "--budget", "light",
+                             "--quiet", "--out", "cli.json"], capsys)
+    assert code == 0, err
+    by_flag = saved_report("cli.json")
+    lm = cuecard.LM("local")
+    program = cuecard.programs.Classify(signature="review -> sentiment", labels=["positive", "negative"])
+    optimizer = teleprompter(name)(metric=exact_match("sentiment"), task_lm=lm, storage=":memory:", progress=False, auto="light")
+    report = optimizer.compile(program, trainset=cuecard.datasets.load_examples(str(REVIEWS), ["review"])).cuecard_report
+    assert report.config == by_flag.config and report.config != teleprompter(name)().config.model_dump()
+    assert optimizer.limits.max_calls == BUDGETS["light"] >= report.usage.calls
+    with pytest.raises(cuecard.errors.TeleprompterConfigError, match="auto='lite': one of 'light', 'medium', 'heavy'"):
+        teleprompter(name)(auto="lite")
