@@ -242,6 +242,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.estimate:
         return _print_estimate(teleprompter, program, train, dev, max_calls)
     try:
+        estimate = teleprompter.estimate(program, train, dev)
+    except TeleprompterConfigError:  # a method that cannot tell its cost before running
+        estimate = None
+    try:
         compiled = teleprompter.compile(program, trainset=train, valset=dev)
     finally:
         args.run_name = teleprompter.current_run or args.run_name  # named in the message if interrupted
@@ -260,6 +264,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
         f"({process.model_calls} by this process; {process.lm_requests_replayed} requests replayed from the run's record, "
         f"{process.evaluations_read_back} evaluations read back)"
     )
+    if estimate is not None:
+        print(f"estimated before the run: at most {estimate.requests} LM requests, about {estimate.tokens:,} tokens; "
+              f"used: {usage.calls} requests, {usage.total_tokens:,} tokens")
     if usage.parse_failures:
         print(f"parse failures: {parse_failures(report)}")
     if report.failures:
@@ -309,7 +316,7 @@ def _print_estimate(teleprompter: Any, program: Any, train: list, dev: list | No
     dollars = "unknown (litellm has no price for the model)" if estimate.cost is None else f"${estimate.cost:.4f}"
     print(f"estimate for {teleprompter.name} ({'; '.join(estimate.notes)}):")
     print(f"  LM requests at most: {estimate.requests} ({estimate.task_requests} task model, {estimate.prompt_requests} prompt model)")
-    print(f"  dev evaluations: {estimate.evaluations}; tokens: about {estimate.tokens}; dollars: {dollars}")
+    print(f"  dev evaluations: {estimate.evaluations}; tokens: about {estimate.tokens:,}; dollars: {dollars}")
     if cap is not None:
         verdict = "fits" if estimate.requests <= cap else "does not fit: the compile stops at the cap with the best so far"
         print(f"  cap: {cap} requests ({verdict})")

@@ -89,8 +89,9 @@ class CompileEstimate(BaseModel):
     """A dry run: what a compile with these settings asks of the LMs at most, before any LM call.
 
     ``requests`` counts every LM request (task and prompt model, the way ``Limits(max_calls=...)``
-    counts them); tokens and dollars are rough (the prompts as rendered for one example, the answer
-    caps) and dollars are given only where litellm knows the model's prices.
+    counts them); tokens and dollars are about what those requests take (the prompts as rendered, answers
+    as long as the gold outputs within the answer cap, proposals at the method's cap) and dollars are given
+    only where litellm knows the model's prices.
     """
 
     requests: int
@@ -519,13 +520,27 @@ class Teleprompter(DSPyTeleprompter):
         )
 
     def _tokens_and_cost(self, student: dspy.Module, train: list[dspy.Example], prompt: int, task: int) -> tuple[int, float | None]:
-        """Rough tokens (the first predictor's prompt as rendered for one example, the answer caps) and
-        dollars where litellm knows the models' prices (None for an unknown price; 0 for local models)."""
+        """Tokens (about: 4 characters a token) and dollars where litellm knows the models' prices (None for an
+        unknown price; 0 for local models), from the prompts as rendered and the answers' lengths.
+
+        A task request is the first predictor's prompt as the adapter renders it (averaged over train examples)
+        and an answer as long as the gold outputs, within the answer cap; a prompt-model request is the task
+        reading request as rendered (a meta-prompt shows a few examples like it) and an answer of the method's
+        proposal cap.
+        """
         _, predictor = predictors(student)[0]
-        rendered = self.task_adapter().format(predictor.signature, [], {k: train[0][k] for k in predictor.signature.input_fields if k in train[0]})
-        task_in = sum(len(str(m["content"])) for m in rendered) // 4 + 8
-        task_out = int((getattr(self.task_lm, "kwargs", None) or {}).get("max_tokens") or 256)
-        prompt_in, prompt_out = 800, 200
+        signature = predictor.signature
+        sample = train[:20]
+        adapter = self.task_adapter()
+        rendered = [
+            adapter.format(signature, [], {k: example[k] for k in signature.input_fields if k in example}) for example in sample
+        ]
+        task_in = sum(_tokens(str(m["content"])) for messages in rendered for m in messages) // max(1, len(rendered)) + 8
+        gold = [str(example[k]) for example in sample for k in signature.output_fields if k in example]
+        task_out = min(self.answer_cap(signature), (sum(map(_tokens, gold)) // len(gold) + 2) if gold else 256)
+        request = RULE_REQUEST.format(pairs=self.format_demos(student, train[:5]))
+        prompt_in = _tokens(request) + 8
+        prompt_out = int(getattr(self.config, "max_proposal_tokens", 100) or 100)
         tokens = task * (task_in + task_out) + prompt * (prompt_in + prompt_out)
         cost = 0.0
         for lm, n, tokens_in, tokens_out in ((self.task_lm, task, task_in, task_out), (self.prompt_lm, prompt, prompt_in, prompt_out)):
@@ -534,6 +549,17 @@ class Teleprompter(DSPyTeleprompter):
                 return tokens, None
             cost += n * price
         return tokens, cost
+
+    def answer_cap(self, signature: type[dspy.Signature]) -> int:
+        """Tokens a task-model answer may take: the plain adapter's cap for one short output field, else the
+        task model's ``max_tokens`` (256 when it has none)."""
+        cap = int((getattr(self.task_lm, "kwargs", None) or {}).get("max_tokens") or 256)
+        adapter = self.task_adapter()
+        outputs = [name for name in signature.output_fields if name != "reasoning"]
+        short = getattr(adapter, "short_answer_tokens", None)
+        if short and len(signature.output_fields) == 1 and outputs[0] not in getattr(adapter, "multiline_fields", ()):
+            return min(cap, short)
+        return cap
 
     @classmethod
     def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
@@ -926,6 +952,11 @@ def _price(lm: Any, tokens_in: int, tokens_out: int) -> float | None:
     except Exception:  # litellm does not know this model's price
         return None
     return float(prompt_cost + completion_cost)
+
+
+def _tokens(text: str) -> int:
+    """About how many tokens ``text`` takes (4 characters a token, as tokenizers of English average)."""
+    return max(1, len(text) // 4)
 
 
 def _supports_json_schema(lm: Any) -> bool:

@@ -155,3 +155,15 @@ def test_auto_plans_the_same_knobs_as_budget_and_caps_the_compile(models, capsys
     assert optimizer.limits.max_calls == BUDGETS["light"] >= report.usage.calls
     with pytest.raises(cuecard.errors.TeleprompterConfigError, match="auto='lite': one of 'light', 'medium', 'heavy'"):
         teleprompter(name)(auto="lite")
+
+
+def test_the_token_estimate_is_close_to_what_the_compile_uses_and_is_printed_beside_it(models, capsys):
+    argv = ["compile", *CLASSIFY, "--train", str(REVIEWS), *OPRO_LIGHT, "--out", "p.json"]
+    code, out, _ = run_main([*argv, "--estimate"], capsys)
+    assert code == 0
+    estimated = int(out.split("tokens: about ")[1].split(";")[0].replace(",", ""))
+    code, out, _ = run_main([*argv, "--quiet"], capsys)
+    used = saved_report().usage
+    assert 0.67 * used.total_tokens <= estimated <= 1.5 * used.total_tokens  # was 6x too high: every answer at 256 tokens
+    assert (f"estimated before the run: at most {used.calls} LM requests, about {estimated:,} tokens; "
+            f"used: {used.calls} requests, {used.total_tokens:,} tokens") in out
