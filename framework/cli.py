@@ -550,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     compile_ = commands.add_parser("compile", help="optimise a program's instructions on a trainset and save it",
                                    description="Optimise a program's instructions with a teleprompter and save the "
-                                               "compiled program as JSON (plain dspy loads it). Interrupted runs resume "
+                                               "compiled program as JSON (DSPy loads it: Program().load(path), or dspy.Predict(signature).load(path) for one predictor). Interrupted runs resume "
                                                "when the same command is run again.")
     _program_options(compile_, required=True, names=sorted(programs()))
     compile_.add_argument("--train", required=True, help="training examples: .jsonl, .json or .csv with named columns")

@@ -49,6 +49,7 @@ from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
 from cuecard.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
+from cuecard.saving import keep_block
 from cuecard.stopping import StopKind, StopReason
 from cuecard.study import Engine
 from cuecard.usage import BUDGETS, Limits
@@ -485,7 +486,7 @@ class Teleprompter(DSPyTeleprompter):
         report = self.build_report(ctx, final, seed_instructions, train, dev, identity, acceptance)
         compiled = apply_instructions(student, report.best.instructions)
         compiled.cuecard_report = report
-        return self.finalize(compiled, report)
+        return keep_block(self.finalize(compiled, report))  # DSPy's own compiled.save(path) keeps the report
 
     # ---- estimates and plans ------------------------------------------------------------------------
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int] | None:

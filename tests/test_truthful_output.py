@@ -167,3 +167,48 @@ def test_the_token_estimate_is_close_to_what_the_compile_uses_and_is_printed_bes
     assert 0.67 * used.total_tokens <= estimated <= 1.5 * used.total_tokens  # was 6x too high: every answer at 256 tokens
     assert (f"estimated before the run: at most {used.calls} LM requests, about {estimated:,} tokens; "
             f"used: {used.calls} requests, {used.total_tokens:,} tokens") in out
+
+
+def test_plain_dspy_loads_a_compiled_file_as_the_readme_says(models, capsys):
+    import cuecard.programs
+    import dspy
+
+    code, _, err = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", "opro", "--set", "steps=1",
+                             "--instructions", "Is the review positive or negative?", "--quiet", "--out", "p.json"], capsys)
+    assert code == 0, err
+    winner = saved_report().best.instructions["predict"]
+    bare = dspy.Predict("review -> sentiment")
+    bare.load("p.json")  # the file holds its one predictor's state at the top too
+    assert bare.signature.instructions == winner
+    with dspy.context(lm=cuecard.LM("local"), adapter=cuecard.PlainAdapter()):
+        assert bare(review="Great fun.").sentiment == "positive"
+    same_class = cuecard.programs.Classify(signature="review -> sentiment", labels=["positive", "negative"])
+    same_class.load("p.json")
+    assert same_class.predict.signature.instructions == winner
+    assert cuecard.load("p.json", program=dspy.Predict("review -> sentiment")).signature.instructions == winner
+
+    class Renamed(dspy.Module):  # the README says: the same predictor names, or a bare Predict for one predictor
+        def __init__(self):
+            super().__init__()
+            self.classify = dspy.Predict("review -> sentiment")
+
+    with pytest.raises(KeyError):
+        Renamed().load("p.json")
+
+
+def test_dspy_save_on_a_compiled_program_keeps_the_report(models, capsys, tmp_path):
+    import cuecard.programs
+    from cuecard.metrics import exact_match
+    from cuecard.teleprompters import APE
+
+    program = cuecard.programs.Classify(signature="review -> sentiment", labels=["positive", "negative"])
+    compiled = APE(metric=exact_match("sentiment"), task_lm=cuecard.LM("local"), storage=":memory:", progress=False,
+                   num_subsamples=1, num_prompts_per_subsample=2).compile(program, trainset=cuecard.datasets.reviews()[:10])
+    compiled.save("dspy.json")  # DSPy's own Module.save
+    block = cuecard.read_block("dspy.json")
+    assert block.report is not None and block.teleprompter == "ape" and block.program is not None
+    code, out, err = run_main(["report", "dspy.json", "--out-dir", str(tmp_path / "r")], capsys)
+    assert code == 0, err
+    assert (tmp_path / "r" / "report.html").exists()
+    assert cuecard.load("dspy.json").cuecard_report == compiled.cuecard_report
+    assert compiled.deepcopy().dump_state()["cuecard"]["teleprompter"] == "ape"
