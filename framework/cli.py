@@ -228,7 +228,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         storage=args.storage, progress=not args.quiet, runs_root=args.run_dir, run_name=args.run_name,
         limits=cuecard.Limits(**limits) if any(v is not None for v in limits.values()) else None,
         max_evaluations=args.max_evaluations, timeout=args.timeout, max_failure_share=args.max_failure_share,
-        num_threads=args.threads, auto=args.budget, **{"seed": args.seed, **options},
+        num_threads=args.threads, auto=args.budget, prompt_max_tokens=args.prompt_max_tokens, **{"seed": args.seed, **options},
     )
     if args.policy:
         kwargs["policy"] = make_policy(args.policy)
@@ -269,6 +269,8 @@ def cmd_compile(args: argparse.Namespace) -> int:
               f"used: {usage.calls} requests, {usage.total_tokens:,} tokens")
     if usage.parse_failures:
         print(f"parse failures: {parse_failures(report)}")
+    for line in truncations(report):
+        print(line)
     if report.failures:
         from cuecard.evaluate import describe_failures
 
@@ -285,6 +287,18 @@ def parse_failures(report: Any) -> str:
     example = f" (e.g. {report.parse_failure_example})" if report.parse_failure_example else ""
     return (f"{report.usage.parse_failures} task-model answers (of {report.task_usage.calls} requests) could not be read "
             f"as the output fields{example}; the metric scored their raw text")
+
+
+def truncations(report: Any) -> list[str]:
+    """One line each for prompt-model replies and task-model answers cut at their token cap (DSPy's own
+    warnings are left out during a compile: they came in the middle of the progress bars)."""
+    lines = []
+    if report.prompt_usage.truncated:
+        caps = "/".join(map(str, report.proposal_token_caps)) or "their cap of"
+        lines.append(f"{report.prompt_usage.truncated} proposals were cut at {caps} tokens; raise --prompt-max-tokens")
+    if report.task_usage.truncated:
+        lines.append(f"{report.task_usage.truncated} task-model answers were cut at their token cap")
+    return lines
 
 
 from cuecard.usage import BUDGETS  # noqa: E402 - the presets of --budget, the same as a teleprompter's auto=
@@ -593,6 +607,9 @@ def build_parser() -> argparse.ArgumentParser:
                                + ", with the teleprompter's knobs planned for it (--set and --max-calls override)")
     compile_.add_argument("--max-tokens", type=_positive_int, metavar="N",
                           help="cap on the task model's answer length in tokens (default: the model's, 256)")
+    compile_.add_argument("--prompt-max-tokens", type=_positive_int, metavar="N",
+                          help="the token cap of every prompt-model request (default: each method's own, e.g. "
+                               "--set max_proposal_tokens=...); raise it when the compile says proposals were cut")
     compile_.add_argument("--estimate", action="store_true",
                           help="print what the compile would ask of the LMs at most (requests, evaluations, tokens, "
                                "dollars where litellm knows the price) and stop: no LM call")

@@ -96,6 +96,9 @@ class CompileReport(BaseModel):
     parse_failure_example: str | None = Field(
         None, description="one task-model answer the adapter could not read as the output fields (usage.parse_failures counts them)"
     )
+    proposal_token_caps: list[int] = Field(
+        default_factory=list, description="the token caps at which prompt-model replies were cut (prompt_usage.truncated counts them)"
+    )
     stopped: str | None = Field(None, description="the cap that stopped the search, if one did")
     stop_reason: StopReason = Field(default_factory=StopReason, description="why the search stopped, said once")
     evaluations: int = 0

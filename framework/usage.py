@@ -40,6 +40,7 @@ class Usage(BaseModel):
     model_calls: int = 0
     errors: int = 0
     parse_failures: int = 0
+    truncated: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     lm_seconds: float = 0.0
@@ -64,6 +65,8 @@ class CallRecord(BaseModel):
     cache_hit: bool = False
     replayed: bool = Field(False, description="served from the run's record, not from an LM")
     error: bool = False
+    truncated: int = Field(0, description="answers cut at the token cap (finish reason 'length')")
+    max_tokens: int | None = Field(None, description="the token cap the request was sent with")
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -77,6 +80,7 @@ class CallRecord(BaseModel):
             replayed=self.requests if self.replayed else 0,
             model_calls=self.requests if reached else 0,
             errors=int(self.error),
+            truncated=self.truncated,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             lm_seconds=self.seconds,
@@ -97,12 +101,17 @@ class UsageMeter:
         self._by_model: dict[str, Usage] = {}
         self.parse_failure_example: str | None = None
         """The first answer that could not be parsed (one line, shortened), to show the user what went wrong."""
+        self.truncated_caps: set[int] = set()
+        """The token caps at which answers were cut (``usage.truncated`` counts them)."""
 
     def __deepcopy__(self, memo: dict) -> UsageMeter:
         return self
 
     def add(self, record: CallRecord) -> None:
         self._add(record.model, record.as_usage())
+        if record.truncated and record.max_tokens:
+            with self._lock:
+                self.truncated_caps.add(record.max_tokens)
 
     def add_parse_failure(self, model: str, example: str | None = None) -> None:
         self._add(model, Usage(parse_failures=1))
@@ -128,6 +137,7 @@ class UsageMeter:
         with self._lock:
             self._by_model.clear()
             self.parse_failure_example = None
+            self.truncated_caps = set()
 
 
 BUDGETS = {"light": 150, "medium": 600, "heavy": 2400}

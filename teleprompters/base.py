@@ -45,6 +45,7 @@ from cuecard.identity import (
     policy_identity,
     program_structure,
 )
+from cuecard.lm import truncation_counted
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
@@ -205,6 +206,8 @@ class Teleprompter(DSPyTeleprompter):
         auto: ``"light"``, ``"medium"`` or ``"heavy"``, as DSPy's optimizers take it: the method's knobs are
             planned for that many LM requests (150, 600, 2400: ``--budget``'s presets) and the compile is capped
             there (see :meth:`apply_auto`).
+        prompt_max_tokens: the token cap of every prompt-model request (default: each request's own, such as
+            ``max_proposal_tokens``); the report counts replies cut at their cap.
     """
 
     name = "teleprompter"
@@ -239,6 +242,7 @@ class Teleprompter(DSPyTeleprompter):
         metric_version: str | None = None,
         acceptance: AcceptanceRule | None = None,
         auto: str | None = None,
+        prompt_max_tokens: int | None = None,
         **config: Any,
     ) -> None:
         super().__init__()
@@ -252,6 +256,9 @@ class Teleprompter(DSPyTeleprompter):
             raise TeleprompterConfigError(f"auto={auto!r}: one of {', '.join(map(repr, BUDGETS))} (or None)")
         self.auto = auto
         self._policy_given = policy is not None
+        if prompt_max_tokens is not None and prompt_max_tokens < 1:
+            raise TeleprompterConfigError(f"prompt_max_tokens={prompt_max_tokens}: must be a positive number of tokens")
+        self.prompt_max_tokens = prompt_max_tokens
         self.metric = metric
         self._task_lm = task_lm
         self._prompt_lm = prompt_lm
@@ -402,7 +409,7 @@ class Teleprompter(DSPyTeleprompter):
             program=program_structure(student),
             metric=self.metric_identity(),
             data=digest([data_fingerprint(trainset), data_fingerprint(valset) if valset is not None else None]),
-            extras=self.identity_extras(),
+            extras={**self.identity_extras(), **({"prompt_max_tokens": self.prompt_max_tokens} if self.prompt_max_tokens else {})},
         )
 
     def default_run_name(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None = None) -> str:
@@ -466,7 +473,7 @@ class Teleprompter(DSPyTeleprompter):
             f"{self.name} with {self.task_lm.model} as task model and {self.prompt_lm.model} as prompt model; "
             f"{len(train)} train and {len(dev)} dev examples; stored in {engine.storage_url}"
         )
-        with engine.session():
+        with engine.session(), truncation_counted():  # cut answers are counted and reported once, at the end
             engine.add_candidate(seed_instructions, origin="program")
             try:
                 final = self.search(ctx)
@@ -681,6 +688,7 @@ class Teleprompter(DSPyTeleprompter):
             dropped=ctx.dropped,
             failures=failures,
             parse_failure_example=engine.block.parse_failure_example,
+            proposal_token_caps=sorted(engine.prompt_block.truncated_caps),
             stopped=ctx.capped,
             stop_reason=ctx.stop_reason or StopReason(),
             evaluations=engine.evaluations,
@@ -847,6 +855,7 @@ class Teleprompter(DSPyTeleprompter):
         if index == 1:
             ctx.engine.status(f"proposing with {self.prompt_lm.model} (a local model loads on its first call)")
         options = sampling_kwargs(self.config.seed, index, temperature) if temperature > 0 else {"temperature": 0.0}
+        max_tokens = self.prompt_max_tokens or max_tokens
         call = functools.partial(self.prompt_lm, messages=messages, max_tokens=max_tokens, **options, **extra)
         retrying = Retrying(
             stop=stop_after_attempt(self.prompt_retries + 1),

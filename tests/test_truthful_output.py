@@ -19,6 +19,7 @@ class Models:
     instruction, else a label; ``unreadable`` names words of a review the model answers with prose."""
 
     def __init__(self, monkeypatch, proposal="Say whether the review is positive or negative", unreadable=()):
+        self.truncate = False  # cut replies at the request's max_tokens, as a model does
         self.built = []
         self.proposal = proposal
         self.unreadable = unreadable
@@ -35,7 +36,7 @@ class Models:
         return "negative" if any(w in review for w in ("cold", "bad", "awful", "boring")) else "positive"
 
     def make(self, spec, **kwargs):
-        lm = scripted_lm(self.reply, name=f"scripted/{spec}")
+        lm = scripted_lm(self.reply, name=f"scripted/{spec}", truncate=self.truncate)
         lm.spec = spec
         lm.kwargs.update({k: v for k, v in kwargs.items() if k != "requests_per_minute"})
         self.built.append((spec, kwargs, lm))
@@ -212,3 +213,20 @@ def test_dspy_save_on_a_compiled_program_keeps_the_report(models, capsys, tmp_pa
     assert (tmp_path / "r" / "report.html").exists()
     assert cuecard.load("dspy.json").cuecard_report == compiled.cuecard_report
     assert compiled.deepcopy().dump_state()["cuecard"]["teleprompter"] == "ape"
+
+
+def test_cut_proposals_are_counted_into_one_line_not_warned_mid_bar(models, capsys, caplog):
+    models.truncate = True
+    models.proposal = "Say whether the review is positive or negative " + "and explain why at length " * 20
+    argv = ["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", "opro", "--set", "steps=1", "--out", "p.json"]
+    code, out, err = run_main(argv, capsys)
+    assert code == 0, err
+    assert not [r for r in caplog.records if "truncated" in r.getMessage()], "DSPy's warning is counted, not printed"
+    report = saved_report()
+    cut = report.prompt_usage.truncated
+    assert cut == report.prompt_usage.calls > 0 and report.proposal_token_caps == [80, 100]  # readings, OPRO's proposals
+    assert f"{cut} proposals were cut at 80/100 tokens; raise --prompt-max-tokens" in out
+    assert "LM response was truncated" not in err
+    code, out, err = run_main([*argv, "--prompt-max-tokens", "400", "--out", "q.json"], capsys)
+    assert code == 0, err
+    assert "were cut" not in out and saved_report("q.json").prompt_usage.truncated == 0
