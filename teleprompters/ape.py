@@ -155,6 +155,7 @@ class APE(Teleprompter):
             if not self.more_steps(ctx, round_, self.config.mc_rounds, cost + len(engine.examples)):
                 break
             round_ += 1
+            ctx.step(round_, self.config.mc_rounds, "Monte Carlo round")
             new_arms = self.resample(ctx, kept, round_)
             if not new_arms:
                 ctx.stop(StopKind.NOTHING_NEW, f"Monte Carlo round {round_} gave no usable variation")

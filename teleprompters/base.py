@@ -142,6 +142,11 @@ class SearchContext:
         line = " ".join(str(text).split())
         self.notes.append(line if len(line) <= limit else line[: limit - 3] + "...")
 
+    def step(self, number: int, planned: int, unit: str = "step") -> None:
+        """Label what follows (proposals, scoring) on the progress bars: "step 2/3", or past the planned steps
+        (``until_cap``) "step 4 (past the 3 planned)"."""
+        self.engine.phase = f"{unit} {number}/{planned}" if number <= planned else f"{unit} {number} (past the {planned} planned)"
+
     def stop(self, kind: StopKind, detail: str = "") -> None:
         """Say why the search stops (the first reason given stands); a cap also leaves the run open to continue."""
         if self.stop_reason is None:
@@ -468,6 +473,9 @@ class Teleprompter(DSPyTeleprompter):
             calls_per_example=self.evaluation_calls(student),
         )
         ctx = SearchContext(self, student, engine, train)
+        planned = self.planned_calls(len(train), len(dev), len(predictors(student)))
+        engine.proposals_planned = planned[0] if planned is not None else None
+        engine.phase = "starting candidates"
         seed_instructions = get_instructions(student)
         engine.status(
             f"{self.name} with {self.task_lm.model} as task model and {self.prompt_lm.model} as prompt model; "
@@ -481,8 +489,11 @@ class Teleprompter(DSPyTeleprompter):
                 ctx.stop(StopKind.CAP, f"{exc}; the best candidate scored so far wins")
                 final = ctx.ranking_so_far()
             except EvaluationFailed as exc:
+                engine.end_proposing()
                 engine.finish(failed=str(exc))
                 raise
+            engine.end_proposing()
+            engine.phase = "check"
             seed_arm = engine.arm_of(seed_instructions)
             if final.best.arm != seed_arm:
                 engine.status("checking the winner against the seed on the same dev examples")
@@ -863,6 +874,7 @@ class Teleprompter(DSPyTeleprompter):
             retry=retry_if_exception(lambda exc: not isinstance(exc, (CuecardError, KeyboardInterrupt))),
             reraise=True,
         )
+        ctx.engine.proposal_asked()
         try:
             with ctx.engine.proposing():
                 for attempt in retrying:

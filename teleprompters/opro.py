@@ -207,6 +207,7 @@ class OPRO(Teleprompter):
         step = 0
         while self.more_steps(ctx, step, self.config.steps, step_cost):
             step += 1
+            ctx.step(step, self.config.steps)
             name = names[(step - 1) % len(names)]
             base = engine.candidates[best.arm].instructions
             if self.config.exemplar_selection == "wrong" and best.arm not in counted:

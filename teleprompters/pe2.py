@@ -160,6 +160,7 @@ class PE2(Teleprompter):
         step = 0
         while self.more_steps(ctx, step, self.config.steps, step_cost):
             step += 1
+            ctx.step(step, self.config.steps)
             if not self.config.beam or not self.config.proposals_per_prompt:
                 break
             ranking = [e for e in ctx.ranking() if e.n > 0 and not e.pruned]

@@ -174,6 +174,7 @@ class ProTeGi(Teleprompter):
         closing = self.config.beam_size * len(engine.examples) * engine.calls_per_example  # the beam's full evaluation
         while self.more_steps(ctx, round_, self.config.rounds, round_cost + closing):
             round_ += 1
+            ctx.step(round_, self.config.rounds, "round")
             minibatch = ctx.rng.sample(ctx.train, min(self.config.minibatch_size, len(ctx.train)))
             children: list[int] = []
             any_error = False

@@ -230,3 +230,35 @@ def test_cut_proposals_are_counted_into_one_line_not_warned_mid_bar(models, caps
     code, out, err = run_main([*argv, "--prompt-max-tokens", "400", "--out", "q.json"], capsys)
     assert code == 0, err
     assert "were cut" not in out and saved_report("q.json").prompt_usage.truncated == 0
+
+
+def final_bars(err):
+    """Each progress bar's last drawing, by its label (tqdm redraws a bar after a carriage return)."""
+    import re
+
+    bars = {}
+    for piece in err.replace("\r", "\n").splitlines():
+        found = re.match(r"\S+: (.+?):\s+\d+%\|.*?\| (\d+)/(\d+|\?)", piece)
+        if found:
+            bars[found.group(1)] = (int(found.group(2)), found.group(3))
+    return bars
+
+
+def test_progress_is_one_bar_per_phase_with_its_step_closed_at_its_evaluations(models, capsys):
+    code, _, err = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", "opro", "--set", "steps=2",
+                             "--set", "patience=5", "--out", "p.json"], capsys)
+    assert code == 0, err
+    bars = final_bars(err)
+    scoring = {label: state for label, state in bars.items() if "scoring" in label or "against the seed" in label}
+    assert any(label.startswith("step 1/2: scoring") for label in scoring)
+    assert any(label.startswith("step 2/2: scoring") for label in scoring)
+    assert any(label.startswith("step 1/2: proposing") for label in bars)
+    assert all(str(done) == total for done, total in scoring.values()), scoring  # closed at 100%
+    assert sum(done for done, _ in scoring.values()) == saved_report().evaluations  # the bars count every evaluation
+
+
+def test_a_bar_cut_by_the_cap_says_so(models, capsys):
+    code, _, err = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", "opro", "--max-model-calls", "30",
+                             "--out", "p.json"], capsys)
+    assert code == 0, err
+    assert "starting candidates: scoring" in err and "stopped early (" in err and "cap of 30 LM calls that reach a model" in err
