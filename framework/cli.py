@@ -243,7 +243,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
         return _print_estimate(teleprompter, program, train, dev, max_calls)
     try:
         estimate = teleprompter.estimate(program, train, dev)
-    except TeleprompterConfigError:  # a method that cannot tell its cost before running
+    except cuecard.CuecardError:  # a method that cannot tell its cost before running
         estimate = None
     try:
         compiled = teleprompter.compile(program, trainset=train, valset=dev)
@@ -564,8 +564,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compile_ = commands.add_parser("compile", help="optimise a program's instructions on a trainset and save it",
                                    description="Optimise a program's instructions with a teleprompter and save the "
-                                               "compiled program as JSON (DSPy loads it: Program().load(path), or dspy.Predict(signature).load(path) for one predictor). Interrupted runs resume "
-                                               "when the same command is run again.")
+                                               "compiled program as JSON (DSPy loads it: Program().load(path), or "
+                                               "dspy.Predict(signature).load(path) for one predictor). Interrupted runs "
+                                               "resume when the same command is run again.")
     _program_options(compile_, required=True, names=sorted(programs()))
     compile_.add_argument("--train", required=True, help="training examples: .jsonl, .json or .csv with named columns")
     compile_.add_argument("--dev", help="dev examples (default: part of --train)")

@@ -576,7 +576,7 @@ class Teleprompter(DSPyTeleprompter):
         adapter = self.task_adapter()
         outputs = [name for name in signature.output_fields if name != "reasoning"]
         short = getattr(adapter, "short_answer_tokens", None)
-        if short and len(signature.output_fields) == 1 and outputs[0] not in getattr(adapter, "multiline_fields", ()):
+        if short and outputs and len(signature.output_fields) == 1 and outputs[0] not in getattr(adapter, "multiline_fields", ()):
             return min(cap, short)
         return cap
 
