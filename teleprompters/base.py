@@ -559,7 +559,7 @@ class Teleprompter(DSPyTeleprompter):
         task_out = min(self.answer_cap(signature), (sum(map(_tokens, gold)) // len(gold) + 2) if gold else 256)
         request = RULE_REQUEST.format(pairs=self.format_demos(student, train[:5]))
         prompt_in = _tokens(request) + 8
-        prompt_out = int(getattr(self.config, "max_proposal_tokens", 100) or 100)
+        prompt_out = int(self.prompt_max_tokens or getattr(self.config, "max_proposal_tokens", 100) or 100)
         tokens = task * (task_in + task_out) + prompt * (prompt_in + prompt_out)
         cost = 0.0
         for lm, n, tokens_in, tokens_out in ((self.task_lm, task, task_in, task_out), (self.prompt_lm, prompt, prompt_in, prompt_out)):

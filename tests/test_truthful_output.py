@@ -117,7 +117,7 @@ def test_notes_are_one_line_each(models, capsys):
     reading = next(note for note in notes if "read from train examples" in note)
     assert "is positive or negative" in reading  # the reading flattened, not cut at its first line
     assert all(len(note) <= 410 for note in notes)
-    assert not any(line.strip() and not line.startswith(("note: ", "compiled", "search", "  ", "winner", "run ")) for line in out.splitlines())
+    assert not any(line.strip() and not line.startswith(("note: ", "compiled", "search", "  ", "winner", "run ", "estimated ")) for line in out.splitlines())
 
 
 def test_parse_failures_are_shown_with_one_unparsed_answer(models, capsys, tmp_path):
