@@ -268,7 +268,8 @@ class PlainAdapter(dspy.Adapter):
             text = output.get("text") if isinstance(output, dict) else output
             value, ok = self.parse_with_status(processed_signature, text or "")
             if not ok:
-                record_parse_failure(getattr(lm, "meter", None), getattr(lm, "model", "unknown"))
+                record_parse_failure(getattr(lm, "meter", None), getattr(lm, "model", "unknown"), text or "",
+                                     ", ".join(original_signature.output_fields))
             for name in original_signature.output_fields:
                 value.setdefault(name, None)
             if isinstance(output, dict) and output.get("logprobs"):

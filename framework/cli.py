@@ -217,18 +217,13 @@ def cmd_compile(args: argparse.Namespace) -> int:
     kwargs.update(method_inputs(cls, args, lambda spec: _lm(spec, None)))  # the method's own flags (cli_inputs)
     if cls.needs_labels:
         kwargs["metric"] = file_metric if file_metric is not None and not args.metric else build_metric(args.metric or "exact_match", program)
-    max_calls = args.max_calls
-    planned: dict[str, Any] = {}
-    if args.budget:
-        max_calls = max_calls or BUDGETS[args.budget]
-        sizes = cls(task_lm=task_lm, **options).split(list(train), list(dev) if dev else None)
-        planned = cls.plan(max_calls, len(sizes[0]), len(sizes[1]), len(program.predictors()))
+    max_calls = args.max_calls or (BUDGETS[args.budget] if args.budget else None)
     limits = {"max_calls": max_calls, "max_model_calls": args.max_model_calls}
     kwargs.update(
         storage=args.storage, progress=not args.quiet, runs_root=args.run_dir, run_name=args.run_name, fresh=args.new_run,
         limits=cuecard.Limits(**limits) if any(v is not None for v in limits.values()) else None,
         max_evaluations=args.max_evaluations, timeout=args.timeout, max_failure_share=args.max_failure_share,
-        num_threads=args.threads, **{**planned, "seed": args.seed, **options},
+        num_threads=args.threads, auto=args.budget, prompt_max_tokens=args.prompt_max_tokens, **{"seed": args.seed, **options},
     )
     if args.policy:
         kwargs["policy"] = make_policy(args.policy)
@@ -241,6 +236,10 @@ def cmd_compile(args: argparse.Namespace) -> int:
         check_context(program, task_lm, adapter, examples, [f"{flag} {path}, example {i + 1}" for i in range(len(examples))])
     if args.estimate:
         return _print_estimate(teleprompter, program, train, dev, max_calls)
+    try:
+        estimate = teleprompter.estimate(program, train, dev)
+    except cuecard.CuecardError:  # a method that cannot tell its cost before running
+        estimate = None
     try:
         compiled = teleprompter.compile(program, trainset=train, valset=dev)
     finally:
@@ -260,19 +259,44 @@ def cmd_compile(args: argparse.Namespace) -> int:
         f"({process.model_calls} by this process; {process.lm_requests_replayed} requests replayed from the run's record, "
         f"{process.evaluations_read_back} evaluations read back)"
     )
+    if estimate is not None:
+        print(f"estimated before the run: at most {estimate.requests} LM requests, about {estimate.tokens:,} tokens; "
+              f"used: {usage.calls} requests, {usage.total_tokens:,} tokens")
+    if usage.parse_failures:
+        print(f"parse failures: {parse_failures(report)}")
+    for line in truncations(report):
+        print(line)
     if report.failures:
         from cuecard.evaluate import describe_failures
 
         print(f"failures: {describe_failures(report.failures, limit=10)} (failed evaluations are retried by the next run)")
-    if report.stopped:
-        print(f"stopped by a cap: {report.stopped}; the same command with a larger cap continues the run")
+    reason = report.stop_reason
+    print(f"search stopped: {reason.text}" + ("; the same command with a larger cap continues the run" if reason.by_cap else ""))
     for note in report.notes:
         print(f"note: {note}")
     return 0
 
 
-BUDGETS = {"light": 150, "medium": 600, "heavy": 2400}
-"""``--budget`` presets: LM requests per compile; the teleprompter plans its knobs for them."""
+def parse_failures(report: Any) -> str:
+    """The answers the adapter could not read as the program's output fields, with one of them, in one line."""
+    example = f" (e.g. {report.parse_failure_example})" if report.parse_failure_example else ""
+    return (f"{report.usage.parse_failures} task-model answers (of {report.task_usage.calls} requests) could not be read "
+            f"as the output fields{example}; the metric scored their raw text")
+
+
+def truncations(report: Any) -> list[str]:
+    """One line each for prompt-model replies and task-model answers cut at their token cap (DSPy's own
+    warnings are left out during a compile: they came in the middle of the progress bars)."""
+    lines = []
+    if report.prompt_usage.truncated:
+        caps = "/".join(map(str, report.proposal_token_caps)) or "their cap of"
+        lines.append(f"{report.prompt_usage.truncated} proposals were cut at {caps} tokens; raise --prompt-max-tokens")
+    if report.task_usage.truncated:
+        lines.append(f"{report.task_usage.truncated} task-model answers were cut at their token cap")
+    return lines
+
+
+from cuecard.usage import BUDGETS  # noqa: E402 - the presets of --budget, the same as a teleprompter's auto=
 
 
 def _score(summary: Any) -> str:
@@ -307,7 +331,7 @@ def _print_estimate(teleprompter: Any, program: Any, train: list, dev: list | No
     else:
         print(f"  LM requests at most: {estimate.requests} ({split})")
     print(f"  dev evaluations{' planned' if estimate.planned_requests is not None else ''}: {estimate.evaluations}; "
-          f"tokens: about {estimate.tokens}; dollars: {dollars}")
+          f"tokens: about {estimate.tokens:,}; dollars: {dollars}")
     if cap is not None:
         verdict = "fits" if estimate.requests <= cap else "does not fit: the compile stops at the cap with the best so far"
         print(f"  cap: {cap} requests ({verdict})")
@@ -614,8 +638,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     compile_ = commands.add_parser("compile", help="optimise a program's instructions on a trainset and save it",
                                    description="Optimise a program's instructions with a teleprompter and save the "
-                                               "compiled program as JSON (plain dspy loads it). Interrupted runs resume "
-                                               "when the same command is run again.")
+                                               "compiled program as JSON (DSPy loads it: Program().load(path), or "
+                                               "dspy.Predict(signature).load(path) for one predictor). Interrupted runs "
+                                               "resume when the same command is run again.")
     _program_options(compile_, required=True, names=sorted(programs()))
     compile_.add_argument("--train", required=True, help="training examples: .jsonl, .json or .csv with named columns")
     compile_.add_argument("--dev", help="dev examples (default: part of --train)")
@@ -655,6 +680,9 @@ def build_parser() -> argparse.ArgumentParser:
                                + ", with the teleprompter's knobs planned for it (--set and --max-calls override)")
     compile_.add_argument("--max-tokens", type=_positive_int, metavar="N",
                           help="cap on the task model's answer length in tokens (default: the model's, 256)")
+    compile_.add_argument("--prompt-max-tokens", type=_positive_int, metavar="N",
+                          help="the token cap of every prompt-model request (default: each method's own, e.g. "
+                               "--set max_proposal_tokens=...); raise it when the compile says proposals were cut")
     compile_.add_argument("--estimate", action="store_true",
                           help="print what the compile would ask of the LMs at most (requests, evaluations, tokens, "
                                "dollars where litellm knows the price) and stop: no LM call")
@@ -747,6 +775,34 @@ def ctrl_c_interrupts() -> Iterator[None]:
         signal.signal(signal.SIGINT, former)
 
 
+def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
+    """The parser of command ``name`` (its usage is the one a mistake in its options should show)."""
+    for action in parser._subparsers._group_actions:  # argparse keeps subcommands only there
+        if name in getattr(action, "choices", {}):
+            return action.choices[name]
+    return parser
+
+
+def unknown_arguments(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    """One line for arguments the command does not take, with the closest flag for each mistyped one.
+
+    Example:
+        >>> unknown_arguments(["--budjet", "light"], build_parser()._subparsers._group_actions[0].choices["compile"])
+        'unrecognized argument --budjet (did you mean --budget?)'
+    """
+    import difflib
+
+    flags = [flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")]
+    mistyped = [argument.split("=", 1)[0] for argument in unknown if argument.startswith("-")]
+    if not mistyped:
+        return f"unrecognized arguments: {' '.join(unknown)}"
+    pieces = []
+    for flag in mistyped:
+        close = difflib.get_close_matches(flag, flags, n=1, cutoff=0.6)
+        pieces.append(f"unrecognized argument {flag}" + (f" (did you mean {close[0]}?)" if close else ""))
+    return "; ".join(pieces)
+
+
 def main(argv: list[str] | None = None) -> int:
     with ctrl_c_interrupts():
         return _main(argv)
@@ -756,7 +812,10 @@ def _main(argv: list[str] | None) -> int:
     import warnings
 
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        command = _subcommand(parser, args.command)
+        command.error(unknown_arguments(unknown, command))
     from cuecard.errors import CuecardError, DataWarning, SavedFileWarning
 
     def show(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:

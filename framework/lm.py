@@ -15,10 +15,13 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import logging
 import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +91,7 @@ class CuecardLM(dspy.LM):
             if isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted):
                 record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
-        self._record(result, time.perf_counter() - start, _completions(call))
+        self._record(result, time.perf_counter() - start, _completions(call), _cap(self, call))
         outputs = finalize(self, call, result)
         self._keep(record, key, outputs, call)
         return outputs
@@ -116,7 +119,7 @@ class CuecardLM(dspy.LM):
             if isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted):
                 record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
-        self._record(result, time.perf_counter() - start, _completions(call))
+        self._record(result, time.perf_counter() - start, _completions(call), _cap(self, call))
         outputs = finalize(self, call, result)
         self._keep(record, key, outputs, call)
         return outputs
@@ -204,7 +207,7 @@ class CuecardLM(dspy.LM):
             check_credentials(self.model, self.kwargs)
             self._credentials_checked = True
 
-    def _record(self, result: Any, seconds: float, completions: int = 1) -> None:
+    def _record(self, result: Any, seconds: float, completions: int = 1, max_tokens: int | None = None) -> None:
         usage = result.usage or {}
         record_usage(
             self.meter,
@@ -212,12 +215,53 @@ class CuecardLM(dspy.LM):
                 model=self.model,
                 requests=completions,
                 cache_hit=bool(result.cache_hit),
+                truncated=0 if result.cache_hit else _truncated(result),
+                max_tokens=max_tokens,
                 prompt_tokens=0 if result.cache_hit else int(usage.get("prompt_tokens") or 0),
                 completion_tokens=0 if result.cache_hit else int(usage.get("completion_tokens") or 0),
                 seconds=seconds,
                 cost=0.0 if result.cache_hit or self.is_local else float(result.cost or 0.0),
             ),
         )
+
+
+def _cap(lm: Any, call: Any) -> int | None:
+    """The token cap a call was sent with (its own, else the LM's)."""
+    cap = (
+        (getattr(call, "kwargs", None) or {}).get("max_tokens")
+        or getattr(getattr(call.request, "config", None), "max_tokens", None)
+        or lm.kwargs.get("max_tokens")
+    )
+    return int(cap) if cap else None
+
+
+def _truncated(result: Any) -> int:
+    """How many of a call's answers were cut at the token cap (finish reason ``length``)."""
+    responses = list(getattr(result, "responses", ()) or ())
+    if responses:
+        return sum(getattr(r, "finish_reason", None) == "length" for r in responses)
+    choices = getattr(getattr(result, "raw", None), "choices", None) or []
+    return sum(getattr(c, "finish_reason", None) == "length" for c in choices)
+
+
+class TruncationCounted(logging.Filter):
+    """Drops DSPy's "LM response was truncated" warnings while a compile counts truncated answers itself
+    (it reports them in one line at the end instead of in the middle of its progress bars)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.getMessage()).startswith("LM response was truncated")
+
+
+@contextlib.contextmanager
+def truncation_counted() -> Iterator[None]:
+    """Inside, DSPy's truncation warnings are left out (see :class:`TruncationCounted`)."""
+    quiet = TruncationCounted()
+    logger = logging.getLogger("dspy.clients.lm")
+    logger.addFilter(quiet)
+    try:
+        yield
+    finally:
+        logger.removeFilter(quiet)
 
 
 class RateLimit:

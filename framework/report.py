@@ -17,10 +17,11 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from .acceptance import Acceptance
 from .plots import plot_search
+from .stopping import StopKind, StopReason
 from .usage import Usage
 
 if TYPE_CHECKING:
@@ -92,7 +93,14 @@ class CompileReport(BaseModel):
     candidates: list[CandidateSummary]
     dropped: dict[str, int] = Field(default_factory=dict)
     failures: dict[str, int] = Field(default_factory=dict, description="failed evaluations and proposals by reason")
+    parse_failure_example: str | None = Field(
+        None, description="one task-model answer the adapter could not read as the output fields (usage.parse_failures counts them)"
+    )
+    proposal_token_caps: list[int] = Field(
+        default_factory=list, description="the token caps at which prompt-model replies were cut (prompt_usage.truncated counts them)"
+    )
     stopped: str | None = Field(None, description="the cap that stopped the search, if one did")
+    stop_reason: StopReason = Field(default_factory=StopReason, description="why the search stopped, said once")
     evaluations: int = 0
     usage: Usage = Field(default_factory=Usage)
     task_usage: Usage = Field(default_factory=Usage)
@@ -103,6 +111,14 @@ class CompileReport(BaseModel):
         default_factory=list, description="dev examples where the search's winner and the seed differ"
     )
     process: ProcessStats = Field(default_factory=ProcessStats)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reason_of_older_reports(cls, data: Any) -> Any:
+        """A report saved before ``stop_reason`` existed: a cap named in ``stopped`` is its reason."""
+        if isinstance(data, dict) and data.get("stop_reason") is None and data.get("stopped"):
+            data = {**data, "stop_reason": StopReason(kind=StopKind.CAP, detail=data["stopped"])}
+        return data
 
     @property
     def improved(self) -> bool:

@@ -81,10 +81,36 @@ def save(
     path = Path(path)
     if path.suffix != ".json":
         raise SavedProgramError(f"A saved program is a .json file; got {path}")
+    state = program_state(program, scores=scores, task_model=task_model, prompt_model=prompt_model)
+    state["metadata"] = {"dependency_versions": _dependency_versions()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(handle, "w") as out:
+            json.dump(state, out, indent=2, ensure_ascii=False, default=str)
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a saved program is as readable as program.save()'s
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def program_state(
+    program: dspy.Module,
+    *,
+    scores: dict[str, float] | None = None,
+    task_model: str | None = None,
+    prompt_model: str | None = None,
+) -> dict[str, Any]:
+    """What DSPy's ``dump_state`` gives for ``program``, plus cuecard's block; a program with one predictor also
+    has that predictor's state at the top, so ``dspy.Predict(signature).load(path)`` reads the file too."""
     report = getattr(program, "cuecard_report", None)
     spec = getattr(program, "cuecard_spec", None)
-    state = program.dump_state()
-    state["metadata"] = {"dependency_versions": _dependency_versions()}
+    state = type(program).dump_state(program)  # the class's, not the instance's (see keep_block)
+    named = predictors(program)
+    if len(named) == 1 and not isinstance(program, dspy.Predict) and isinstance(state.get(named[0][0]), dict):
+        state = {**state[named[0][0]], **state}
     block = SavedBlock(
         format_version=FORMAT_VERSION,
         saved_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -103,17 +129,31 @@ def save(
         report=report.model_dump(mode="json") if report else None,
     )
     state[BLOCK] = block.model_dump(mode="json", by_alias=True)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w") as out:
-            json.dump(state, out, indent=2, ensure_ascii=False, default=str)
-        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; a saved program is as readable as program.save()'s
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return state
+
+
+class _StateWithBlock:
+    """A program's ``dump_state`` that adds cuecard's block (see :func:`keep_block`)."""
+
+    def __init__(self, program: dspy.Module) -> None:
+        self.program = program
+
+    def __call__(self, json_mode: bool = True) -> dict[str, Any]:
+        if not json_mode:
+            return type(self.program).dump_state(self.program, json_mode=False)
+        return program_state(self.program)
+
+
+def keep_block(program: dspy.Module) -> dspy.Module:
+    """Make DSPy's own ``program.save("x.json")`` write cuecard's block too (the report, the models, the scores),
+    so ``cuecard report x.json`` works on it; ``program`` is returned.
+
+    Example:
+        >>> compiled = keep_block(compiled)  # doctest: +SKIP
+        >>> compiled.save("sentiment.json")  # doctest: +SKIP
+    """
+    program.dump_state = _StateWithBlock(program)
+    return program
 
 
 def read_block(path: str | os.PathLike[str]) -> SavedBlock | None:
@@ -161,6 +201,7 @@ def load(path: str | os.PathLike[str], program: dspy.Module | None = None) -> ds
 
         try:
             program.cuecard_report = CompileReport(**block.report)
+            keep_block(program)
         except ValidationError:
             pass  # the report is informative; the program itself loaded
     return program
@@ -213,7 +254,8 @@ def _check_match(path: Path, state: dict[str, Any], program: dspy.Module, block:
         _check_fields(path, "self", state, program)
         return
     names = [name for name, _ in predictors(program)]
-    saved = [key for key, value in state.items() if key not in (BLOCK, "metadata") and isinstance(value, dict)]
+    top = (BLOCK, "metadata", *_PREDICTOR_DATA)  # a one-predictor file also holds its predictor's state at the top
+    saved = [key for key, value in state.items() if key not in top and isinstance(value, dict)]
     missing = [name for name in names if name not in state]
     extra = [name for name in saved if name not in names]
     if missing or extra:
@@ -253,7 +295,9 @@ def _data_only(path: Path, state: dict[str, Any], program: dspy.Module) -> dict[
     """The saved state reduced to data: each predictor's instructions, field texts, demos and decision
     fields, type-checked; anything else (a model, an endpoint, call settings) is left out with a warning."""
     if isinstance(program, dspy.Predict):
-        return _predictor_data(path, "self", state, top_level=True)
+        block = state.get(BLOCK)
+        named = block.get("predictors", []) if isinstance(block, dict) else []
+        return _predictor_data(path, "self", {k: v for k, v in state.items() if k not in named}, top_level=True)
     return {name: _predictor_data(path, name, state[name]) for name, _ in predictors(program)}
 
 

@@ -42,7 +42,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -306,6 +306,12 @@ class Engine:
         self._pruner: optuna.pruners.BasePruner | None = None
         self._bar: Any = None
         self._best = 0.0
+        self.phase = ""
+        """What the search does now ("step 2/3"), shown on the progress bars."""
+        self.proposals_planned: int | None = None
+        """Prompt-model requests the search plans (the proposing bar's total), when the method can tell."""
+        self.proposals_asked = 0
+        self._proposal_bar: Any = None
         self._saved_at = 0.0
         self._load_trials()
         check_stored_scores(self)
@@ -716,19 +722,62 @@ class Engine:
         view = _ArmsView(self, chosen, budget)
         self._pruner = policy.pruner()
         total = self._planned_under_caps(policy.planned_evaluations(len(chosen), len(self.examples), budget))
+        self.end_proposing()
+        self.status(f"scoring {len(chosen)} candidate(s) with {policy.name}: at most {total} example evaluations")
+        with self.scoring_bar(f"scoring {len(chosen)} with {policy.name}", total) as closing:
+            allocation = policy.run(view, budget)
+            closing["stopped"] = allocation.stopped if allocation.capped else None
+        ranking = [estimate.model_copy(update={"arm": chosen[estimate.arm]}) for estimate in allocation.ranking]
+        return allocation.model_copy(update={"ranking": ranking})
+
+    @contextmanager
+    def scoring_bar(self, what: str, total: int) -> Iterator[dict[str, str | None]]:
+        """A progress bar for one phase of scoring, labelled with the search's step; it closes at 100% (its total
+        becomes the evaluations made: a policy that prunes makes fewer than it may) or with the reason it stopped
+        early, set by the caller as ``closing["stopped"]`` (a cap), and stays on screen."""
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
-        self.status(f"scoring {len(chosen)} candidate(s) with {policy.name}: at most {total} example evaluations")
-        self._bar = tqdm(total=total, desc=f"{self.name}: {policy.name}", unit="ex", disable=not self.progress, leave=False)
+        self.end_proposing()
+        label = f"{self.phase}: {what}" if self.phase else what
+        self._bar = tqdm(total=total, desc=f"{self.name}: {label}", unit="ex", disable=not self.progress, leave=True)
+        closing: dict[str, str | None] = {"stopped": None}
         try:
             with logging_redirect_tqdm():  # library warnings print above the bar, not through it
-                allocation = policy.run(view, budget)
+                yield closing
+        except BudgetExhausted as exc:
+            closing["stopped"] = str(exc)
+            raise
         finally:
-            self._bar.close()
-            self._bar = None
-        ranking = [estimate.model_copy(update={"arm": chosen[estimate.arm]}) for estimate in allocation.ranking]
-        return allocation.model_copy(update={"ranking": ranking})
+            bar, self._bar = self._bar, None
+            if closing["stopped"] and bar.n < (bar.total or 0):
+                bar.set_description_str(f"{self.name}: {label}: stopped early ({closing['stopped']})", refresh=False)
+            elif bar.n != bar.total:
+                bar.set_description_str(f"{self.name}: {label}: {bar.n} evaluations (of at most {bar.total})", refresh=False)
+                bar.total = bar.n
+            bar.close()
+
+    def proposal_asked(self) -> None:
+        """Count one prompt-model request on the proposing bar (opened at the first request of a phase)."""
+        if not self.progress:
+            self.proposals_asked += 1
+            return
+        if self._proposal_bar is None:
+            from tqdm.auto import tqdm
+
+            planned = self.proposals_planned
+            total = planned if planned is not None and planned > self.proposals_asked else None
+            label = f"{self.phase}: proposing" if self.phase else "proposing"
+            self._proposal_bar = tqdm(total=total, initial=self.proposals_asked, desc=f"{self.name}: {label}",
+                                      unit="request", leave=False)
+        self.proposals_asked += 1
+        self._proposal_bar.update(1)
+
+    def end_proposing(self) -> None:
+        """Close the proposing bar (scoring starts, or the search ends)."""
+        if self._proposal_bar is not None:
+            self._proposal_bar.close()
+            self._proposal_bar = None
 
     def _planned_under_caps(self, evaluations: int) -> int:
         """``evaluations``, or fewer when a cap on requests or evaluations leaves room for fewer."""
@@ -825,9 +874,11 @@ class Engine:
         if arm == seed_arm:
             return Acceptance(accepted=True, rule=rule.name, reason="the seed itself is the best candidate")
         union = sorted(set(self.arms[arm].seen) | set(self.arms[seed_arm].seen))
+        missing = sum(i not in self.arms[a].seen for a in (seed_arm, arm) for i in union)
+        bar = self.scoring_bar("the winner against the seed", self._planned_under_caps(missing)) if missing else nullcontext()
         cut_short = None
         try:
-            with activate(self.block):
+            with activate(self.block), bar:
                 self.evaluate_many([(seed_arm, union), (arm, union)])
         except BudgetExhausted as exc:
             cut_short = str(exc)

@@ -27,11 +27,13 @@ Reply = Callable[[list[dict[str, str]]], str]
 class ScriptedEngine:
     """A DSPy engine whose answer is ``reply(messages)``; every request it sees is kept in ``requests``
     (and its ``response_format``, if any, in ``formats``). ``supports_json_schema`` says whether cuecard
-    may hold it to a JSON schema, as it does a local GGUF model."""
+    may hold it to a JSON schema, as it does a local GGUF model. With ``truncate``, a reply longer than the
+    request's ``max_tokens`` (a word counts as a token) is cut there with finish reason ``length``, as a model's is."""
 
-    def __init__(self, reply: Reply, *, supports_json_schema: bool = False) -> None:
+    def __init__(self, reply: Reply, *, supports_json_schema: bool = False, truncate: bool = False) -> None:
         self.reply = reply
         self.supports_json_schema = supports_json_schema
+        self.truncate = truncate
         self.requests: list[list[dict[str, str]]] = []
         self.formats: list[dict[str, Any] | None] = []
         self._lock = threading.Lock()
@@ -48,11 +50,14 @@ class ScriptedEngine:
             self.formats.append(request.config.response_format)
         text = self.reply(messages)
         prompt_tokens = sum(len(m["content"].split()) for m in messages)
+        cap, finish = request.config.max_tokens, "stop"
+        if self.truncate and cap and len(text.split()) > cap:
+            text, finish = " ".join(text.split()[:cap]), "length"
         return Response(
             id=f"scripted-{uuid.uuid4().hex}",
             model=request.model,
             message=Message.assistant([TextPart(text)]),
-            finish_reason="stop",
+            finish_reason=finish,
             usage=Usage(input_tokens=prompt_tokens, output_tokens=len(text.split())),
         )
 
@@ -66,18 +71,20 @@ class ScriptedEngine:
 
 
 def scripted_lm(
-    reply: Reply, *, name: str = "scripted/lm", local: bool = True, cache: bool = False, structured: bool = False
+    reply: Reply, *, name: str = "scripted/lm", local: bool = True, cache: bool = False, structured: bool = False,
+    truncate: bool = False,
 ) -> CuecardLM:
     """A :class:`~cuecard.lm.CuecardLM` answering with ``reply(messages)``; ``lm.engine.requests`` logs prompts.
 
     ``local=True`` makes cuecard treat it like an in-process model (plain adapter, serialised calls);
-    ``structured=True`` like a model that can be held to a JSON schema (proposals then ask for one).
+    ``structured=True`` like a model that can be held to a JSON schema (proposals then ask for one);
+    ``truncate=True`` cuts replies at the request's ``max_tokens`` (in words) as a model does.
     """
     return CuecardLM(
         name,
         spec=name,
         is_local=local,
-        engine=ScriptedEngine(reply, supports_json_schema=structured),
+        engine=ScriptedEngine(reply, supports_json_schema=structured, truncate=truncate),
         temperature=0.0,
         max_tokens=256,
         cache=cache,

@@ -40,6 +40,7 @@ class Usage(BaseModel):
     model_calls: int = 0
     errors: int = 0
     parse_failures: int = 0
+    truncated: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     lm_seconds: float = 0.0
@@ -64,6 +65,8 @@ class CallRecord(BaseModel):
     cache_hit: bool = False
     replayed: bool = Field(False, description="served from the run's record, not from an LM")
     error: bool = False
+    truncated: int = Field(0, description="answers cut at the token cap (finish reason 'length')")
+    max_tokens: int | None = Field(None, description="the token cap the request was sent with")
     prompt_tokens: int = 0
     completion_tokens: int = 0
     seconds: float = 0.0
@@ -77,6 +80,7 @@ class CallRecord(BaseModel):
             replayed=self.requests if self.replayed else 0,
             model_calls=self.requests if reached else 0,
             errors=int(self.error),
+            truncated=self.truncated,
             prompt_tokens=self.prompt_tokens,
             completion_tokens=self.completion_tokens,
             lm_seconds=self.seconds,
@@ -95,15 +99,24 @@ class UsageMeter:
         self.name = name
         self._lock = threading.Lock()
         self._by_model: dict[str, Usage] = {}
+        self.parse_failure_example: str | None = None
+        """The first answer that could not be parsed (one line, shortened), to show the user what went wrong."""
+        self.truncated_caps: set[int] = set()
+        """The token caps at which answers were cut (``usage.truncated`` counts them)."""
 
     def __deepcopy__(self, memo: dict) -> UsageMeter:
         return self
 
     def add(self, record: CallRecord) -> None:
         self._add(record.model, record.as_usage())
+        if record.truncated and record.max_tokens:
+            with self._lock:
+                self.truncated_caps.add(record.max_tokens)
 
-    def add_parse_failure(self, model: str) -> None:
+    def add_parse_failure(self, model: str, example: str | None = None) -> None:
         self._add(model, Usage(parse_failures=1))
+        if example is not None and self.parse_failure_example is None:
+            self.parse_failure_example = example
 
     def _add(self, model: str, usage: Usage) -> None:
         with self._lock:
@@ -123,6 +136,13 @@ class UsageMeter:
     def reset(self) -> None:
         with self._lock:
             self._by_model.clear()
+            self.parse_failure_example = None
+            self.truncated_caps = set()
+
+
+BUDGETS = {"light": 150, "medium": 600, "heavy": 2400}
+"""The presets of ``auto=`` (every teleprompter) and ``--budget``: LM requests per compile; the teleprompter
+plans its knobs for them."""
 
 
 class Limits(BaseModel):
@@ -221,8 +241,14 @@ def record(meter: UsageMeter | None, call: CallRecord) -> None:
         block.add(call)
 
 
-def record_parse_failure(meter: UsageMeter | None, model: str) -> None:
+def record_parse_failure(meter: UsageMeter | None, model: str, answer: str | None = None, fields: str = "") -> None:
+    """Count an answer the adapter could not read as the output fields; the first one is kept as an example
+    (``fields``: what it was read as), one line and at most 200 characters."""
+    example = None
+    if answer is not None:
+        line = " ".join(answer.split())
+        example = f"{fields}: {line[:200]!r}" if fields else repr(line[:200])
     if meter is not None:
-        meter.add_parse_failure(model)
+        meter.add_parse_failure(model, example)
     for block in _active_blocks.get():
-        block.add_parse_failure(model)
+        block.add_parse_failure(model, example)

@@ -23,6 +23,7 @@ import dspy
 from cuecard.errors import TeleprompterConfigError
 from cuecard.policies import Allocation
 from cuecard.program import get_instructions
+from cuecard.stopping import StopKind
 from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -151,13 +152,14 @@ class APE(Teleprompter):
             if not self.more_steps(ctx, round_, self.config.mc_rounds, cost + len(engine.examples)):
                 break
             round_ += 1
+            ctx.step(round_, self.config.mc_rounds, "Monte Carlo round")
             new_arms = self.resample(ctx, kept, round_)
             if not new_arms:
-                ctx.note(f"Monte Carlo round {round_}: no usable variation; search stopped")
+                ctx.stop(StopKind.NOTHING_NEW, f"Monte Carlo round {round_} gave no usable variation")
                 break
             allocation = ctx.allocate(kept + new_arms)
             if allocation.best.mean <= best:
-                ctx.note(f"Monte Carlo round {round_}: no gain over {best:.3f}; search stopped")
+                ctx.stop(StopKind.NO_IMPROVEMENT, f"Monte Carlo round {round_}: no gain over {best:.3f}")
                 break
             best = allocation.best.mean
         return allocation

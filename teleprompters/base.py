@@ -50,13 +50,16 @@ from cuecard.identity import (
     policy_identity,
     program_structure,
 )
+from cuecard.lm import truncation_counted
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
 from cuecard.redact import redact_url
 from cuecard.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
+from cuecard.saving import keep_block
+from cuecard.stopping import StopKind, StopReason
 from cuecard.study import Engine, check_run_name
-from cuecard.usage import Limits
+from cuecard.usage import BUDGETS, Limits
 from dspy.teleprompt import Teleprompter as DSPyTeleprompter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
@@ -94,8 +97,9 @@ class CompileEstimate(BaseModel):
     """A dry run: what a compile with these settings asks of the LMs at most, before any LM call.
 
     ``requests`` counts every LM request (task and prompt model, the way ``Limits(max_calls=...)``
-    counts them); tokens and dollars are rough (the prompts as rendered for one example, the answer
-    caps) and dollars are given only where litellm knows the model's prices.
+    counts them); tokens and dollars are about what those requests take (the prompts as rendered, answers
+    as long as the gold outputs within the answer cap, proposals at the method's cap) and dollars are given
+    only where litellm knows the model's prices.
     """
 
     requests: int
@@ -124,6 +128,7 @@ class SearchContext:
         self.notes: list[str] = []
         self.pruned: set[int] = set()
         self.capped: str | None = None
+        self.stop_reason: StopReason | None = None
         self.readings: dict[str, list[str]] = {}
         self.sample_counter = 0
         self.history: list[dict[str, Any]] = []
@@ -141,8 +146,22 @@ class SearchContext:
     def drop(self, reason: str, count: int = 1) -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + count
 
-    def note(self, text: str) -> None:
-        self.notes.append(text)
+    def note(self, text: str, limit: int = 400) -> None:
+        """Add a note to the report: one line (a model's multi-line reading is flattened), shortened to ``limit``."""
+        line = " ".join(str(text).split())
+        self.notes.append(line if len(line) <= limit else line[: limit - 3] + "...")
+
+    def step(self, number: int, planned: int, unit: str = "step") -> None:
+        """Label what follows (proposals, scoring) on the progress bars: "step 2/3", or past the planned steps
+        (``until_cap``) "step 4 (past the 3 planned)"."""
+        self.engine.phase = f"{unit} {number}/{planned}" if number <= planned else f"{unit} {number} (past the {planned} planned)"
+
+    def stop(self, kind: StopKind, detail: str = "") -> None:
+        """Say why the search stops (the first reason given stands); a cap also leaves the run open to continue."""
+        if self.stop_reason is None:
+            self.stop_reason = StopReason(kind=kind, detail=detail)
+        if kind == StopKind.CAP:
+            self.capped = self.capped or detail
 
     def train_answers(self) -> set[str]:
         """Every output value of the train examples, normalised (a proposal that is one of them is an answer)."""
@@ -166,10 +185,10 @@ class SearchContext:
     def allocate(self, arms: Sequence[int] | None = None, budget: int | None = None) -> Allocation:
         allocation = self.engine.allocate(self.teleprompter.policy, arms, budget)
         self.pruned.update(e.arm for e in allocation.ranking if e.pruned)
-        if allocation.stopped:
-            self.note(f"scoring stopped early: {allocation.stopped}")
         if allocation.capped:
-            self.capped = self.capped or allocation.stopped
+            self.stop(StopKind.CAP, allocation.stopped or "")
+        elif allocation.stopped:
+            self.note(f"scoring stopped early: {allocation.stopped}")
         return allocation
 
 
@@ -202,6 +221,11 @@ class Teleprompter(DSPyTeleprompter):
         acceptance: the rule a winner must pass against the seed on the same dev examples to replace
             it (default :class:`~cuecard.acceptance.SignTest`, one-sided at 0.1); ``AlwaysAccept()``
             returns the search's winner unchecked.
+        auto: ``"light"``, ``"medium"`` or ``"heavy"``, as DSPy's optimizers take it: the method's knobs are
+            planned for that many LM requests (150, 600, 2400: ``--budget``'s presets) and the compile is capped
+            there (see :meth:`apply_auto`).
+        prompt_max_tokens: the token cap of every prompt-model request (default: each request's own, such as
+            ``max_proposal_tokens``); the report counts replies cut at their cap.
     """
 
     name = "teleprompter"
@@ -238,6 +262,8 @@ class Teleprompter(DSPyTeleprompter):
         metric_version: str | None = None,
         acceptance: AcceptanceRule | None = None,
         fresh: bool = False,
+        auto: str | None = None,
+        prompt_max_tokens: int | None = None,
         **config: Any,
     ) -> None:
         super().__init__()
@@ -247,6 +273,13 @@ class Teleprompter(DSPyTeleprompter):
             raise TeleprompterConfigError(f"max_failure_share={max_failure_share}: must be in (0, 1]")
         if prompt_retries < 0 or retry_wait < 0:
             raise TeleprompterConfigError("prompt_retries and retry_wait must be >= 0")
+        if auto is not None and auto not in BUDGETS:
+            raise TeleprompterConfigError(f"auto={auto!r}: one of {', '.join(map(repr, BUDGETS))} (or None)")
+        self.auto = auto
+        self._policy_given = policy is not None
+        if prompt_max_tokens is not None and prompt_max_tokens < 1:
+            raise TeleprompterConfigError(f"prompt_max_tokens={prompt_max_tokens}: must be a positive number of tokens")
+        self.prompt_max_tokens = prompt_max_tokens
         self.metric = metric
         self._task_lm = task_lm
         self._prompt_lm = prompt_lm
@@ -290,6 +323,22 @@ class Teleprompter(DSPyTeleprompter):
                     problems.append(f"{where}: {error['msg']} (got {error.get('input')!r})")
             valid = ", ".join(sorted(cls.Config.model_fields))
             raise TeleprompterConfigError(f"{'; '.join(problems)}. Settings of {cls.__name__}: {valid}") from None
+
+    def apply_auto(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None) -> None:
+        """With ``auto="light"|"medium"|"heavy"`` (as DSPy's optimizers take it), plan the method's knobs for the
+        preset's LM requests (:data:`~cuecard.usage.BUDGETS`, the same as ``--budget``) on this data and cap the
+        compile there; settings given explicitly, a policy given and a cap on requests given win."""
+        if self.auto is None:
+            return
+        cap = self.limits.max_calls if self.limits is not None and self.limits.max_calls is not None else BUDGETS[self.auto]
+        train, dev = self.split(list(trainset), list(valset) if valset is not None else None)
+        planned = dict(self.plan(cap, len(train), len(dev), len(predictors(student))))
+        policy = planned.pop("policy", None)
+        if policy is not None and not self._policy_given:
+            self.policy = policy
+        explicit = {name: getattr(self.config, name) for name in self.config.model_fields_set}
+        self.config = self.make_config({**planned, **explicit})
+        self.limits = (self.limits or Limits()).model_copy(update={"max_calls": cap})
 
     @property
     def task_lm(self) -> dspy.LM:
@@ -387,7 +436,7 @@ class Teleprompter(DSPyTeleprompter):
             program=program_structure(student),
             metric=self.metric_identity(),
             data=digest([data_fingerprint(trainset), data_fingerprint(valset) if valset is not None else None]),
-            extras=self.identity_extras(),
+            extras={**self.identity_extras(), **({"prompt_max_tokens": self.prompt_max_tokens} if self.prompt_max_tokens else {})},
         )
 
     def default_run_name(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None = None) -> str:
@@ -418,6 +467,7 @@ class Teleprompter(DSPyTeleprompter):
         check_examples(student, trainset, what="trainset")
         if valset is not None:
             check_examples(student, valset, what="valset")
+        self.apply_auto(student, trainset, valset)
         student, metric = self.prepare(student)
         if self.config.objective == "logprob" and getattr(self.task_lm, "scorer", None) is None:
             raise ScoringUnsupportedError(
@@ -450,33 +500,38 @@ class Teleprompter(DSPyTeleprompter):
         ctx = SearchContext(self, student, engine, train)
         if duplicates:
             ctx.note(duplicates)
+        planned = self.planned_calls(len(train), len(dev), len(predictors(student)))
+        engine.proposals_planned = planned[0] if planned is not None else None
+        engine.phase = "starting candidates"
         seed_instructions = get_instructions(student)
         engine.status(
             f"{self.name} with {self.task_lm.model} as task model and {self.prompt_lm.model} as prompt model; "
             f"{len(train)} train and {len(dev)} dev examples; stored in {redact_url(engine.storage_url)}"
         )
-        with engine.session():
+        with engine.session(), truncation_counted():  # cut answers are counted and reported once, at the end
             engine.add_candidate(seed_instructions, origin="program")
             try:
                 final = self.search(ctx)
             except BudgetExhausted as exc:
-                ctx.capped = str(exc)
-                ctx.note(f"search stopped: {exc}; the best candidate scored so far wins")
+                ctx.stop(StopKind.CAP, f"{exc}; the best candidate scored so far wins")
                 final = ctx.ranking_so_far()
             except EvaluationFailed as exc:
+                engine.end_proposing()
                 engine.finish(failed=str(exc))
                 raise
+            engine.end_proposing()
+            engine.phase = "check"
             seed_arm = engine.arm_of(seed_instructions)
             if final.best.arm != seed_arm:
                 engine.status("checking the winner against the seed on the same dev examples")
             acceptance = engine.compare(final.best.arm, seed_arm, self.acceptance)
             if acceptance.cut_short:
-                ctx.capped = ctx.capped or acceptance.cut_short
+                ctx.stop(StopKind.CAP, f"while checking the winner against the seed: {acceptance.cut_short}")
         engine.finish(sorted(ctx.pruned), stopped=ctx.capped)
         report = self.build_report(ctx, final, seed_instructions, train, dev, identity, acceptance)
         compiled = apply_instructions(student, report.best.instructions)
         compiled.cuecard_report = report
-        return self.finalize(compiled, report)
+        return keep_block(self.finalize(compiled, report))  # DSPy's own compiled.save(path) keeps the report
 
     # ---- estimates and plans ------------------------------------------------------------------------
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int] | None:
@@ -495,6 +550,7 @@ class Teleprompter(DSPyTeleprompter):
             131
         """
         check_examples(student, trainset, what="trainset")
+        self.apply_auto(student, trainset, valset)
         train, dev = self.split(list(trainset), list(valset) if valset is not None else None)
         duplicates = self.duplicates_note(trainset, valset)
         if duplicates:
@@ -530,13 +586,27 @@ class Teleprompter(DSPyTeleprompter):
         })
 
     def _tokens_and_cost(self, student: dspy.Module, train: list[dspy.Example], prompt: int, task: int) -> tuple[int, float | None]:
-        """Rough tokens (the first predictor's prompt as rendered for one example, the answer caps) and
-        dollars where litellm knows the models' prices (None for an unknown price; 0 for local models)."""
+        """Tokens (about: 4 characters a token) and dollars where litellm knows the models' prices (None for an
+        unknown price; 0 for local models), from the prompts as rendered and the answers' lengths.
+
+        A task request is the first predictor's prompt as the adapter renders it (averaged over train examples)
+        and an answer as long as the gold outputs, within the answer cap; a prompt-model request is the task
+        reading request as rendered (a meta-prompt shows a few examples like it) and an answer of the method's
+        proposal cap.
+        """
         _, predictor = predictors(student)[0]
-        rendered = self.task_adapter().format(predictor.signature, [], {k: train[0][k] for k in predictor.signature.input_fields if k in train[0]})
-        task_in = sum(len(str(m["content"])) for m in rendered) // 4 + 8
-        task_out = int((getattr(self.task_lm, "kwargs", None) or {}).get("max_tokens") or 256)
-        prompt_in, prompt_out = 800, 200
+        signature = predictor.signature
+        sample = train[:20]
+        adapter = self.task_adapter()
+        rendered = [
+            adapter.format(signature, [], {k: example[k] for k in signature.input_fields if k in example}) for example in sample
+        ]
+        task_in = sum(_tokens(str(m["content"])) for messages in rendered for m in messages) // max(1, len(rendered)) + 8
+        gold = [str(example[k]) for example in sample for k in signature.output_fields if k in example]
+        task_out = min(self.answer_cap(signature), (sum(map(_tokens, gold)) // len(gold) + 2) if gold else 256)
+        request = RULE_REQUEST.format(pairs=self.format_demos(student, train[:5]))
+        prompt_in = _tokens(request) + 8
+        prompt_out = int(self.prompt_max_tokens or getattr(self.config, "max_proposal_tokens", 100) or 100)
         tokens = task * (task_in + task_out) + prompt * (prompt_in + prompt_out)
         cost = 0.0
         for lm, n, tokens_in, tokens_out in ((self.task_lm, task, task_in, task_out), (self.prompt_lm, prompt, prompt_in, prompt_out)):
@@ -545,6 +615,17 @@ class Teleprompter(DSPyTeleprompter):
                 return tokens, None
             cost += n * price
         return tokens, cost
+
+    def answer_cap(self, signature: type[dspy.Signature]) -> int:
+        """Tokens a task-model answer may take: the plain adapter's cap for one short output field, else the
+        task model's ``max_tokens`` (256 when it has none)."""
+        cap = int((getattr(self.task_lm, "kwargs", None) or {}).get("max_tokens") or 256)
+        adapter = self.task_adapter()
+        outputs = [name for name in signature.output_fields if name != "reasoning"]
+        short = getattr(adapter, "short_answer_tokens", None)
+        if short and outputs and len(signature.output_fields) == 1 and outputs[0] not in getattr(adapter, "multiline_fields", ()):
+            return min(cap, short)
+        return cap
 
     @classmethod
     def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
@@ -697,7 +778,10 @@ class Teleprompter(DSPyTeleprompter):
             candidates=summaries,
             dropped=ctx.dropped,
             failures=failures,
+            parse_failure_example=engine.block.parse_failure_example,
+            proposal_token_caps=sorted(engine.prompt_block.truncated_caps),
             stopped=ctx.capped,
+            stop_reason=ctx.stop_reason or StopReason(),
             evaluations=engine.evaluations,
             usage=usage,
             task_usage=usage - prompt_usage,
@@ -829,9 +913,10 @@ class Teleprompter(DSPyTeleprompter):
         reserve = self.acceptance_reserve(ctx)
         if room - reserve >= step_cost:
             return True
-        ctx.note(
-            f"stopped: {room} requests left under the cap, fewer than one more step ({step_cost}) and the seed's "
-            f"check on the winner's examples ({reserve}) may take"
+        ctx.stop(
+            StopKind.NO_ROOM,
+            f"{room} requests left under the cap, fewer than one more step ({step_cost}) and the seed's "
+            f"check on the winner's examples ({reserve}) may take",
         )
         return False
 
@@ -925,6 +1010,7 @@ class Teleprompter(DSPyTeleprompter):
         from cuecard.lm import sampling_kwargs
 
         options = sampling_kwargs(self.config.seed, index, temperature) if temperature > 0 else {"temperature": 0.0}
+        max_tokens = self.prompt_max_tokens or max_tokens
         call = functools.partial(self.prompt_lm, messages=messages, max_tokens=max_tokens, **options, **extra)
         retrying = Retrying(
             stop=stop_after_attempt(self.prompt_retries + 1),
@@ -932,6 +1018,7 @@ class Teleprompter(DSPyTeleprompter):
             retry=retry_if_exception(lambda exc: not isinstance(exc, (CuecardError, KeyboardInterrupt))),
             reraise=True,
         )
+        ctx.engine.proposal_asked()
         try:
             with ctx.engine.proposing():
                 for attempt in retrying:
@@ -1058,6 +1145,11 @@ def _price(lm: Any, tokens_in: int, tokens_out: int) -> float | None:
     except Exception:  # litellm does not know this model's price
         return None
     return float(prompt_cost + completion_cost)
+
+
+def _tokens(text: str) -> int:
+    """About how many tokens ``text`` takes (4 characters a token, as tokenizers of English average)."""
+    return max(1, len(text) // 4)
 
 
 def _supports_json_schema(lm: Any) -> bool:

@@ -32,6 +32,7 @@ from cuecard.errors import BudgetExhausted, TeleprompterConfigError
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.policies import Allocation, ArmEstimate, FullEvaluation
 from cuecard.program import get_instructions, predictors
+from cuecard.stopping import StopKind
 from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -206,6 +207,7 @@ class OPRO(Teleprompter):
         step = 0
         while self.more_steps(ctx, step, self.config.steps, step_cost):
             step += 1
+            ctx.step(step, self.config.steps)
             name = names[(step - 1) % len(names)]
             base = engine.candidates[best.arm].instructions
             if self.config.exemplar_selection == "wrong" and best.arm not in counted:
@@ -224,8 +226,7 @@ class OPRO(Teleprompter):
                     read=lambda reply: [extract_instruction(reply)],
                 )
             except BudgetExhausted as exc:
-                ctx.capped = str(exc)
-                ctx.note(f"step {step}: a cap was reached while proposing ({exc}); stopped")
+                ctx.stop(StopKind.CAP, f"while proposing at step {step}: {exc}")
                 break
             new_arms = self.add_proposals(ctx, name, base, replies, exemplars, step, best.arm)
             scored = ctx.allocate(new_arms) if new_arms else None
@@ -251,7 +252,8 @@ class OPRO(Teleprompter):
             else:
                 stale += 1
                 if stale >= self.config.patience:
-                    ctx.note(f"step {step}: best score {best.mean:.3f} did not improve for {stale} steps; stopped")
+                    ctx.stop(StopKind.NO_IMPROVEMENT, f"best score {best.mean:.3f} did not improve for {stale} steps "
+                             f"(patience {self.config.patience}); stopped after step {step}")
                     break
         return ctx.ranking_so_far()
 

@@ -27,6 +27,7 @@ from cuecard.errors import BudgetExhausted
 from cuecard.evaluate import ExampleScore
 from cuecard.policies import Allocation, FullEvaluation
 from cuecard.program import get_instructions, predictors
+from cuecard.stopping import StopKind
 from pydantic import Field
 
 from .ape import FORWARD_TEMPLATE  # the paper starts from APE-style induced prompts: APE's own template
@@ -160,6 +161,7 @@ class PE2(Teleprompter):
         step = 0
         while self.more_steps(ctx, step, self.config.steps, step_cost):
             step += 1
+            ctx.step(step, self.config.steps)
             if not self.config.beam or not self.config.proposals_per_prompt:
                 break
             ranking = [e for e in ctx.ranking() if e.n > 0 and not e.pruned]
@@ -169,8 +171,7 @@ class PE2(Teleprompter):
                 for parent in parents:
                     children += self.expand(ctx, parent, step)
             except BudgetExhausted as exc:
-                ctx.capped = str(exc)
-                ctx.note(f"step {step}: a cap was reached while proposing ({exc}); stopped")
+                ctx.stop(StopKind.CAP, f"while proposing at step {step}: {exc}")
                 if children:
                     ctx.allocate(children)
                 break
@@ -186,7 +187,7 @@ class PE2(Teleprompter):
                 }
             )
             if not children:
-                ctx.note(f"step {step}: no usable new prompt; search ended with the best so far")
+                ctx.stop(StopKind.NOTHING_NEW, f"step {step} gave no usable new prompt; the best so far wins")
                 break
             if scored is not None and scored.stopped:
                 break

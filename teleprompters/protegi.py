@@ -25,6 +25,7 @@ from cuecard.errors import TeleprompterConfigError
 from cuecard.evaluate import ExampleScore
 from cuecard.policies import UCB, Allocation, FullEvaluation
 from cuecard.program import predictors
+from cuecard.stopping import StopKind
 from pydantic import Field
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -173,6 +174,7 @@ class ProTeGi(Teleprompter):
         closing = self.config.beam_size * len(engine.examples) * engine.calls_per_example  # the beam's full evaluation
         while self.more_steps(ctx, round_, self.config.rounds, round_cost + closing):
             round_ += 1
+            ctx.step(round_, self.config.rounds, "round")
             minibatch = ctx.rng.sample(ctx.train, min(self.config.minibatch_size, len(ctx.train)))
             children: list[int] = []
             any_error = False
@@ -181,10 +183,10 @@ class ProTeGi(Teleprompter):
                 any_error = any_error or bool(errors)
                 children.extend(self.expand(ctx, parent, errors, round_))
             if not any_error:
-                ctx.note(f"round {round_}: the beam makes no error on the minibatch; nothing to learn from")
+                ctx.stop(StopKind.NOTHING_NEW, f"round {round_}: the beam makes no error on the minibatch; nothing to learn from")
                 break
             if not children:
-                ctx.note(f"round {round_}: no usable child prompt; search ended with the best so far")
+                ctx.stop(StopKind.NOTHING_NEW, f"round {round_} gave no usable child prompt; the best so far wins")
                 break
             arms = list(dict.fromkeys(beam + children))
             selection = ctx.allocate(arms, budget=self.config.selection_budget)
@@ -203,7 +205,7 @@ class ProTeGi(Teleprompter):
             else:
                 stale += 1
                 if stale >= self.config.patience:
-                    ctx.note(f"round {round_}: beam's best dev score did not improve on {best:.3f}; stopped")
+                    ctx.stop(StopKind.NO_IMPROVEMENT, f"round {round_}: the beam's best dev score did not improve on {best:.3f}")
                     break
         final = FullEvaluation(n_examples=len(engine.examples))
         allocation = engine.allocate(final, beam)

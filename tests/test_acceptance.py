@@ -84,7 +84,7 @@ def test_a_search_going_on_to_its_cap_keeps_room_for_the_seeds_check():
     ape = APE(metric=exact_match("answer"), task_lm=scripted_lm(lambda m: "x"), until_cap=True, storage=":memory:")
 
     def ctx(room):
-        return SimpleNamespace(engine=engine, room=lambda: room, note=notes.append)
+        return SimpleNamespace(engine=engine, room=lambda: room, note=notes.append, stop=lambda kind, detail: notes.append(detail))
 
     assert ape.more_steps(ctx(30), done=1, planned=1, step_cost=20)  # 30 - 10 for the seed >= 20
     assert not ape.more_steps(ctx(29), done=1, planned=1, step_cost=20)

@@ -173,5 +173,5 @@ def test_a_cap_reached_while_proposing_ends_the_compile_with_the_best_so_far_and
     ).compile(sentiment_program(), trainset=REVIEWS[:20])
     report = compiled.cuecard_report
     assert report.usage.calls == 12 == len(proposer.engine.requests)
-    assert any("search stopped" in note and "cap of 12 LM requests" in note for note in report.notes)
+    assert report.stop_reason.kind == "cap" and "cap of 12 LM requests" in report.stop_reason.text
     assert compiled.signature.instructions == "Classify the sentiment."

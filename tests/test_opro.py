@@ -151,14 +151,14 @@ def test_patience_and_the_lm_call_cap_stop_the_search():
     report = OPRO(metric=exact_match("sentiment"), task_lm=task, prompt_lm=flat, storage=":memory:", progress=False, task_rule=False,
                   steps=10, instructions_per_step=2, patience=2).compile(sentiment_program(), trainset=REVIEWS).cuecard_report
     assert len(report.history) == 2
-    assert any("did not improve" in note for note in report.notes)
+    assert report.stop_reason.kind == "no improvement" and "did not improve" in report.stop_reason.text
 
     task, proposer = scripted_lm(level_task), LevelProposer()
     report = opro(task, proposer, steps=10, limits=cuecard.Limits(max_model_calls=60)).compile(
         sentiment_program(), trainset=REVIEWS).cuecard_report
     assert report.usage.model_calls <= 60
     assert len(report.history) < 10
-    assert any("cap" in note or "limit" in note.lower() or "stopped" in note for note in report.notes)
+    assert report.stop_reason.kind == "cap" and "cap of 60 LM calls" in report.stop_reason.text
 
 
 

@@ -186,7 +186,7 @@ def test_a_compile_stopped_by_its_cap_continues_with_a_larger_cap_and_stores_its
     monkeypatch.chdir(tmp_path)
     models = Models(monkeypatch)
     code, out, _ = compile_cli(capsys, "--max-calls", "25", "--out", "capped.json")
-    assert code == 0 and "stopped by a cap" in out
+    assert code == 0 and "search stopped: a cap was reached" in out
     name = saved_report("capped.json").run_name
     storage = f"sqlite:///{tmp_path / 'runs' / name / 'study.db'}"
 

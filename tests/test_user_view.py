@@ -133,7 +133,7 @@ def test_every_flag_has_help_and_every_command_a_description():
 
 def test_runs_says_when_a_run_stopped_at_its_cap(models, capsys):
     out, _ = compiled_file(capsys, "--max-calls", "20")
-    assert "stopped by a cap" in out
+    assert "search stopped: a cap was reached" in out
     code, out, _ = run_main(["runs"], capsys)
     assert code == 0 and "stopped" in out and "larger cap continues it" in out
 

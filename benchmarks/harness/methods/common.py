@@ -65,6 +65,8 @@ def compile_with(cls: type, plan: Plan, program: dspy.Module, **kw: Any) -> tupl
     compiled = teleprompter.compile(program, trainset=kw["train"], valset=kw["dev"])
     report = compiled.cuecard_report
     notes = list(plan.notes) + list(report.notes)
+    if report.stop_reason.kind != "finished":
+        notes.append(f"search stopped: {report.stop_reason.text}")
     if report.process.evaluations_read_back:
         notes.append(f"resumed: {report.process.evaluations_read_back} evaluations read back from the interrupted run")
     if report.dropped:
@@ -79,7 +81,5 @@ def compile_with(cls: type, plan: Plan, program: dspy.Module, **kw: Any) -> tupl
 
 
 def stop_reason(report: Any) -> str:
-    """Why a search ended before its cap, from its own notes (or what its plan allowed)."""
-    reasons = [note for note in report.notes if "stopped" in note or "no usable" in note or "no gain" in note
-               or "nothing to learn" in note or "no hard negative" in note]
-    return "; ".join(reasons) if reasons else "the planned search was done"
+    """Why a search ended before its cap: the report's own stop reason."""
+    return "the planned search was done" if report.stop_reason.kind == "finished" else report.stop_reason.text
