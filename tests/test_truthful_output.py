@@ -163,10 +163,13 @@ def test_the_token_estimate_is_close_to_what_the_compile_uses_and_is_printed_bes
     code, out, _ = run_main([*argv, "--estimate"], capsys)
     assert code == 0
     estimated = int(out.split("tokens: about ")[1].split(";")[0].replace(",", ""))
+    requests = int(out.split("LM requests at most: ")[1].split()[0])  # with until_cap, the cap bounds it
     code, out, _ = run_main([*argv, "--quiet"], capsys)
     used = saved_report().usage
-    assert 0.67 * used.total_tokens <= estimated <= 1.5 * used.total_tokens  # was 6x too high: every answer at 256 tokens
-    assert (f"estimated before the run: at most {used.calls} LM requests, about {estimated:,} tokens; "
+    assert used.calls <= requests
+    per_request, used_per_request = estimated / requests, used.total_tokens / used.calls
+    assert 0.67 * used_per_request <= per_request <= 1.5 * used_per_request  # was 6x too high: every answer at 256 tokens
+    assert (f"estimated before the run: at most {requests} LM requests, about {estimated:,} tokens; "
             f"used: {used.calls} requests, {used.total_tokens:,} tokens") in out
 
 
