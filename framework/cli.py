@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -182,7 +183,7 @@ def _check_out(path: str) -> Path:
 def cmd_compile(args: argparse.Namespace) -> int:
     import cuecard
     from cuecard.cli_inputs import foreign_flags, method_inputs
-    from cuecard.errors import ConfigError, TeleprompterConfigError
+    from cuecard.errors import ConfigError, DataWarning, TeleprompterConfigError
     from cuecard.evaluate import check_context
     from cuecard.policies import make_policy
     from cuecard.registry import teleprompter as registered
@@ -237,7 +238,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
     if args.estimate:
         return _print_estimate(teleprompter, program, train, dev, max_calls)
     try:
-        estimate = teleprompter.estimate(program, train, dev)
+        with warnings.catch_warnings():  # the compile below warns of the data itself, once
+            warnings.simplefilter("ignore", DataWarning)
+            estimate = teleprompter.estimate(program, train, dev)
     except cuecard.CuecardError:  # a method that cannot tell its cost before running
         estimate = None
     try:

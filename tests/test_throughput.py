@@ -124,7 +124,7 @@ def test_proposals_sent_together_stop_at_the_cap_like_one_at_a_time():
     report = compiled.cuecard_report
     assert report.usage.calls == 12 == len(prompt_lm.engine.requests)
     assert proposer.most > 4  # the twelve requests the cap affords went out together, not one at a time
-    assert any("cap of 12 LM requests" in note for note in report.notes)
+    assert report.stop_reason.by_cap and "cap of 12 LM requests" in report.stop_reason.text
 
 
 def test_a_claim_held_by_another_worker_is_no_database_error(postgres_url):
