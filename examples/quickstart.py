@@ -2,21 +2,22 @@
 
     .venv/bin/python examples/quickstart.py
 
-The embedded SmolLM2-135M is tiny: it answers in sentences ("The review is negative."), and its
-accuracy depends a lot on the instruction's wording. That is what cuecard's teleprompters optimise.
+The output is labelled (``positive`` or ``negative``): the embedded SmolLM2-135M answers in sentences
+("The review is negative."), and the plain adapter reads the label out of them. Its accuracy depends
+a lot on the instruction's wording; that is what cuecard's teleprompters optimise.
 """
 
 import cuecard
-import dspy
 from cuecard.datasets import SENTIMENT_INSTRUCTION, reviews
-from cuecard.metrics import one_of_labels
+from cuecard.metrics import exact_match
+from cuecard.programs import Classify
 
 
 def main() -> None:
     lm = cuecard.LM("local")  # SmolLM2-135M-Instruct, in-process through llama.cpp
     cuecard.configure(lm)  # dspy.configure with the plain adapter small models can follow
-    classify = dspy.Predict(dspy.Signature("review -> sentiment", SENTIMENT_INSTRUCTION))
-    metric = one_of_labels(["positive", "negative"], field="sentiment")
+    classify = Classify("review -> sentiment", labels=["positive", "negative"], instructions=SENTIMENT_INSTRUCTION)
+    metric = exact_match("sentiment")
 
     examples = reviews()[:20]
     correct = 0

@@ -131,7 +131,7 @@ def test_chain_of_thought_runs_through_plain_adapter():
 
 # ---- typed answers under a grammar ---------------------------------------------------------------
 def _predict_with(lm, signature, adapter=None, **inputs):
-    with dspy.context(lm=lm, adapter=adapter or PlainAdapter()):
+    with dspy.context(lm=lm, adapter=adapter or PlainAdapter(typed_answers=True)):
         return dspy.Predict(signature)(**inputs)
 
 
@@ -170,7 +170,13 @@ def test_free_text_answers_models_without_grammars_and_the_switch_off_send_no_co
     assert free.engine.formats == no_grammar.engine.formats == switched_off.engine.formats == [None]
 
 
-def test_typed_answers_are_part_of_the_run_identity():
+def test_typed_answers_are_off_by_default_and_part_of_the_run_identity():
     from cuecard.identity import adapter_identity
 
-    assert adapter_identity(PlainAdapter()) != adapter_identity(PlainAdapter(typed_answers=False))
+    lm = scripted_lm(lambda messages: "positive", grammar=True)
+    labelled = dspy.Signature("review -> sentiment", "Classify.").with_updated_fields(
+        "sentiment", type_=Literal["positive", "negative"]
+    )
+    _predict_with(lm, labelled, PlainAdapter(), review="Nice.")
+    assert lm.engine.formats == [None]
+    assert adapter_identity(PlainAdapter()) != adapter_identity(PlainAdapter(typed_answers=True))
