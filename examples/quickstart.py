@@ -2,13 +2,14 @@
 
     .venv/bin/python examples/quickstart.py
 
-The output is labelled (``positive`` or ``negative``): the embedded SmolLM2-135M answers in sentences
-("The review is negative."), and the plain adapter reads the label out of them. Its accuracy depends
-a lot on the instruction's wording; that is what cuecard's teleprompters optimise.
+The output is labelled (``positive`` or ``negative``): on a local model the plain adapter decodes it
+under a grammar, so the embedded SmolLM2-135M (which left alone answers in sentences, "The review is
+negative.") can only write one of the labels. Which one it picks depends a lot on the instruction's
+wording; that is what cuecard's teleprompters optimise.
 """
 
 import cuecard
-from cuecard.datasets import SENTIMENT_INSTRUCTION, reviews
+from cuecard.datasets import reviews
 from cuecard.metrics import exact_match
 from cuecard.programs import Classify
 
@@ -16,7 +17,7 @@ from cuecard.programs import Classify
 def main() -> None:
     lm = cuecard.LM("local")  # SmolLM2-135M-Instruct, in-process through llama.cpp
     cuecard.configure(lm)  # dspy.configure with the plain adapter small models can follow
-    classify = Classify("review -> sentiment", labels=["positive", "negative"], instructions=SENTIMENT_INSTRUCTION)
+    classify = Classify("review -> sentiment", labels=["positive", "negative"], instructions="Classify the sentiment.")
     metric = exact_match("sentiment")
 
     examples = reviews()[:20]

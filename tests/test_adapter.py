@@ -170,7 +170,7 @@ def test_free_text_answers_models_without_grammars_and_the_switch_off_send_no_co
     assert free.engine.formats == no_grammar.engine.formats == switched_off.engine.formats == [None]
 
 
-def test_typed_answers_are_off_by_default_and_part_of_the_run_identity():
+def test_typed_answers_are_on_by_default_and_part_of_the_run_identity():
     from cuecard.identity import adapter_identity
 
     lm = scripted_lm(lambda messages: "positive", grammar=True)
@@ -178,5 +178,5 @@ def test_typed_answers_are_off_by_default_and_part_of_the_run_identity():
         "sentiment", type_=Literal["positive", "negative"]
     )
     _predict_with(lm, labelled, PlainAdapter(), review="Nice.")
-    assert lm.engine.formats == [None]
-    assert adapter_identity(PlainAdapter()) != adapter_identity(PlainAdapter(typed_answers=True))
+    assert lm.engine.formats[0]["schema"]["enum"] == ["positive", "negative"]
+    assert adapter_identity(PlainAdapter()) != adapter_identity(PlainAdapter(typed_answers=False))
