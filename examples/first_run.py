@@ -4,7 +4,8 @@
     CUECARD_THREADS=2 .venv/bin/python examples/first_run.py
 
 The program answers ``positive``/``negative`` (a labelled output: the embedded model decodes under a
-grammar and can only write a label) and starts from a generic instruction, "Classify the text.".
+grammar and can only write a label) and starts from an instruction a person would write, on which the
+embedded model answers ``negative`` to nearly every review.
 APE compiles it under the ``light`` budget (150 LM requests) on ``examples/data/reviews.jsonl`` (20
 reviews to induce instructions from, 20 to score them on):
 Qwen2.5-Coder-1.5B (when pulled; else the embedded model itself) writes candidate instructions from
@@ -31,6 +32,7 @@ from cuecard.teleprompters import APE
 DATA = Path(__file__).resolve().parent / "data"
 PROMPT_MODEL = "qwen2.5-coder-1.5b"
 BUDGET = 150  # the CLI's --budget light
+SEED = "Decide whether the review is positive or negative. Reply with only the word positive or the word negative."
 DEV_FRACTION = 0.5  # 20 reviews to induce instructions from, 20 to score them on (0.75 measured worse)
 
 
@@ -54,7 +56,7 @@ def main() -> None:
               f"`cuecard models pull {PROMPT_MODEL}` fetches it)")
     train = load_examples(DATA / "reviews.jsonl", ["review"])
     held_out = load_examples(DATA / "reviews_heldout.jsonl", ["review"])
-    seed = Classify("review -> sentiment", labels=["positive", "negative"], instructions="Classify the text.")
+    seed = Classify("review -> sentiment", labels=["positive", "negative"], instructions=SEED)
 
     n_train, n_dev = (len(part) for part in APE(metric=None, task_lm=task_lm, dev_fraction=DEV_FRACTION).split(train, None))
     ape = APE(metric=exact_match("sentiment"), task_lm=task_lm, prompt_lm=prompt_lm, dev_fraction=DEV_FRACTION,
