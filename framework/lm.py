@@ -36,6 +36,7 @@ from .errors import (
     ScoringUnsupportedError,
 )
 from .local import EMBEDDED_MODEL_NAME, LlamaCppEngine, LocalScorer, LogProb, embedded_model_path
+from .models import fetched_path, find_model
 from .record import StoredReply, active_record, request_key, storable
 from .usage import CallRecord, UsageMeter, check_limits
 from .usage import record as record_usage
@@ -303,7 +304,8 @@ def LM(  # noqa: N802 - a factory that reads like the class it returns, as dspy.
 
     Args:
         spec: ``"local"`` (the embedded SmolLM2-135M-Instruct), ``"local:/path/to/model.gguf"`` (any
-            GGUF file, with its own chat template; a bare path ending in ``.gguf`` works too), or a litellm model string such as
+            GGUF file, with its own chat template; a bare path ending in ``.gguf`` works too), the name of
+            a model pulled with ``cuecard models pull`` (``"qwen2.5-coder-1.5b"``), or a litellm model string such as
             ``"openai/gpt-4o-mini"`` or ``"hosted_vllm/my-model"`` (with ``api_base=``).
         temperature: default sampling temperature (0 gives the same answer every time).
         max_tokens: default cap on generated tokens.
@@ -317,6 +319,7 @@ def LM(  # noqa: N802 - a factory that reads like the class it returns, as dspy.
     Raises:
         ModelSpecError: the string names no model cuecard can build.
         ModelFileError: a local GGUF file is missing or is not a GGUF model.
+        ModelNotFetchedError: ``spec`` names a fetchable model that was not pulled (the message names the command).
 
     Example:
         >>> task_lm = LM("local")
@@ -326,6 +329,8 @@ def LM(  # noqa: N802 - a factory that reads like the class it returns, as dspy.
     if not isinstance(spec, str) or not spec.strip():
         raise ModelSpecError(f"A model spec must be a non-empty string, got {spec!r}")
     spec = spec.strip()
+    if find_model(spec) is not None:  # a model cuecard can fetch, by name (`cuecard models`)
+        spec = f"{LOCAL_PREFIX}:{fetched_path(spec)}"
     if spec.lower().endswith(".gguf") and not spec.startswith(LOCAL_PREFIX + ":"):
         spec = f"{LOCAL_PREFIX}:{spec}"  # a bare path to a GGUF file
     if spec == LOCAL_PREFIX or spec.startswith(LOCAL_PREFIX + ":"):

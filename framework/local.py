@@ -11,7 +11,9 @@ to it are serialised by one lock.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.metadata
+import json
 import math
 import os
 import threading
@@ -174,6 +176,9 @@ class LlamaCppEngine:
     supports_json_schema = True
     """Constrained decoding: a ``response_format`` JSON schema becomes a llama.cpp grammar."""
 
+    supports_grammar = True
+    """Typed plain answers: a schema marked :data:`BARE_ANSWER` is decoded as bare text (see :func:`answer_grammar`)."""
+
     def __deepcopy__(self, memo: dict) -> LlamaCppEngine:
         return self
 
@@ -196,9 +201,12 @@ class LlamaCppEngine:
         if config.seed is not None:
             options["seed"] = int(config.seed)
         if config.response_format is not None:
-            # llama.cpp turns a JSON schema into a grammar: the model can only write matching JSON
             schema = config.response_format.get("schema")
-            options["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
+            if isinstance(schema, dict) and schema.get(BARE_ANSWER):
+                options["grammar"] = answer_grammar(schema)
+            else:
+                # llama.cpp turns a JSON schema into a grammar: the model can only write matching JSON
+                options["response_format"] = {"type": "json_object", **({"schema": schema} if schema else {})}
         loaded = self._model()
         with loaded.lock:
             # Reusing the KV cache of the previous call evaluates the shared prefix differently
@@ -235,6 +243,46 @@ class LlamaCppEngine:
     @classmethod
     def load_state(cls, state: dict[str, Any]) -> LlamaCppEngine:
         return cls(state["model_path"], n_ctx=int(state.get("n_ctx", 2048)))
+
+
+BARE_ANSWER = "x-cuecard-bare"
+"""A schema key asking for the value as plain text (``positive``, ``12``), not as JSON (``"positive"``).
+
+The plain adapter sends it for typed single-answer fields; JSON-schema readers ignore unknown keys."""
+
+
+def answer_grammar_text(schema: dict[str, Any]) -> str:
+    """The GBNF grammar of a bare answer: one of the ``enum`` values verbatim, or a whole/decimal number.
+
+    Example:
+        >>> answer_grammar_text({"enum": ["positive", "negative"]})
+        'root ::= "positive" | "negative"'
+        >>> answer_grammar_text({"type": "integer"})
+        'root ::= "-"? [0-9]+'
+    """
+    if "enum" in schema:
+        values = [str(value) for value in schema["enum"]]
+        if not values:
+            raise ConfigError("an answer grammar needs at least one allowed value")
+        return "root ::= " + " | ".join(json.dumps(value, ensure_ascii=False) for value in values)
+    kind = schema.get("type")
+    if kind == "integer":
+        return 'root ::= "-"? [0-9]+'
+    if kind == "number":
+        return 'root ::= "-"? [0-9]+ ("." [0-9]+)?'
+    raise ConfigError(f"no bare-answer grammar for the schema {schema!r} (enum, integer or number)")
+
+
+@functools.lru_cache(maxsize=256)
+def _grammar(text: str) -> Any:
+    from llama_cpp import LlamaGrammar
+
+    return LlamaGrammar.from_string(text, verbose=False)
+
+
+def answer_grammar(schema: dict[str, Any]) -> Any:
+    """A ``llama_cpp.LlamaGrammar`` for :func:`answer_grammar_text` (built once per grammar)."""
+    return _grammar(answer_grammar_text(schema))
 
 
 class LogProb:

@@ -27,12 +27,17 @@ Reply = Callable[[list[dict[str, str]]], str]
 class ScriptedEngine:
     """A DSPy engine whose answer is ``reply(messages)``; every request it sees is kept in ``requests``
     (and its ``response_format``, if any, in ``formats``). ``supports_json_schema`` says whether cuecard
-    may hold it to a JSON schema, as it does a local GGUF model. With ``truncate``, a reply longer than the
-    request's ``max_tokens`` (a word counts as a token) is cut there with finish reason ``length``, as a model's is."""
+    may hold it to a JSON schema, as it does a local GGUF model; ``supports_grammar`` whether the plain
+    adapter may hold a typed answer to its values (a local GGUF model's grammar). With ``truncate``, a reply
+    longer than the request's ``max_tokens`` (a word counts as a token) is cut there with finish reason
+    ``length``, as a model's is."""
 
-    def __init__(self, reply: Reply, *, supports_json_schema: bool = False, truncate: bool = False) -> None:
+    def __init__(
+        self, reply: Reply, *, supports_json_schema: bool = False, supports_grammar: bool = False, truncate: bool = False
+    ) -> None:
         self.reply = reply
         self.supports_json_schema = supports_json_schema
+        self.supports_grammar = supports_grammar
         self.truncate = truncate
         self.requests: list[list[dict[str, str]]] = []
         self.formats: list[dict[str, Any] | None] = []
@@ -71,20 +76,27 @@ class ScriptedEngine:
 
 
 def scripted_lm(
-    reply: Reply, *, name: str = "scripted/lm", local: bool = True, cache: bool = False, structured: bool = False,
+    reply: Reply,
+    *,
+    name: str = "scripted/lm",
+    local: bool = True,
+    cache: bool = False,
+    structured: bool = False,
+    grammar: bool = False,
     truncate: bool = False,
 ) -> CuecardLM:
     """A :class:`~cuecard.lm.CuecardLM` answering with ``reply(messages)``; ``lm.engine.requests`` logs prompts.
 
     ``local=True`` makes cuecard treat it like an in-process model (plain adapter, serialised calls);
     ``structured=True`` like a model that can be held to a JSON schema (proposals then ask for one);
+    ``grammar=True`` like one that decodes typed answers under a grammar (``lm.engine.formats`` shows them);
     ``truncate=True`` cuts replies at the request's ``max_tokens`` (in words) as a model does.
     """
     return CuecardLM(
         name,
         spec=name,
         is_local=local,
-        engine=ScriptedEngine(reply, supports_json_schema=structured, truncate=truncate),
+        engine=ScriptedEngine(reply, supports_json_schema=structured, supports_grammar=grammar, truncate=truncate),
         temperature=0.0,
         max_tokens=256,
         cache=cache,

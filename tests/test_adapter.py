@@ -127,3 +127,56 @@ def test_chain_of_thought_runs_through_plain_adapter():
     assert prediction.sentiment == "positive"
     assert prediction.reasoning == "The review is glowing."
     assert lm.meter.usage.parse_failures == 0
+
+
+# ---- typed answers under a grammar ---------------------------------------------------------------
+def _predict_with(lm, signature, adapter=None, **inputs):
+    with dspy.context(lm=lm, adapter=adapter or PlainAdapter(typed_answers=True)):
+        return dspy.Predict(signature)(**inputs)
+
+
+def test_a_labelled_answer_asks_a_grammar_capable_model_for_one_bare_label():
+    lm = scripted_lm(lambda messages: "negative", grammar=True)
+    signature = dspy.Signature("review -> sentiment", "Classify.").with_updated_fields(
+        "sentiment", type_=Literal["positive", "negative"]
+    )
+    assert _predict_with(lm, signature, review="Awful.").sentiment == "negative"
+    (response_format,) = lm.engine.formats
+    assert response_format["schema"]["enum"] == ["positive", "negative"]
+    assert response_format["schema"]["x-cuecard-bare"] is True
+
+
+@pytest.mark.parametrize(
+    ("type_", "schema"),
+    [(bool, {"enum": ["True", "False"]}), (int, {"type": "integer"}), (float, {"type": "number"})],
+)
+def test_bool_int_and_float_answers_are_constrained_too(type_, schema):
+    lm = scripted_lm(lambda messages: "1", grammar=True)
+    signature = dspy.Signature("question -> answer", "Answer.").with_updated_fields("answer", type_=type_)
+    _predict_with(lm, signature, question="How many?")
+    assert {k: v for k, v in lm.engine.formats[0]["schema"].items() if k != "x-cuecard-bare"} == schema
+
+
+def test_free_text_answers_models_without_grammars_and_the_switch_off_send_no_constraint():
+    labelled = dspy.Signature("review -> sentiment", "Classify.").with_updated_fields(
+        "sentiment", type_=Literal["positive", "negative"]
+    )
+    free = scripted_lm(lambda messages: "fine", grammar=True)
+    _predict_with(free, dspy.Signature("review -> summary", "Summarise."), review="Nice.")
+    no_grammar = scripted_lm(lambda messages: "positive", structured=True)
+    _predict_with(no_grammar, labelled, review="Nice.")
+    switched_off = scripted_lm(lambda messages: "positive", grammar=True)
+    _predict_with(switched_off, labelled, PlainAdapter(typed_answers=False), review="Nice.")
+    assert free.engine.formats == no_grammar.engine.formats == switched_off.engine.formats == [None]
+
+
+def test_typed_answers_are_on_by_default_and_part_of_the_run_identity():
+    from cuecard.identity import adapter_identity
+
+    lm = scripted_lm(lambda messages: "positive", grammar=True)
+    labelled = dspy.Signature("review -> sentiment", "Classify.").with_updated_fields(
+        "sentiment", type_=Literal["positive", "negative"]
+    )
+    _predict_with(lm, labelled, PlainAdapter(), review="Nice.")
+    assert lm.engine.formats[0]["schema"]["enum"] == ["positive", "negative"]
+    assert adapter_identity(PlainAdapter()) != adapter_identity(PlainAdapter(typed_answers=False))
