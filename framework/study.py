@@ -770,11 +770,14 @@ class Engine:
         finally:
             try:
                 self.block.give_back()
-                if self.claims.shared:
-                    self.claims.leave_spend()
             except Exception as exc:  # never lose a compile over its accounting; a dead process's is reclaimed
                 logger.warning("could not give back the run's unused reservations: %s", redact_text(str(exc)))
             self.save_spending(force=True)
+            if self.claims.shared:  # after the spending is saved: a process waiting for this one then reads it
+                try:
+                    self.claims.leave_spend()
+                except Exception as exc:
+                    logger.warning("could not mark this process's part of the run as ended: %s", redact_text(str(exc)))
             self.store.checkpoint()
 
     @contextmanager
