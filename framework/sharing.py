@@ -257,9 +257,9 @@ class SQLClaims:
             )
 
     # ---- the run's shared spending -------------------------------------------------------------
-    def join_spend(self, spent: int) -> None:
-        """Mark this process's compile as under way; the run's count starts at ``spent`` (what earlier
-        processes stored) when no process has counted in this database yet."""
+    def join_spend(self, spent: int, *, working: bool = True) -> None:
+        """Enter this process in the run's count (with ``working``: its compile is under way); the count
+        is at least ``spent`` (what the run's processes stored they spent, a process with no cap included)."""
 
         now, total = time.time(), self.spend.c.reserved
         with self.engine.begin() as connection:
@@ -270,7 +270,7 @@ class SQLClaims:
                 self.spend.update().where(self.spend.c.run == self.run, self.spend.c.owner == TOTAL, total < spent)
                 .values(reserved=spent)
             )
-            self._spend_row(connection, working=True, beat=now)
+            self._spend_row(connection, working=working, beat=now)
 
     def leave_spend(self) -> None:
         """This process's compile is over (what it reserved and did not use is already given back)."""

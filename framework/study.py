@@ -304,6 +304,7 @@ class Engine:
         self.claims = open_claims(self.storage_url, name, stale_after=claim_timeout)
         if self.claims.shared and limits.max_model_calls is not None:
             # model calls are reserved in the run's shared count, a few at a time (see cuecard.sharing)
+            self.claims.join_spend(self.spent_before["all"].model_calls, working=False)
             self.block.spend = self.claims
             self.block.reserve_batch = max(4, getattr(scorer, "num_threads", 1) or 1)
         self.claim_poll = 0.2
