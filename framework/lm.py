@@ -38,7 +38,7 @@ from .errors import (
 from .local import EMBEDDED_MODEL_NAME, LlamaCppEngine, LocalScorer, LogProb, embedded_model_path
 from .models import fetched_path, find_model
 from .record import StoredReply, active_record, request_key, storable
-from .usage import CallRecord, UsageMeter, check_limits
+from .usage import CallRecord, UsageMeter, check_limits, model_call
 from .usage import record as record_usage
 
 LOCAL_PREFIX = "local"
@@ -85,14 +85,15 @@ class CuecardLM(dspy.LM):
                 return self._replay(replayed)
         start = time.perf_counter()
         try:
-            self._before_call(_completions(call))
-            result = execute(self, call)
+            with model_call(_completions(call)):  # the call's use is recorded before its reservation ends
+                self._before_call(_completions(call))
+                result = execute(self, call)
+                self._record(result, time.perf_counter() - start, _completions(call), _cap(self, call))
         except BaseException as exc:  # Ctrl-C too: a claimed request is given back
             self._abandon(record, key)
             if isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted):
                 record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
-        self._record(result, time.perf_counter() - start, _completions(call), _cap(self, call))
         outputs = finalize(self, call, result)
         self._keep(record, key, outputs, call)
         return outputs
@@ -113,14 +114,15 @@ class CuecardLM(dspy.LM):
                 return self._replay(replayed)
         start = time.perf_counter()
         try:
-            self._before_call(_completions(call))
-            result = await aexecute(self, call)
+            with model_call(_completions(call)):  # the call's use is recorded before its reservation ends
+                self._before_call(_completions(call))
+                result = await aexecute(self, call)
+                self._record(result, time.perf_counter() - start, _completions(call), _cap(self, call))
         except BaseException as exc:  # Ctrl-C too: a claimed request is given back
             self._abandon(record, key)
             if isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted):
                 record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
-        self._record(result, time.perf_counter() - start, _completions(call), _cap(self, call))
         outputs = finalize(self, call, result)
         self._keep(record, key, outputs, call)
         return outputs
@@ -201,7 +203,7 @@ class CuecardLM(dspy.LM):
             return None
 
     def _before_call(self, completions: int = 1) -> None:
-        check_limits(completions)
+        """Wait for the rate limit and check credentials (the caps are checked by ``model_call`` around it)."""
         if self.rate_limit is not None:
             self.rate_limit.wait(completions)
         if not self._credentials_checked:
@@ -491,13 +493,14 @@ def score_logprob(lm: dspy.LM, prompt: str | list[dict[str, str]], answer: str, 
             record_usage(meter, CallRecord(model=model, cache_hit=True, seconds=time.perf_counter() - start))
             return LogProb(float(hit["total"]), int(hit["tokens"]))
     try:
-        result = scorer.score(prompt, answer)
-    except ScoringUnsupportedError:
+        with model_call():
+            result = scorer.score(prompt, answer)
+            record_usage(meter, CallRecord(model=model, prompt_tokens=result.tokens, seconds=time.perf_counter() - start))
+    except (ScoringUnsupportedError, BudgetExhausted):
         raise
     except Exception:
         record_usage(meter, CallRecord(model=model, error=True, seconds=time.perf_counter() - start))
         raise
-    record_usage(meter, CallRecord(model=model, prompt_tokens=result.tokens, seconds=time.perf_counter() - start))
     if cache and getattr(lm, "cache", True):
         dspy.cache.put(key, {"total": result.total, "tokens": result.tokens})
     return result

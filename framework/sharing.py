@@ -12,6 +12,13 @@ Optuna's own heartbeat (``RDBStorage(heartbeat_interval=...)``, ``fail_stale_tri
 *trial* whose worker died; here a trial is a candidate that every worker scores examples of, so the
 unit of work is an (candidate, example) pair and it needs its own claims.
 
+The same database holds the run's shared spending (``cuecard_spend``): a row ``*`` per run counts the
+model calls reserved or made by every process, and a row per process what it reserved and used. A
+process reserves model calls there before making them (a few at a time, in one ``UPDATE`` that never
+lets the count pass the cap) and gives back what it did not use; the reservations of a process that
+died are given back by the next process that finds the cap reached. A process also marks there when
+its compile is under way, so a finishing process can wait for the others before reading the run's usage.
+
 Storages without a database (``:memory:``, journal files) get :class:`NoClaims`: one process only.
 
 Example:
@@ -31,56 +38,16 @@ from typing import Any, Protocol
 
 CREATE = -1
 """The example index under which a candidate's creation is claimed."""
+TOTAL = "*"
+"""The owner of the row of ``cuecard_spend`` that counts a run's model calls over every process."""
 
 
 class Claims(Protocol):
     shared: bool
 
     def claim(self, key: str, index: int) -> bool:
-        import sqlalchemy as sa
-
-        now = time.time()
-        row = {"run": self.run, "candidate": key, "example": index, "owner": self.owner, "claimed_at": now}
-        if self._upsert is not None:  # one transaction: the insert, and when it finds a claim, its owner
-            with self.engine.begin() as connection:
-                if connection.execute(self._upsert.values(**row)).rowcount == 1:
-                    return True
-                return self._take_over(connection, key, index, now)
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(self.table.insert().values(**row))
-            return True
-        except sa.exc.IntegrityError:
-            pass
-        with self.engine.begin() as connection:
-            return self._take_over(connection, key, index, now)
-
-    def _take_over(self, connection: Any, key: str, index: int, now: float) -> bool:
-        """True when the claim on ``(key, index)`` is this process's, or its owner is gone and it is taken over."""
-        import sqlalchemy as sa
-
-        row = connection.execute(
-            sa.select(self.table.c.owner, self.table.c.claimed_at).where(
-                self.table.c.run == self.run, self.table.c.candidate == key, self.table.c.example == index
-            )
-        ).first()
-        if row is None or row.owner == self.owner:
-            return row is not None
-        if not self._abandoned(row.owner, row.claimed_at, now):
-            return False
-        taken = connection.execute(
-            self.table.update()
-            .where(
-                self.table.c.run == self.run,
-                self.table.c.candidate == key,
-                self.table.c.example == index,
-                self.table.c.owner == row.owner,
-            )
-            .values(owner=self.owner, claimed_at=now)
-        )
-        if taken.rowcount == 1:
-            self.taken.add((key, index))
-        return taken.rowcount == 1
+        """True when this process now owns the work ``(key, index)`` (free, its own, or its owner gone)."""
+        ...
 
     def release(self, key: str, indices: list[int]) -> None:
         """Give back claims on work left undone."""
@@ -140,6 +107,17 @@ class SQLClaims:
             sa.Column("owner", sa.String(256), nullable=False),
             sa.Column("claimed_at", sa.Float, nullable=False),
         )
+        self.spend = sa.Table(
+            "cuecard_spend",
+            metadata,
+            sa.Column("run", sa.String(512), primary_key=True),
+            sa.Column("owner", sa.String(256), primary_key=True),
+            sa.Column("reserved", sa.Integer, nullable=False, default=0),
+            sa.Column("used", sa.Integer, nullable=False, default=0),
+            sa.Column("granted", sa.Integer, nullable=False, default=0),
+            sa.Column("working", sa.Boolean, nullable=False, default=False),
+            sa.Column("beat", sa.Float, nullable=False),
+        )
         from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
         from .store import _racing
@@ -163,6 +141,10 @@ class SQLClaims:
                         self.table.update().where(self.table.c.run == self.run, self.table.c.owner == self.owner)
                         .values(claimed_at=time.time())
                     )
+                    connection.execute(
+                        self.spend.update().where(self.spend.c.run == self.run, self.spend.c.owner == self.owner)
+                        .values(beat=time.time())
+                    )
             except Exception:  # the next beat tries again; a claim goes stale only after stale_after
                 continue
 
@@ -183,40 +165,46 @@ class SQLClaims:
 
         now = time.time()
         row = {"run": self.run, "candidate": key, "example": index, "owner": self.owner, "claimed_at": now}
-        if self._upsert is not None:
+        if self._upsert is not None:  # one transaction: the insert, and when it finds a claim, its owner
             with self.engine.begin() as connection:
                 if connection.execute(self._upsert.values(**row)).rowcount == 1:
                     return True
-        else:
-            try:
-                with self.engine.begin() as connection:
-                    connection.execute(self.table.insert().values(**row))
-                return True
-            except sa.exc.IntegrityError:
-                pass
+                return self._take_over(connection, key, index, now)
+        try:
+            with self.engine.begin() as connection:
+                connection.execute(self.table.insert().values(**row))
+            return True
+        except sa.exc.IntegrityError:
+            pass
         with self.engine.begin() as connection:
-            row = connection.execute(
-                sa.select(self.table.c.owner, self.table.c.claimed_at).where(
-                    self.table.c.run == self.run, self.table.c.candidate == key, self.table.c.example == index
-                )
-            ).first()
-            if row is None or row.owner == self.owner:
-                return row is not None
-            if not self._abandoned(row.owner, row.claimed_at, now):
-                return False
-            taken = connection.execute(
-                self.table.update()
-                .where(
-                    self.table.c.run == self.run,
-                    self.table.c.candidate == key,
-                    self.table.c.example == index,
-                    self.table.c.owner == row.owner,
-                )
-                .values(owner=self.owner, claimed_at=now)
+            return self._take_over(connection, key, index, now)
+
+    def _take_over(self, connection: Any, key: str, index: int, now: float) -> bool:
+        """True when the claim on ``(key, index)`` is this process's, or its owner is gone and it is taken over."""
+        import sqlalchemy as sa
+
+        row = connection.execute(
+            sa.select(self.table.c.owner, self.table.c.claimed_at).where(
+                self.table.c.run == self.run, self.table.c.candidate == key, self.table.c.example == index
             )
-            if taken.rowcount == 1:
-                self.taken.add((key, index))
-            return taken.rowcount == 1
+        ).first()
+        if row is None or row.owner == self.owner:
+            return row is not None
+        if not self._abandoned(row.owner, row.claimed_at, now):
+            return False
+        taken = connection.execute(
+            self.table.update()
+            .where(
+                self.table.c.run == self.run,
+                self.table.c.candidate == key,
+                self.table.c.example == index,
+                self.table.c.owner == row.owner,
+            )
+            .values(owner=self.owner, claimed_at=now)
+        )
+        if taken.rowcount == 1:
+            self.taken.add((key, index))
+        return taken.rowcount == 1
 
     def release(self, key: str, indices: list[int]) -> None:
         """Give back this process's claims on work it did not finish (an error or an interrupt)."""
@@ -231,6 +219,133 @@ class SQLClaims:
                     self.table.c.owner == self.owner,
                 )
             )
+
+    # ---- the run's shared spending -------------------------------------------------------------
+    def join_spend(self, spent: int, *, working: bool = True) -> None:
+        """Enter this process in the run's count (with ``working``: its compile is under way); the count
+        is at least ``spent`` (what the run's processes stored they spent, a process with no cap included)."""
+
+        now, total = time.time(), self.spend.c.reserved
+        with self.engine.begin() as connection:
+            for owner, reserved in ((TOTAL, spent), (self.owner, 0)):
+                row = {"run": self.run, "owner": owner, "reserved": reserved, "used": 0, "granted": 0, "working": False, "beat": now}
+                self._insert_new(connection, self.spend, row)
+            connection.execute(  # calls made by processes that reserved none (no cap) count too
+                self.spend.update().where(self.spend.c.run == self.run, self.spend.c.owner == TOTAL, total < spent)
+                .values(reserved=spent)
+            )
+            self._spend_row(connection, working=working, beat=now)
+
+    def leave_spend(self) -> None:
+        """This process's compile is over (what it reserved and did not use is already given back)."""
+        with self.engine.begin() as connection:
+            self._spend_row(connection, working=False, beat=time.time())
+
+    def reserve(self, wanted: int, cap: int, used: int) -> int:
+        """Reserve up to ``wanted`` model calls in the run's count without passing ``cap`` (one ``UPDATE``
+        row lock: atomic across processes); the reservations of dead processes are given back first
+        when the cap leaves too few. Returns how many were granted."""
+        granted = self._reserve(wanted, cap, used)
+        if granted < wanted and self.reclaim():
+            granted += self._reserve(wanted - granted, cap, used)
+        return granted
+
+    def _reserve(self, wanted: int, cap: int, used: int) -> int:
+        import sqlalchemy as sa
+
+        total = self.spend.c.reserved
+        grant = sa.case((total + wanted <= cap, wanted), else_=cap - total)
+        with self.engine.begin() as connection:
+            granted = connection.execute(
+                self.spend.update()
+                .where(self.spend.c.run == self.run, self.spend.c.owner == TOTAL, total < cap)
+                .values(granted=grant, reserved=total + grant)  # both computed from the row as it was
+                .returning(self.spend.c.granted)
+            ).scalar()
+            granted = int(granted or 0)
+            self._spend_row(connection, reserved=self.spend.c.reserved + granted, used=used, beat=time.time())
+        return granted
+
+    def give_back(self, unused: int, used: int) -> None:
+        """Return ``unused`` reserved model calls to the run's count."""
+        with self.engine.begin() as connection:
+            connection.execute(
+                self.spend.update().where(self.spend.c.run == self.run, self.spend.c.owner == TOTAL)
+                .values(reserved=self.spend.c.reserved - unused)
+            )
+            self._spend_row(connection, reserved=self.spend.c.reserved - unused, used=used)
+
+    def reclaim(self) -> int:
+        """Give back to the run what processes that are gone reserved and did not use (as they last
+        said: at most a reservation batch of calls they made may be counted back). Returns how many."""
+        import sqlalchemy as sa
+
+        now, returned = time.time(), 0
+        table = self.spend.c
+        with self.engine.begin() as connection:
+            rows = connection.execute(
+                sa.select(table.owner, table.reserved, table.used, table.beat).where(
+                    table.run == self.run, table.owner != TOTAL, table.owner != self.owner, table.reserved > table.used
+                )
+            ).all()
+            for row in rows:
+                if not self._abandoned(row.owner, row.beat, now):
+                    continue
+                settled = connection.execute(
+                    self.spend.update()
+                    .where(table.run == self.run, table.owner == row.owner, table.reserved == row.reserved)
+                    .values(reserved=row.used, working=False)
+                )
+                if settled.rowcount == 1:
+                    returned += row.reserved - row.used
+            if returned:
+                connection.execute(
+                    self.spend.update().where(table.run == self.run, table.owner == TOTAL).values(reserved=table.reserved - returned)
+                )
+        return returned
+
+    def others_working(self) -> list[str]:
+        """The other processes whose compile of this run is under way (alive, by pid or heartbeat)."""
+        import sqlalchemy as sa
+
+        now, table = time.time(), self.spend.c
+        with self.engine.begin() as connection:
+            rows = connection.execute(
+                sa.select(table.owner, table.beat).where(
+                    table.run == self.run, table.owner != TOTAL, table.owner != self.owner, table.working.is_(True)
+                )
+            ).all()
+        return [row.owner for row in rows if not self._abandoned(row.owner, row.beat, now)]
+
+    def run_reserved(self) -> int:
+        """Model calls the run's count holds: made or reserved, by every process."""
+        import sqlalchemy as sa
+
+        with self.engine.begin() as connection:
+            value = connection.execute(
+                sa.select(self.spend.c.reserved).where(self.spend.c.run == self.run, self.spend.c.owner == TOTAL)
+            ).scalar()
+        return int(value or 0)
+
+    def _spend_row(self, connection: Any, **values: Any) -> None:
+        connection.execute(
+            self.spend.update().where(self.spend.c.run == self.run, self.spend.c.owner == self.owner).values(**values)
+        )
+
+    def _insert_new(self, connection: Any, table: Any, row: dict[str, Any]) -> None:
+        """Insert ``row`` unless its key is there (without an error where the database can)."""
+        import sqlalchemy as sa
+
+        name = self.engine.dialect.name
+        if name in ("postgresql", "sqlite"):
+            module = __import__(f"sqlalchemy.dialects.{name}", fromlist=["insert"])
+            connection.execute(module.insert(table).values(**row).on_conflict_do_nothing())
+            return
+        try:
+            with connection.begin_nested():
+                connection.execute(table.insert().values(**row))
+        except sa.exc.IntegrityError:
+            pass
 
     def _abandoned(self, owner: str, claimed_at: float, now: float) -> bool:
         host, _, rest = owner.partition(":")

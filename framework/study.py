@@ -302,7 +302,14 @@ class Engine:
         self.side_evaluations = 0
         self.failures: Counter[str] = Counter()
         self.claims = open_claims(self.storage_url, name, stale_after=claim_timeout)
+        if self.claims.shared and limits.max_model_calls is not None:
+            # model calls are reserved in the run's shared count, a few at a time (see cuecard.sharing)
+            self.claims.join_spend(self.spent_before["all"].model_calls, working=False)
+            self.block.spend = self.claims
+            self.block.reserve_batch = max(4, getattr(scorer, "num_threads", 1) or 1)
         self.claim_poll = 0.2
+        self.finish_wait = claim_timeout
+        """Seconds :meth:`finish` waits at most for the run's other processes to end their compile."""
         self._pruner: optuna.pruners.BasePruner | None = None
         self._bar: Any = None
         self._best = 0.0
@@ -805,11 +812,22 @@ class Engine:
         """Count (and cap, with ``limits``) every LM call made inside, proposals included; replay and
         record the run's LM replies; mark the run as running in its storage."""
         self.set_status("running")
+        if self.claims.shared:
+            self.claims.join_spend(self.spent_before["all"].model_calls)
         try:
             with activate(self.block), recording(self.record):
                 yield self.block
         finally:
+            try:
+                self.block.give_back()
+            except Exception as exc:  # never lose a compile over its accounting; a dead process's is reclaimed
+                logger.warning("could not give back the run's unused reservations: %s", redact_text(str(exc)))
             self.save_spending(force=True)
+            if self.claims.shared:  # after the spending is saved: a process waiting for this one then reads it
+                try:
+                    self.claims.leave_spend()
+                except Exception as exc:
+                    logger.warning("could not mark this process's part of the run as ended: %s", redact_text(str(exc)))
             self.store.checkpoint()
 
     @contextmanager
@@ -858,6 +876,27 @@ class Engine:
             self.spent_before["all"] + _real(self.block.usage),
             self.spent_before["prompt"] + _real(self.prompt_block.usage),
         )
+
+    def _wait_for_others(self) -> None:
+        """Wait (at most ``finish_wait`` seconds) until no other live process's compile of this run is under
+        way, then read what they spent: the run's usage is then the same in every process's report."""
+        if not self.claims.shared:
+            return
+        deadline = time.monotonic() + self.finish_wait
+        said = False
+        try:
+            while others := self.claims.others_working():
+                if time.monotonic() > deadline:
+                    logger.warning("%d other process(es) still work on run %s: the run's usage reported here "
+                                   "is what was stored by now", len(others), self.name)
+                    break
+                if not said:
+                    self.status(f"waiting for {len(others)} other process(es) to end their part of the run")
+                    said = True
+                time.sleep(self.claim_poll)
+            self.refresh_run()
+        except Exception as exc:  # never lose a compile over its accounting
+            logger.warning("could not read the run's usage: %s", redact_text(str(exc)))
 
     def calls_to_cover(self, arm: int) -> int:
         """LM requests scoring ``arm`` on every pool example it has not been scored on may take (what
@@ -912,6 +951,7 @@ class Engine:
         if failed is not None:
             self.set_status("failed", failed)
             return
+        self._wait_for_others()
         if stopped is not None:
             self.set_status("stopped", stopped)
             return

@@ -19,6 +19,7 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Iterator
+from typing import Protocol
 
 from pydantic import BaseModel, Field
 
@@ -174,23 +175,96 @@ class Limits(BaseModel):
         return None
 
 
+class SharedSpend(Protocol):
+    """A run's count of model calls shared by every process working on it (see
+    :class:`cuecard.sharing.SQLClaims`): calls are reserved in it before they go out."""
+
+    def reserve(self, wanted: int, cap: int, used: int) -> int:
+        """Reserve up to ``wanted`` model calls without the run passing ``cap``; how many were granted.
+        ``used`` is how many of this process's reservations it has spent so far."""
+        ...
+
+    def give_back(self, unused: int, used: int) -> None:
+        """Return ``unused`` reserved calls to the run."""
+        ...
+
+
 class Block(UsageMeter):
     """A block of work opened by :func:`track`; may carry :class:`Limits`.
 
     ``spent_before`` is what earlier processes of the same run spent (read from the run's storage):
-    caps on model calls, tokens and dollars include it.
+    caps on model calls, tokens and dollars include it. With ``spend`` (a run shared by several
+    processes), each call that may reach a model is first reserved in the run's shared count, up to
+    ``reserve_batch`` at a time, so the processes together never pass ``max_model_calls``; what a
+    process reserved and did not use goes back with :meth:`give_back`.
     """
 
-    def __init__(self, name: str = "", limits: Limits | None = None, spent_before: Usage | None = None) -> None:
+    def __init__(
+        self,
+        name: str = "",
+        limits: Limits | None = None,
+        spent_before: Usage | None = None,
+        *,
+        spend: SharedSpend | None = None,
+        reserve_batch: int = 1,
+    ) -> None:
         super().__init__(name)
         self.limits = limits or Limits()
         self.spent_before = spent_before or Usage()
+        self.spend = spend
+        self.reserve_batch = max(1, reserve_batch)
+        self._spend_lock = threading.Lock()
+        self._in_flight = 0
+        self._reserved = 0
+        """Model calls this process reserved in ``spend`` and has not given back (used ones included)."""
 
     def check(self, upcoming: int = 1) -> None:
         """Raise :class:`BudgetExhausted` when ``upcoming`` more requests would pass a cap of this block."""
         reason = self.limits.exceeded_by(self.usage, upcoming, self.spent_before)
         if reason:
             raise BudgetExhausted(f"{self.name or 'block'}: {reason}")
+
+    def start_calls(self, upcoming: int = 1) -> None:
+        """Before ``upcoming`` requests that may reach a model: check the caps, counting the requests other
+        threads have under way, and hold ``upcoming`` model calls (reserved in ``spend`` when shared)."""
+        self.check(upcoming)
+        cap = self.limits.max_model_calls
+        if cap is None:
+            return
+        with self._spend_lock:
+            used = self.usage.model_calls
+            if self.spend is None:
+                if self.spent_before.model_calls + used + self._in_flight + upcoming > cap:
+                    raise BudgetExhausted(f"{self.name or 'block'}: cap of {cap} LM calls that reach a model reached")
+            else:
+                need = used + self._in_flight + upcoming - self._reserved
+                if need > 0:
+                    granted = self.spend.reserve(max(need, self.reserve_batch), cap, used)
+                    self._reserved += granted
+                    if granted < need:
+                        raise BudgetExhausted(
+                            f"{self.name or 'block'}: cap of {cap} LM calls that reach a model reached "
+                            "(counted over every process of the run)"
+                        )
+            self._in_flight += upcoming
+
+    def end_calls(self, upcoming: int = 1) -> None:
+        """The requests of :meth:`start_calls` are over (their use is recorded)."""
+        if self.limits.max_model_calls is None:
+            return
+        with self._spend_lock:
+            self._in_flight -= upcoming
+
+    def give_back(self) -> None:
+        """Return to the run's shared count the model calls reserved and not used (none under way)."""
+        if self.spend is None:
+            return
+        with self._spend_lock:
+            used = self.usage.model_calls
+            unused = self._reserved - used - self._in_flight
+            if unused > 0:
+                self.spend.give_back(unused, used)
+                self._reserved -= unused
 
 
 _active_blocks: contextvars.ContextVar[tuple[Block, ...]] = contextvars.ContextVar(
@@ -231,6 +305,27 @@ def check_limits(upcoming: int = 1) -> None:
     """Raise when ``upcoming`` more requests would pass a cap of any open block."""
     for block in _active_blocks.get():
         block.check(upcoming)
+
+
+@contextlib.contextmanager
+def model_call(requests: int = 1) -> Iterator[None]:
+    """Around ``requests`` requests that may reach a model: raise :class:`BudgetExhausted` before them when
+    they would pass a cap of an open block (counting the requests other threads have under way, and,
+    in a run shared by several processes, reserving them in the run's count). Record the call's use
+    inside, so a finished call is counted before its place is freed.
+
+    >>> with model_call():
+    ...     pass  # ask the model, then record(meter, CallRecord(...))
+    """
+    started: list[Block] = []
+    try:
+        for block in _active_blocks.get():
+            block.start_calls(requests)
+            started.append(block)
+        yield
+    finally:
+        for block in started:
+            block.end_calls(requests)
 
 
 def record(meter: UsageMeter | None, call: CallRecord) -> None:

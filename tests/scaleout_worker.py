@@ -1,4 +1,4 @@
-"""One worker of a compile run by several processes: ``python scaleout_worker.py STORAGE OUT GO DELAY SIZE [MAX_CALLS]``.
+"""One worker of a compile run by several processes: ``python scaleout_worker.py STORAGE OUT GO DELAY SIZE [MAX_CALLS [KIND]]``.
 
 Every worker runs the same compile (APE: induction from demonstrations, multi-stage scoring, one
 Monte Carlo round) on the same run (``--run-name scaleout`` in STORAGE), as ``cuecard compile`` on
@@ -6,12 +6,14 @@ several machines would. The task model is scripted: each reply takes DELAY secon
 wrong by a hash of the instruction and the review, so candidates differ in accuracy the same way in
 every process; the prompt model's reply is a function of the request's sampling seed, so every
 process would get the same proposal for the same request. SIZE is ``small`` (about 170 LM requests
-uncapped) or ``large`` (about 490); MAX_CALLS caps the compile (``Limits(max_calls=MAX_CALLS)``).
+uncapped) or ``large`` (about 490); MAX_CALLS caps the compile (``Limits(max_calls=MAX_CALLS)``, or with
+KIND ``model`` ``Limits(max_model_calls=MAX_CALLS)``).
 
 The worker touches ``OUT.ready`` once imported and starts when the file GO exists (so all start
 together). Every evaluation it computes and stores itself is appended to ``OUT.log`` (candidate key
 and example index, one per line, as it is stored); at the end ``OUT`` gets the report's outcome and
-the requests this process's scripted models received.
+the requests this process's scripted models received, the report's run-wide usage, and the usage in
+the compiled program's saved file ``OUT.program.json``.
 """
 
 from __future__ import annotations
@@ -90,7 +92,10 @@ class SeededEngine(ScriptedEngine):
         return super().complete(request)
 
 
-def run(storage: str, log: Path, delay: float, size: str = "small", max_calls: int | None = None) -> dict:
+def run(
+    storage: str, log: Path, delay: float, size: str = "small", max_calls: int | None = None, kind: str = "requests",
+    saved: Path | None = None,
+) -> dict:
     """Run the compile of ``size`` on ``storage``; the outcome and the requests the scripted models received."""
 
     def slow_task(messages: list[dict[str, str]]) -> str:
@@ -103,12 +108,19 @@ def run(storage: str, log: Path, delay: float, size: str = "small", max_calls: i
     dev, per_subsample = SIZES[size]["dev"], SIZES[size]["num_prompts_per_subsample"]
     data = reviews(TRAIN + dev)
     ape = APE(metric=exact_match("sentiment"), task_lm=task_lm, prompt_lm=prompt_lm, run_name=RUN_NAME, storage=storage,
-              limits=cuecard.Limits(max_calls=max_calls) if max_calls else None, progress=False,
+              limits=limits(max_calls, kind), progress=False,
               num_prompts_per_subsample=per_subsample, **APE_SETTINGS)
     program = dspy.Predict(dspy.Signature("review -> sentiment", "Classify."))
     with logged_evaluations(log):
-        report = ape.compile(program, trainset=data[:TRAIN], valset=data[TRAIN:]).cuecard_report
+        compiled = ape.compile(program, trainset=data[:TRAIN], valset=data[TRAIN:])
+    report = compiled.cuecard_report
+    saved_usage = None
+    if saved is not None:
+        cuecard.save(compiled, saved)
+        saved_usage = cuecard.read_block(saved).usage.model_dump()
     return {
+        "usage": report.usage.model_dump(),
+        "saved_usage": saved_usage,
         "outcome": report.outcome(),
         "task_requests": len(task_lm.engine.requests),
         "prompt_requests": len(prompt_lm.engine.requests),
@@ -117,11 +129,19 @@ def run(storage: str, log: Path, delay: float, size: str = "small", max_calls: i
     }
 
 
+def limits(max_calls: int | None, kind: str) -> cuecard.Limits | None:
+    """The compile's cap: on requests (``kind`` ``requests``) or on calls that reach a model (``model``)."""
+    if not max_calls:
+        return None
+    return cuecard.Limits(max_model_calls=max_calls) if kind == "model" else cuecard.Limits(max_calls=max_calls)
+
+
 if __name__ == "__main__":
     storage, out, go, delay = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), float(sys.argv[4])
     size, cap = sys.argv[5], int(sys.argv[6]) if len(sys.argv) > 6 else None
+    kind = sys.argv[7] if len(sys.argv) > 7 else "requests"
     Path(f"{out}.ready").touch()
     while not go.exists():
         time.sleep(0.02)
-    result = run(storage, Path(f"{out}.log"), delay, size, cap)
+    result = run(storage, Path(f"{out}.log"), delay, size, cap, kind, Path(f"{out}.program.json"))
     out.write_text(json.dumps(result))

@@ -4,7 +4,9 @@ Each worker is ``tests/scaleout_worker.py``: the same APE compile on the same ru
 task and prompt models (a fixed latency per task call). The reference is the same compile run by
 one process alone on a fresh run. Checked here: the workers split the evaluations (each one stored
 once, none computed twice), end with the reference's outcome, close every trial, ask the prompt
-model each proposal once overall, survive a worker killed with SIGKILL, and share a cap on requests.
+model each proposal once overall, survive a worker killed with SIGKILL, share a cap on requests, share a
+cap on model calls (reserved in the run's count before they are made; a killed worker's reservation is
+given back) and report the same run-wide usage in every worker's report and saved file.
 """
 
 from __future__ import annotations
@@ -28,6 +30,8 @@ import scaleout_worker as worker  # noqa: E402
 DELAY = 0.03
 """Seconds each task-model call takes in the workers."""
 CAP = 300
+MODEL_CAP = 60
+"""The cap on model calls shared by three workers (the small compile needs about 170)."""
 
 
 # ---- helpers ------------------------------------------------------------------------------------------
@@ -53,11 +57,13 @@ class Workers:
     """Worker processes started together on one storage: each signals it has imported, then one file
     releases them all at once."""
 
-    def __init__(self, storage: str, folder: Path, count: int, size: str = "small", cap: int | None = None) -> None:
+    def __init__(
+        self, storage: str, folder: Path, count: int, size: str = "small", cap: int | None = None, kind: str = "requests"
+    ) -> None:
         self.folder = folder
         self.outs = [folder / f"worker{i}.json" for i in range(count)]
         go = folder / "go"
-        extra = [str(cap)] if cap else []
+        extra = [str(cap), kind] if cap else []
         self.stderr = [(folder / f"worker{i}.err").open("w") for i in range(count)]
         self.processes = [
             subprocess.Popen(
@@ -232,3 +238,65 @@ def test_a_cap_on_requests_holds_for_all_workers_together(postgres_url, tmp_path
         assert result["outcome"] == capped_alone["outcome"]
     computed = check_split_once([workers.log(i) for i in range(3)])
     assert computed == set(capped_alone["pairs"])
+
+
+def check_model_cap(storage: str, tmp_path: Path, count: int = 3) -> None:
+    """``Limits(max_model_calls=60)`` over ``count`` workers of a compile that needs about 170 calls: together
+    they make at most 60 + ``count`` calls (one under way per worker), and every worker's report and saved
+    file give the same run-wide usage, the calls they made together."""
+    workers = Workers(storage, tmp_path, count, "small", cap=MODEL_CAP, kind="model")
+    results = workers.wait()
+    made = sum(r["task_requests"] + r["prompt_requests"] for r in results)
+    assert made <= MODEL_CAP + count, f"{made} calls reached the models, over the shared cap of {MODEL_CAP} + {count}"
+    assert all(r["outcome"]["stopped"] for r in results), "the cap did not stop every worker"
+    reported = [r["usage"] for r in results]
+    assert all(usage == reported[0] for usage in reported), f"the workers report different run-wide usage: {reported}"
+    assert all(r["saved_usage"] == r["usage"] for r in results), "a saved file holds another usage than its report"
+    assert reported[0]["model_calls"] == made, "the run-wide usage is not the calls the workers made together"
+    check_split_once([workers.log(i) for i in range(count)])
+
+
+def test_a_cap_on_model_calls_holds_over_three_workers_on_postgresql(postgres_url, tmp_path):
+    check_model_cap(fresh_database(postgres_url, "model_cap"), tmp_path)
+
+
+def test_a_cap_on_model_calls_holds_over_three_workers_on_sqlite(tmp_path):
+    check_model_cap(f"sqlite:///{tmp_path / 'study.db'}", tmp_path)
+
+
+KILLED_RESERVER = """
+import os, signal, sys
+from cuecard.sharing import SQLClaims
+claims = SQLClaims(sys.argv[1], "reserving")
+claims.join_spend(0)
+print(claims.reserve(5, 10, 0), flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def check_killed_reservation(storage: str) -> None:
+    """A process that reserved 5 of 10 model calls and was killed: the next process to need them gets all 10
+    (the dead one's unused reservation is given back), and does not wait for the dead one to finish."""
+    from cuecard.sharing import SQLClaims
+
+    done = subprocess.run([sys.executable, "-c", KILLED_RESERVER, storage], capture_output=True, text=True, timeout=120)
+    assert done.returncode == -signal.SIGKILL, done.stderr[-1500:]
+    assert done.stdout.split() == ["5"]
+    claims = SQLClaims(storage, "reserving")
+    try:
+        claims.join_spend(0)
+        assert claims.run_reserved() == 5, "the killed process's reservation was not in the run's count"
+        assert claims.others_working() == [], "a dead process counts as working on the run"
+        assert claims.reserve(10, 10, 0) == 10, "the killed process's reservation was not given back"
+        assert claims.run_reserved() == 10
+        assert claims.reserve(1, 10, 10) == 0, "the count passed its cap"
+    finally:
+        claims.close()
+
+
+def test_a_killed_workers_reservation_is_given_back_on_sqlite(tmp_path):
+    check_killed_reservation(f"sqlite:///{tmp_path / 'study.db'}")
+
+
+def test_a_killed_workers_reservation_is_given_back_on_postgresql(postgres_url):
+    check_killed_reservation(fresh_database(postgres_url, "killed_reservation"))

@@ -102,3 +102,28 @@ def test_a_call_asking_for_n_completions_counts_n_requests_and_is_refused_when_t
         lm("third")
     assert (block.usage.calls, block.usage.model_calls) == (4, 4)
     assert len(lm.engine.requests) == 4
+
+
+def test_calls_under_way_in_other_threads_count_against_the_cap_on_model_calls():
+    """Six threads ask a slow model at once under a cap of 3 model calls: three reach it, three are refused
+    (a cap checked only on finished calls lets all six through)."""
+    import contextvars
+    import time
+
+    lm = scripted_lm(lambda m: time.sleep(0.3) or "a", local=False)
+    refused = []
+    with track("capped", Limits(max_model_calls=3)) as block:
+
+        def ask(i: int) -> None:
+            try:
+                lm(f"question {i}")
+            except BudgetExhausted:
+                refused.append(i)
+
+        threads = [threading.Thread(target=contextvars.copy_context().run, args=(ask, i)) for i in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert block.usage.model_calls == len(lm.engine.requests) == 3
+    assert len(refused) == 3
