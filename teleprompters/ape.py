@@ -35,17 +35,14 @@ FORWARD_TEMPLATE = (
     "A teacher gave a student one instruction. Following it, the student turned each input below "
     "into the output shown next to it.\n\n"
     f"{DEMOS}\n\n"
-    "What was the instruction? It said what to do with an input and exactly what to write back: look at the "
-    "form of the outputs too (how long they are, what they hold, what they leave out). In one sentence, "
-    "the instruction was to "
+    "In one sentence, what was the instruction? The instruction was to "
     f"{BLANK}"
 )
 REVERSE_TEMPLATE = (
     "Below is a task description with its instruction missing, followed by worked examples.\n\n"
     f"Instruction: {BLANK}\n\n"
     f"{DEMOS}\n\n"
-    "Write the missing instruction: one sentence that tells how to get each output from its input, and "
-    "exactly what form the output takes."
+    "Write the missing instruction: one sentence that tells how to get each output from its input."
 )
 VARIATION_PROMPT = (
     "Rewrite this instruction in different words. Keep exactly the same meaning. "

@@ -20,6 +20,7 @@ from typing import Any
 
 import dspy
 
+from .ape import VARIANTS as APE_VARIANTS
 from .common import MethodRun, Runner
 from .pe2 import ABLATIONS as PE2_ABLATIONS
 
@@ -42,7 +43,7 @@ def registered_teleprompters() -> dict[str, type]:
 
 
 REGISTERED_METHODS = tuple(registered_teleprompters())
-METHOD_NAMES = (*DEFAULT_METHODS, *PE2_ABLATIONS, *REGISTERED_METHODS)
+METHOD_NAMES = (*DEFAULT_METHODS, *PE2_ABLATIONS, *APE_VARIANTS, *REGISTERED_METHODS)
 """Every method the harness knows."""
 
 
@@ -59,6 +60,8 @@ def _files(name: str) -> list[Path]:
     teleprompters their source (a teleprompter edited recomputes its cells; DSPy's cells stay)."""
     if name in PE2_ABLATIONS:
         name = "pe2"
+    if name in APE_VARIANTS:
+        name = "ape"
     if name in DSPY_METHOD_NAMES:
         return [HERE / f"{name}.py", HERE / "dspy_common.py"]
     if name in REGISTERED_METHODS:
@@ -99,6 +102,10 @@ def cuecard_runner(name: str) -> Runner:
         from . import pe2
 
         return functools.partial(pe2.run, ablation=PE2_ABLATIONS[name])
+    if name in APE_VARIANTS:
+        from . import ape
+
+        return functools.partial(ape.run, variant=APE_VARIANTS[name])
     if name in REGISTERED_METHODS:
         from cuecard.teleprompters import Teleprompter
 
@@ -130,6 +137,7 @@ def runners_for(names: list[str]) -> dict[str, Runner]:
 
 
 __all__ = [
+    "APE_VARIANTS",
     "BASELINES",
     "CUECARD_METHODS",
     "DEFAULT_METHODS",
