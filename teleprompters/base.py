@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import dspy
-from cuecard.acceptance import Acceptance, AcceptanceRule, SignTest
+from cuecard.acceptance import Acceptance, AcceptanceRule, SignTest, untested
 from cuecard.deadlines import TIMED_OUT, call_with_deadline
 from cuecard.errors import (
     BudgetExhausted,
@@ -440,9 +440,13 @@ class Teleprompter(DSPyTeleprompter):
                 engine.finish(failed=str(exc))
                 raise
             seed_arm = engine.arm_of(seed_instructions)
-            if final.best.arm != seed_arm:
+            if final.best.arm == seed_arm:
+                acceptance = untested(self.acceptance.name, (
+                    f"no test ran: the search's best candidate is the seed itself (mean {final.best.mean:.3f} on "
+                    f"{final.best.n} dev examples)"), accepted=True)
+            else:
                 engine.status("checking the winner against the seed on the same dev examples")
-            acceptance = engine.compare(final.best.arm, seed_arm, self.acceptance)
+                acceptance = engine.compare(final.best.arm, seed_arm, self.acceptance)
             if acceptance.cut_short:
                 ctx.capped = ctx.capped or acceptance.cut_short
         engine.finish(sorted(ctx.pruned), stopped=ctx.capped)

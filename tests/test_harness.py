@@ -385,3 +385,49 @@ def test_task_docstring_examples_hold():
 
     failures, tried = doctest.testmod(tasks_module, raise_on_error=False)
     assert tried > 0 and failures == 0
+
+
+# ---- task halves and provenance -------------------------------------------------------------------
+def test_the_visible_tasks_split_into_fixed_halves_by_alphabetical_alternation(shared_data):
+    from benchmarks.harness.tasks import half_of, task_halves
+
+    halves = task_halves(shared_data)
+    both = halves["tuning"] + halves["report"]
+    assert len(both) == len(set(both)) == 25 and len(halves["tuning"]) == 13
+    for kind in ("ii", "bbh"):
+        names = sorted(spec for spec in both if spec.startswith(f"{kind}:"))
+        assert [spec in halves["tuning"] for spec in names] == [i % 2 == 0 for i in range(len(names))]
+    assert half_of("antonyms", halves) == "tuning" and half_of("diff", halves) == "report" and half_of("levels", halves) is None
+
+
+def test_each_cell_says_where_its_winner_came_from_and_the_table_counts_it(tmp_path, fresh_cache):
+    paths = run(config(tmp_path, methods=["seed", "ape", "opro"], seeds=1), tasks=[scripted_task()], models=scripted_models())
+    payload = json.loads(paths["json"].read_text())
+    for cell in payload["cells"]:
+        if cell["instructions"] == {"self": "Classify the sentiment."}:
+            assert cell["winner_source"] == "seed"
+        elif cell["method"] == "ape":  # APE's candidates are its induced proposals
+            assert cell["winner_source"] == "own step: induced-forward"
+        else:
+            assert cell["winner_source"] in ("reading",) or cell["winner_source"].startswith("own step: opro")
+        if cell["method"] != "seed":
+            assert cell["acceptance"] is not None and cell["search_best_source"] is not None
+    table = paths["markdown"].read_text()
+    assert "| winner from |" in table and "## Where the winners came from" in table
+    ape = next(c for c in payload["cells"] if c["method"] == "ape")
+    kind = ape["winner_source"].split(":")[0]
+    assert f"| levels | ape | {100 * ape['test_accuracy']:.1f} ± 0.0 | 1 | {100 * ape['dev_accuracy']:.1f} | {kind} 1 |" in table
+
+
+def test_the_provenance_table_counts_winners_by_source_and_the_own_steps_gain():
+    from benchmarks.harness import CellResult
+    from benchmarks.harness.results import provenance, provenance_table
+
+    assert (provenance("program"), provenance("task-reading"), provenance("opro", 2)) == ("seed", "reading", "own step: opro, round 2")
+
+    def cell(task, source, accuracy, seed=0):
+        return CellResult(task=task, method="m", seed=seed, fingerprint="f", test_accuracy=accuracy, winner_source=source)
+
+    cells = [cell("a", "seed", 0.1), cell("a", "own step: opro, round 1", 0.4, 1), cell("b", "own step: opro", 0.2), cell("b", "reading", 0.5, 1)]
+    row = provenance_table(cells, {"a": 0.1, "b": 0.3}).splitlines()[2]
+    assert row == "| m | 4 | 1 | 1 | 2 | +10.0 (2) |"  # (0.4 - 0.1 + 0.2 - 0.3) / 2
