@@ -80,6 +80,7 @@ class APE(Teleprompter):
     """Automatic Prompt Engineer: instruction induction + selection on dev (+ iterative Monte Carlo search)."""
 
     name = "ape"
+    meta_prompts = (FORWARD_TEMPLATE, REVERSE_TEMPLATE, VARIATION_PROMPT)
     summary = "instructions induced from demonstrations, scored multi-stage; optional Monte Carlo rounds (Zhou et al. 2023)"
     Config = APEConfig
     config: APEConfig
@@ -117,6 +118,9 @@ class APE(Teleprompter):
                         num_demos=max(1, min(5, n_train)), until_cap=True)
 
         return cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=60)
+
+    def meta_prompt_texts(self) -> list[str]:
+        return [*super().meta_prompt_texts(), *([self.config.template] if self.config.template else [])]
 
     def why(self, record: Any) -> str:
         if record.origin.startswith("induced"):

@@ -199,6 +199,8 @@ class Teleprompter(DSPyTeleprompter):
     """Whether the trainset must carry the outputs (a metric compares them); BPO's judge needs none."""
     summary: ClassVar[str] = ""
     """One line on what the method does, for ``cuecard teleprompters``."""
+    meta_prompts: ClassVar[tuple[str, ...]] = ()
+    """The method's own meta-prompt templates: a proposal repeating a long run of their words is dropped (see :meth:`screen`)."""
 
     def __init__(
         self,
@@ -687,7 +689,23 @@ class Teleprompter(DSPyTeleprompter):
         if TEMPLATE_TALK.search(text):
             ctx.drop("talks about the template or the examples, not the task")
             return None
+        if self.repeats_meta_prompt(text):
+            ctx.drop("repeats the meta-prompt's words")
+            return None
         return text
+
+    def meta_prompt_texts(self) -> list[str]:
+        """Every meta-prompt this method may send: its own templates and the shared requests."""
+        return [*self.meta_prompts, RULE_REQUEST, STRUCTURED_REQUEST]
+
+    def repeats_meta_prompt(self, text: str) -> bool:
+        """Whether ``text`` shares a run of :data:`META_NGRAM` words or more with one of the method's meta-prompts
+        (outside their slots): the proposer copied the request instead of stating the task."""
+        cached = getattr(self, "_meta_ngrams", None)
+        if cached is None:
+            cached = self._meta_ngrams = {gram for template in self.meta_prompt_texts() for gram in meta_ngrams(template)}
+        words = _WORD.findall(text.lower())
+        return any(tuple(words[i : i + META_NGRAM]) in cached for i in range(len(words) - META_NGRAM + 1))
 
     def propose(
         self,
@@ -866,6 +884,25 @@ READINGS = 3
 TEMPLATE_TALK = re.compile(r"<<[^<>]{1,40}>>|\[\[[^\[\]]{1,40}\]\]|\b(?:correct|model's) output\s*:", re.IGNORECASE)
 """Text a proposer copied from the meta-prompt's scaffolding (template slots, example labels) instead of
 writing an instruction for the task."""
+
+
+META_NGRAM = 6
+"""A proposal sharing this many consecutive words with its meta-prompt is dropped."""
+_WORD = re.compile(r"[a-z0-9']+")
+_SLOT = re.compile(r"\{[^{}]*\}|\[\[[^\[\]]*\]\]|<<[^<>]*>>|\[INSTRUCTION\]|</?[A-Za-z]+>")
+
+
+def meta_ngrams(template: str, n: int = META_NGRAM) -> set[tuple[str, ...]]:
+    """The runs of ``n`` words of a meta-prompt template, none spanning a slot (demos, history, the blank).
+
+    >>> sorted(meta_ngrams("Say it. [[DEMOS]] Then write one new short word", n=3))[:2]
+    [('new', 'short', 'word'), ('one', 'new', 'short')]
+    """
+    grams: set[tuple[str, ...]] = set()
+    for piece in _SLOT.split(template):
+        words = _WORD.findall(piece.lower())
+        grams.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return grams
 
 
 class _PlanningLM:

@@ -130,11 +130,15 @@ class OPRO(Teleprompter):
     """Optimisation by prompting: the prompt LM proposes instructions from a scored history."""
 
     name = "opro"
+    meta_prompts = (META_PROMPT,)
     reads_task = True
     summary = "the prompt model as optimiser over a scored history of instructions (Yang et al. 2024)"
     Config = OPROConfig
     config: OPROConfig
     default_policy = FullEvaluation
+
+    def meta_prompt_texts(self) -> list[str]:
+        return [*super().meta_prompt_texts(), self.config.meta_prompt]
 
     def step_calls(self, n_train: int, n_dev: int) -> tuple[int, int, int]:
         """(prompt-model requests, pool evaluations, task runs outside the pool) one step takes at most:

@@ -92,6 +92,7 @@ class PE2(Teleprompter):
     """Prompt engineering with a detailed meta-prompt, hard negatives and back-tracking."""
 
     name = "pe2"
+    meta_prompts = (TASK_DESCRIPTION, ONE_STEP_DESCRIPTION, REASONING_TEMPLATE, NEW_PROMPT_REQUEST)
     reads_task = True
     summary = "a prompt engineer's meta-prompt on hard negatives, with back-tracking (Ye et al. 2024)"
     Config = PE2Config

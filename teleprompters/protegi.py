@@ -86,6 +86,7 @@ class ProTeGi(Teleprompter):
     """Prompt optimisation with textual gradients and beam search (bandit selection by default: UCB)."""
 
     name = "protegi"
+    meta_prompts = (GRADIENT_PROMPT, EDIT_PROMPT, PARAPHRASE_PROMPT)
     reads_task = True
     summary = "textual gradients from errors, edits and paraphrases, beam search with bandit selection (Pryzant et al. 2023)"
     Config = ProTeGiConfig
