@@ -146,16 +146,22 @@ class APE(Teleprompter):
             engine.add_candidate(candidate, origin=f"induced-{self.config.mode}")
         allocation = ctx.allocate()
         best = allocation.best.mean
+        variations = self.config.mc_variations
+
+        def round_cost(count: int) -> int:  # ``count`` variations in all, from the fewest parents; the seed's check is step_size's
+            parents, new = -(-count // variations), count * len(names)
+            return new + self.policy.planned_evaluations(parents + new, len(engine.examples), None) * len(names)
+
         round_ = 0
         while True:
             kept = [e.arm for e in allocation.ranking if not e.pruned]
             kept = kept[: max(1, int(len(kept) * self.config.mc_top_fraction))]
-            new = len(kept) * self.config.mc_variations * len(names)
-            cost = new + self.policy.planned_evaluations(len(kept) + new, len(engine.examples), None) * len(names)
-            if not self.more_steps(ctx, round_, self.config.mc_rounds, cost + len(engine.examples)):
+            count = self.step_size(ctx, round_, self.config.mc_rounds, len(kept) * variations, round_cost)
+            if not count:
                 break
+            kept = kept[: -(-count // variations)]
             round_ += 1
-            new_arms = self.resample(ctx, kept, round_)
+            new_arms = self.resample(ctx, kept, round_, limit=count)
             if not new_arms:
                 ctx.note(f"Monte Carlo round {round_}: no usable variation; search stopped")
                 break
@@ -186,13 +192,18 @@ class APE(Teleprompter):
         return combine(ctx, seed, pools)
 
     # ---- iterative Monte Carlo search -----------------------------------------------------------
-    def resample(self, ctx: SearchContext, kept: list[int], round_: int) -> list[int]:
+    def resample(self, ctx: SearchContext, kept: list[int], round_: int, limit: int | None = None) -> list[int]:
+        """Variations of each kept candidate (``mc_variations`` each, ``limit`` in all per predictor)."""
         engine = ctx.engine
         new_arms = []
+        asked: dict[str, int] = {}
         for arm in kept:
             record = engine.candidates[arm]
             for name, instruction in record.instructions.items():
                 for _ in range(self.config.mc_variations):
+                    if limit is not None and asked.get(name, 0) >= limit:
+                        break
+                    asked[name] = asked.get(name, 0) + 1
                     messages = [{"role": "user", "content": VARIATION_PROMPT.format(instruction=instruction)}]
                     items = self.propose(
                         ctx, messages, temperature=self.config.temperature, max_tokens=self.config.max_proposal_tokens,

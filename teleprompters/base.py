@@ -757,6 +757,28 @@ class Teleprompter(DSPyTeleprompter):
         )
         return False
 
+    def step_size(self, ctx: SearchContext, done: int, planned: int, full: int, cost_of: Callable[[int], int]) -> int:
+        """How many new candidates step ``done + 1`` asks for: ``full`` within the ``planned`` steps; past them,
+        with ``until_cap``, the most (up to ``full``) whose cost (``cost_of(n)`` requests at most) fits the room
+        the cap leaves after the seed's check, so a last smaller step spends what a full one could not; 0 stops
+        the search (with the reason in the notes)."""
+        if done < planned:
+            return full
+        room = ctx.room()
+        if not self.config.until_cap or room is None or full < 1:
+            return 0
+        reserve = self.acceptance_reserve(ctx)
+        for count in range(full, 0, -1):
+            if room - reserve >= cost_of(count):
+                if count < full:
+                    ctx.note(f"step {done + 1} sized to the room left: {count} of {full} new candidates ({room} requests left)")
+                return count
+        ctx.note(
+            f"stopped: {room} requests left under the cap, fewer than the smallest step (one new candidate, "
+            f"{cost_of(1)}) and the seed's check on the winner's examples ({reserve}) may take"
+        )
+        return 0
+
     @staticmethod
     def acceptance_reserve(ctx: SearchContext) -> int:
         """Requests the do-no-harm check may still need: the seed (the first arm) scored on every dev example it lacks."""

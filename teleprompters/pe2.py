@@ -99,17 +99,18 @@ class PE2(Teleprompter):
     config: PE2Config
     default_policy = FullEvaluation
 
-    def step_calls(self, n_train: int, n_dev: int) -> tuple[int, int, int]:
+    def step_calls(self, n_train: int, n_dev: int, proposals: int | None = None) -> tuple[int, int, int]:
         """(prompt-model requests, pool evaluations, task runs outside the pool) one step takes at most:
-        two calls per proposal, their scoring, the parents' runs on train."""
+        two calls per proposal (``proposals`` per parent, default ``proposals_per_prompt``), their scoring,
+        the parents' runs on train."""
         config = self.config
-        children = config.beam * config.proposals_per_prompt
+        children = config.beam * (config.proposals_per_prompt if proposals is None else proposals)
         runs = config.beam * min(config.negatives_sample or n_train, n_train)
         return 2 * children, self.policy.planned_evaluations(children, n_dev, None), runs
 
-    def step_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
-        """LM requests one step may take."""
-        prompt, evaluations, runs = self.step_calls(n_train, n_dev)
+    def step_cost(self, n_train: int, n_dev: int, predictors: int, proposals: int | None = None) -> int:
+        """LM requests one step (``proposals`` per parent, default ``proposals_per_prompt``) may take."""
+        prompt, evaluations, runs = self.step_calls(n_train, n_dev, proposals)
         return prompt + (evaluations + runs) * predictors
 
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
@@ -156,9 +157,12 @@ class PE2(Teleprompter):
                 f"steps={self.config.steps}, beam={self.config.beam}, proposals_per_prompt="
                 f"{self.config.proposals_per_prompt}: no new prompt is asked for; the best starting prompt wins"
             )
-        step_cost = self.step_cost(len(ctx.train), len(engine.examples), len(seed))
+
+        def step_cost(proposals: int) -> int:
+            return self.step_cost(len(ctx.train), len(engine.examples), len(seed), proposals)
+
         step = 0
-        while self.more_steps(ctx, step, self.config.steps, step_cost):
+        while proposals := self.step_size(ctx, step, self.config.steps, self.config.proposals_per_prompt, step_cost):
             step += 1
             if not self.config.beam or not self.config.proposals_per_prompt:
                 break
@@ -167,7 +171,7 @@ class PE2(Teleprompter):
             children: list[int] = []
             try:
                 for parent in parents:
-                    children += self.expand(ctx, parent, step)
+                    children += self.expand(ctx, parent, step, proposals)
             except BudgetExhausted as exc:
                 ctx.capped = str(exc)
                 ctx.note(f"step {step}: a cap was reached while proposing ({exc}); stopped")
@@ -200,7 +204,7 @@ class PE2(Teleprompter):
             ctx.engine.add_candidate(candidate, origin="induced")
 
     # ---- one parent's children -------------------------------------------------------------------
-    def expand(self, ctx: SearchContext, parent: int, step: int) -> list[int]:
+    def expand(self, ctx: SearchContext, parent: int, step: int, proposals: int | None = None) -> list[int]:
         engine = ctx.engine
         record = engine.candidates[parent]
         results = engine.run_on(record.instructions, ctx.train[: self.config.negatives_sample])
@@ -215,7 +219,7 @@ class PE2(Teleprompter):
                 "showing them all"
             )
         children = []
-        for proposal in range(self.config.proposals_per_prompt):
+        for proposal in range(self.config.proposals_per_prompt if proposals is None else proposals):
             name = list(record.instructions)[proposal % len(record.instructions)]
             batch = ctx.rng.sample(pool, min(self.config.batch_size, len(pool)))
             messages = [{"role": "user", "content": self.analysis_request(ctx, name, record.instructions, batch, parent)}]
