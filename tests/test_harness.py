@@ -431,3 +431,38 @@ def test_the_provenance_table_counts_winners_by_source_and_the_own_steps_gain():
     cells = [cell("a", "seed", 0.1), cell("a", "own step: opro, round 1", 0.4, 1), cell("b", "own step: opro", 0.2), cell("b", "reading", 0.5, 1)]
     row = provenance_table(cells, {"a": 0.1, "b": 0.3}).splitlines()[2]
     assert row == "| m | 4 | 1 | 1 | 2 | +10.0 (2) |"  # (0.4 - 0.1 + 0.2 - 0.3) / 2
+
+
+# ---- DSPy as its users run it ---------------------------------------------------------------------
+def copro_prompt_reply(messages):
+    """A prompt model that answers in DSPy's chat format (what COPRO's own default adapter asks for)."""
+    level = random.Random(messages[-1]["content"]).randint(4, 9)
+    return (f"[[ ## proposed_instruction ## ]]\nLevel {level}: label the review.\n\n"
+            "[[ ## proposed_prefix_for_output_field ## ]]\nSentiment:\n\n[[ ## completed ## ]]")
+
+
+def test_dspy_optimizers_call_the_prompt_model_with_their_own_adapter_and_the_program_with_cuecards(tmp_path, fresh_cache):
+    prompt = scripted_lm(copro_prompt_reply, name="scripted/chat-prompt", cache=True)
+    task = scripted_lm(level_reply, name="scripted/task", cache=True)
+    paths = run(config(tmp_path, methods=["seed", "copro"], seeds=1, cap=40), tasks=[scripted_task()], models=Models(task, prompt))
+    cell = next(c for c in json.loads(paths["json"].read_text())["cells"] if c["method"] == "copro")
+    assert cell["error"] is None, cell["error"]
+    prompt_requests = [m[-1]["content"] for m in prompt.engine.requests]
+    task_requests = [m[-1]["content"] for m in task.engine.requests]
+    assert prompt_requests and all("[[ ## " in text for text in prompt_requests)  # DSPy's ChatAdapter
+    assert task_requests and not any("[[ ## " in text for text in task_requests)  # the program under cuecard's plain adapter
+    assert 1 <= len(cell["proposals"]) <= 3 and all(p.startswith("Level ") for p in cell["proposals"])
+    assert any(n.startswith("proposals quoted: 'Level ") for n in cell["notes"])
+    assert "proposals: 'Level " in paths["markdown"].read_text()
+    assert dspy.settings.adapter is None  # nothing was set for the whole process
+
+
+def test_miprov2_fewshot_is_a_reference_row_with_demos_planned_under_the_cap():
+    from benchmarks.harness.methods import DEFAULT_METHODS, DSPY_METHOD_NAMES, DSPY_REFERENCES
+    from benchmarks.harness.methods.miprov2 import _mipro_cost, _plan_mipro
+
+    assert "miprov2-fewshot" in DEFAULT_METHODS and "miprov2-fewshot" in DSPY_REFERENCES and "miprov2-fewshot" not in DSPY_METHOD_NAMES
+    plan = _plan_mipro(100, n_train=20, n_dev=15, predictors=1, fewshot=True)
+    assert plan["planned"] <= 100
+    # two variables per predictor with demos: MIPROv2's rule gives more trials than zero-shot for the same candidates
+    assert _mipro_cost(3, 6, False, n_train=20, n_dev=15, predictors=1, minibatch=False, fewshot=True) == 20 + 3 + 3 + 15 * 7

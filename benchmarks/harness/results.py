@@ -142,6 +142,12 @@ def _shared_notes(group: Sequence[CellResult]) -> list[str]:
     return [note if count == len(group) else f"{note} ({count} of {len(group)} seeds)" for note, count in sorted(counts.items())]
 
 
+def _quoted(group: Sequence[CellResult]) -> str:
+    """Three proposals of the group's first cell that kept some, quoted (DSPy's rows)."""
+    quoted = next((c.proposals for c in group if c.proposals), [])
+    return "; proposals: " + " / ".join(repr(one_line(p, 80)) for p in quoted[:3]) if quoted else ""
+
+
 def summarize(cells: Sequence[CellResult]) -> list[SummaryRow]:
     """Table rows in the order cells came; the human baseline gives two rows (mean and best annotation)."""
     groups: dict[tuple[str, str], list[CellResult]] = {}
@@ -176,7 +182,7 @@ def summarize(cells: Sequence[CellResult]) -> list[SummaryRow]:
                 tokens=statistics.fmean(c.usage.total_tokens for c in group),
                 seconds=statistics.fmean(c.seconds for c in group),
                 winner=provenance_counts(scored),
-                note="; ".join([*(f"failed: {e}" for e in errors), *notes])[:300],
+                note=("; ".join([*(f"failed: {e}" for e in errors), *notes])[:300] + _quoted(group)).strip("; "),
             )
         )
     return rows
@@ -364,14 +370,14 @@ def write_outputs(root: str | os.PathLike[str], config: dict[str, Any], cells: S
     The targets are computed over every task, then over each half of the visible tasks
     (:func:`~benchmarks.harness.tasks.task_halves`) that the run has tasks of.
     """
-    from .methods import DSPY_METHOD_NAMES
+    from .methods import DSPY_METHOD_NAMES, DSPY_REFERENCES
     from .tasks import HALVES_RULE, half_of, task_halves
 
     root = Path(root)
     rows = summarize(cells)
     present = list(dict.fromkeys(c.method for c in cells))
-    mine = [m for m in present if m not in (*DSPY_METHOD_NAMES, "miprov2-fewshot", "seed", "human")]
-    baselines = [m for m in (*DSPY_METHOD_NAMES, "miprov2-fewshot") if m in present]
+    mine = [m for m in present if m not in (*DSPY_METHOD_NAMES, *DSPY_REFERENCES, "seed", "human")]
+    baselines = [m for m in DSPY_METHOD_NAMES if m in present]
     cap = int(config.get("cap", 0))
     targets = target_rows(rows, cells, mine, baselines, cap)
     halves = task_halves(config["data"]) if config.get("data") and Path(config["data"]).is_dir() else {}

@@ -21,7 +21,15 @@ from cuecard.usage import Limits, Usage, track
 from pydantic import BaseModel, Field, field_validator
 
 from ..models import resolve_model_spec
-from .methods import DEFAULT_METHODS, METHOD_NAMES, MethodRun, method_code_hash, runners_for
+from .methods import (
+    DEFAULT_METHODS,
+    DSPY_METHOD_NAMES,
+    DSPY_REFERENCES,
+    METHOD_NAMES,
+    MethodRun,
+    method_code_hash,
+    runners_for,
+)
 from .results import CellResult, CellStore, one_line, provenance, write_outputs
 from .tasks import DEFAULT_SEED_INSTRUCTION, Task, bbh, instruction_induction, jsonl_task
 
@@ -151,12 +159,14 @@ def run_method(
     compiled = None
     with track(f"{task.name}/{method}/seed{seed}", Limits(max_calls=config.cap)) as block:
         try:
-            with dspy.context(lm=models.task, adapter=adapter_for(models.task)):
+            # DSPy's optimizers bind cuecard's adapter to the program only: their own calls keep DSPy's defaults
+            adapter = None if method in (*DSPY_METHOD_NAMES, *DSPY_REFERENCES) else adapter_for(models.task)
+            with dspy.context(lm=models.task, adapter=adapter):
                 compiled, info = runner(
                     task.program(), train=splits.train, dev=splits.dev, metric=task.metric, task_lm=models.task,
                     prompt_lm=models.prompt, cap=config.cap, seed=seed, workdir=workdir,
                 )
-            cell.knobs, cell.planned_calls, cell.notes = info.knobs, info.planned_calls, info.notes
+            cell.knobs, cell.planned_calls, cell.notes, cell.proposals = info.knobs, info.planned_calls, info.notes, info.proposals
         except BudgetExhausted as exc:
             cell.error = f"stopped by the harness cap before it finished ({one_line(exc)})"
         except Exception as exc:  # a method that cannot run on this model gets its reason in the table

@@ -28,8 +28,10 @@ HERE = Path(__file__).parent
 
 CUECARD_METHODS = ("ape", "protegi", "opro", "pe2")
 DSPY_METHOD_NAMES = ("copro", "miprov2", "gepa")
+DSPY_REFERENCES = ("miprov2-fewshot",)
+"""DSPy rows shown for reference, not compared with: MIPROv2 with its default demos (instructions and demos)."""
 BASELINES = ("seed", "human")
-DEFAULT_METHODS = ("seed", "human", *CUECARD_METHODS, *DSPY_METHOD_NAMES)
+DEFAULT_METHODS = ("seed", "human", *CUECARD_METHODS, *DSPY_METHOD_NAMES, *DSPY_REFERENCES)
 """What a run compares unless told otherwise: every method once, without the ablations."""
 
 
@@ -62,6 +64,8 @@ def _files(name: str) -> list[Path]:
         name = "pe2"
     if name in APE_VARIANTS:
         name = "ape"
+    if name in DSPY_REFERENCES:
+        name = "miprov2"
     if name in DSPY_METHOD_NAMES:
         return [HERE / f"{name}.py", HERE / "dspy_common.py"]
     if name in REGISTERED_METHODS:
@@ -87,11 +91,13 @@ def method_code_hash(name: str) -> str:
 
 
 def _dspy_runner(name: str) -> Runner:
+    extra = {"fewshot": True} if name == "miprov2-fewshot" else {}
+    name = "miprov2" if name in DSPY_REFERENCES else name
     module = importlib.import_module(f".{name}", __name__)  # imports DSPy's optimizers only when asked
     run = {"copro": "run_copro", "miprov2": "run_mipro", "gepa": "run_gepa"}[name]
 
     def runner(program: dspy.Module, *, workdir: Path, **kw: Any) -> tuple[dspy.Module, MethodRun]:
-        return getattr(module, run)(program, **kw)  # DSPy's optimizers keep no run state of their own to resume
+        return getattr(module, run)(program, **kw, **extra)  # DSPy's optimizers keep no run state of their own to resume
 
     return runner
 
@@ -129,7 +135,7 @@ def runners_for(names: list[str]) -> dict[str, Runner]:
     for name in names:
         if name == "seed":
             runners[name] = run_seed
-        elif name in DSPY_METHOD_NAMES:
+        elif name in (*DSPY_METHOD_NAMES, *DSPY_REFERENCES):
             runners[name] = _dspy_runner(name)
         elif name != "human":
             runners[name] = cuecard_runner(name)
@@ -142,6 +148,7 @@ __all__ = [
     "CUECARD_METHODS",
     "DEFAULT_METHODS",
     "DSPY_METHOD_NAMES",
+    "DSPY_REFERENCES",
     "METHOD_NAMES",
     "MethodRun",
     "PE2_ABLATIONS",
