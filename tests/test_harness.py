@@ -466,3 +466,21 @@ def test_miprov2_fewshot_is_a_reference_row_with_demos_planned_under_the_cap():
     assert plan["planned"] <= 100
     # two variables per predictor with demos: MIPROv2's rule gives more trials than zero-shot for the same candidates
     assert _mipro_cost(3, 6, False, n_train=20, n_dev=15, predictors=1, minibatch=False, fewshot=True) == 20 + 3 + 3 + 15 * 7
+
+
+@pytest.mark.parametrize("method, mark", [
+    ("ape-form-clause", "look at the form of the outputs"),
+    ("ape-paper-forward", "What I had asked the friend to do was"),
+    ("ape-paper-reverse", "What goes in the blank?"),
+    ("ape-reverse", "Write the missing instruction"),
+    ("opro-paper", "You are looking for an instruction"),
+])
+def test_template_ablations_run_as_methods_with_their_own_meta_prompt(tmp_path, fresh_cache, method, mark):
+    models = scripted_models()
+    paths = run(config(tmp_path, methods=[method], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=models)
+    cell = json.loads(paths["json"].read_text())["cells"][0]
+    assert cell["error"] is None and cell["usage"]["calls"] <= 40
+    prompts = ["\n".join(m["content"] for m in request) for request in models.prompt.engine.requests]
+    assert any(mark in prompt for prompt in prompts), prompts[:1]
+    general = "In one sentence, what was the instruction?"  # the default forward template
+    assert not any(general in prompt for prompt in prompts)

@@ -22,6 +22,7 @@ import dspy
 
 from .ape import VARIANTS as APE_VARIANTS
 from .common import MethodRun, Runner
+from .opro import VARIANTS as OPRO_VARIANTS
 from .pe2 import ABLATIONS as PE2_ABLATIONS
 
 HERE = Path(__file__).parent
@@ -45,7 +46,7 @@ def registered_teleprompters() -> dict[str, type]:
 
 
 REGISTERED_METHODS = tuple(registered_teleprompters())
-METHOD_NAMES = (*DEFAULT_METHODS, *PE2_ABLATIONS, *APE_VARIANTS, *REGISTERED_METHODS)
+METHOD_NAMES = (*DEFAULT_METHODS, *PE2_ABLATIONS, *APE_VARIANTS, *OPRO_VARIANTS, *REGISTERED_METHODS)
 """Every method the harness knows."""
 
 
@@ -64,6 +65,8 @@ def _files(name: str) -> list[Path]:
         name = "pe2"
     if name in APE_VARIANTS:
         name = "ape"
+    if name in OPRO_VARIANTS:
+        name = "opro"
     if name in DSPY_REFERENCES:
         name = "miprov2"
     if name in DSPY_METHOD_NAMES:
@@ -112,6 +115,10 @@ def cuecard_runner(name: str) -> Runner:
         from . import ape
 
         return functools.partial(ape.run, variant=APE_VARIANTS[name])
+    if name in OPRO_VARIANTS:
+        from . import opro
+
+        return functools.partial(opro.run, variant=OPRO_VARIANTS[name])
     if name in REGISTERED_METHODS:
         from cuecard.teleprompters import Teleprompter
 
@@ -150,6 +157,7 @@ __all__ = [
     "DSPY_METHOD_NAMES",
     "DSPY_REFERENCES",
     "METHOD_NAMES",
+    "OPRO_VARIANTS",
     "MethodRun",
     "PE2_ABLATIONS",
     "REGISTERED_METHODS",
