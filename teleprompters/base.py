@@ -896,8 +896,7 @@ RULE_REQUEST = (
     "Someone followed one instruction to turn each input below into the output shown with it: the same "
     "instruction produced every one of them.\n\n{pairs}\n\n"
     "What was the instruction? It must fit every pair above, not just one of them. Reply with the instruction "
-    "only, in one sentence: what to do with any input, and the exact form of the output (a word, a sentence, "
-    "a number, a label...)."
+    "only, in one sentence: what to do with any input."
 )
 """The request :meth:`Teleprompter.task_rule` sends (APE's forward induction, asked a few times)."""
 READINGS = 3

@@ -51,8 +51,7 @@ META_PROMPT = (
     f"{EXEMPLARS}\n\n"
     f"{RULE}"
     "Write one new instruction that is different from every instruction above and would earn a higher "
-    "score: a general command that works for any input of this kind (not an answer, not an example) and "
-    "makes the model write the correct output in exactly its form, nothing more. "
+    "score: a general command that works for any input of this kind (not an answer, not an example). "
     f"Keep it short and direct. Put it between {TAG} and </INS>."
 )
 

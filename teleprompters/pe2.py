@@ -46,16 +46,15 @@ ONE_STEP_DESCRIPTION = "Improve the prompt below for a language model. Examples 
 REASONING_TEMPLATE = (
     "For each example, reason step by step:\n"
     "1. What turns the input into the label?\n"
-    "2. Is the model's output correct? If not, does it differ from the label in content, or in form "
-    "(length, wording, extra words)?\n"
+    "2. Is the model's output correct? If not, how does it differ from the label?\n"
     "3. Does the output follow what the prompt asks?\n"
-    "4. Does the prompt describe the task, and the form of the answer, correctly?\n"
+    "4. Does the prompt describe the task correctly?\n"
     "5. Does the prompt need an edit for this example? If so, what edit would fix it?"
 )
 NEW_PROMPT_REQUEST = (
     "Now write the improved prompt, using your analysis. Write the prompt itself, the instruction the model "
-    "reads where <<PROMPT>> stands, not directions about the template: it must say what to do with any input "
-    "and exactly what form the answer takes. Reply with the new prompt only, between <START> and <END>."
+    "reads where <<PROMPT>> stands, not directions about the template: it must say what to do with any input. "
+    "Reply with the new prompt only, between <START> and <END>."
 )
 
 

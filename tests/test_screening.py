@@ -32,9 +32,9 @@ def test_a_proposal_that_is_only_a_train_answer_is_dropped(method):
 # words each method's own meta-prompt uses (six or more in a row), written back as if they were the task
 ECHOES = {
     "ape": "Level 7: the student turned each input below into the output shown next to it.",
-    "protegi": "Level 7: say what to do with the input and exactly what to write back.",
+    "protegi": "Level 7: a general command that turns any input into its correct output.",
     "opro": "Level 7: a general command that works for any input of this kind.",
-    "pe2": "Level 7: say what to do with any input and exactly what form the answer takes.",
+    "pe2": "Level 7: it must say what to do with any input, then label it.",
 }
 
 
