@@ -11,8 +11,11 @@ from sentiment_cases import REVIEWS, level_task, sentiment_program
 
 
 def proposer_reply(messages):
+    """Readings of the task are weak (level 3) and proposals below 8, so a search always has errors to learn from."""
     text = "\n".join(m["content"] for m in messages)
-    return f"Level {random.Random(text).randint(2, 9)}: label the review."
+    if "What was the instruction?" in text:
+        return "Level 3: label the review."
+    return f"Level {random.Random(text).randint(2, 7)}: label the review."
 
 
 def compile_on_plan(cls, cap):
@@ -24,13 +27,13 @@ def compile_on_plan(cls, cap):
 @pytest.mark.parametrize(("cls", "cap"), [(OPRO, 100), (PE2, 120)])
 def test_the_last_step_is_sized_to_the_room_left(cls, cap):
     """A full step (4 OPRO proposals, 3 PE2 ones) no longer fits, a smaller one does: it runs, and the cap
-    is spent to 90% or the search says that nothing new was left to score."""
+    is spent to 90% or the search says why it stopped after it."""
     report = compile_on_plan(cls, cap)
     sized = [n for n in report.notes if "sized to the room left" in n]
     assert sized and " of " in sized[0], report.notes
     assert report.usage.calls <= cap
-    no_candidate_left = any("no usable" in n or "did not improve" in n for n in report.notes)
-    assert report.usage.calls >= 0.9 * cap or no_candidate_left, (report.usage.calls, report.notes)
+    said_why = any(n.startswith("stopped: ") or "no usable" in n or "did not improve" in n for n in report.notes[report.notes.index(sized[0]):])
+    assert report.usage.calls >= 0.9 * cap or said_why, (report.usage.calls, report.notes)
 
 
 def test_step_size_takes_the_most_candidates_that_fit_and_says_why_it_stops():
