@@ -33,17 +33,14 @@ FORWARD_TEMPLATE = (
     "A teacher gave a student one instruction. Following it, the student turned each input below "
     "into the output shown next to it.\n\n"
     f"{DEMOS}\n\n"
-    "What was the instruction? It said what to do with an input and exactly what to write back: look at the "
-    "form of the outputs too (how long they are, what they hold, what they leave out). In one sentence, "
-    "the instruction was to "
+    "In one sentence, what was the instruction? The instruction was to "
     f"{BLANK}"
 )
 REVERSE_TEMPLATE = (
     "Below is a task description with its instruction missing, followed by worked examples.\n\n"
     f"Instruction: {BLANK}\n\n"
     f"{DEMOS}\n\n"
-    "Write the missing instruction: one sentence that tells how to get each output from its input, and "
-    "exactly what form the output takes."
+    "Write the missing instruction: one sentence that tells how to get each output from its input."
 )
 VARIATION_PROMPT = (
     "Rewrite this instruction in different words. Keep exactly the same meaning. "
@@ -81,6 +78,7 @@ class APE(Teleprompter):
     """Automatic Prompt Engineer: instruction induction + selection on dev (+ iterative Monte Carlo search)."""
 
     name = "ape"
+    meta_prompts = (FORWARD_TEMPLATE, REVERSE_TEMPLATE, VARIATION_PROMPT)
     summary = "instructions induced from demonstrations, scored multi-stage; optional Monte Carlo rounds (Zhou et al. 2023)"
     Config = APEConfig
     config: APEConfig
@@ -119,6 +117,9 @@ class APE(Teleprompter):
 
         return cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=60)
 
+    def meta_prompt_texts(self) -> list[str]:
+        return [*super().meta_prompt_texts(), *([self.config.template] if self.config.template else [])]
+
     def why(self, record: Any) -> str:
         if record.origin.startswith("induced"):
             return f"induced from demonstrations ({record.origin.split('-', 1)[-1]} mode)"
@@ -143,17 +144,23 @@ class APE(Teleprompter):
             engine.add_candidate(candidate, origin=f"induced-{self.config.mode}")
         allocation = ctx.allocate()
         best = allocation.best.mean
+        variations = self.config.mc_variations
+
+        def round_cost(count: int) -> int:  # ``count`` variations in all, from the fewest parents; the seed's check is step_size's
+            parents, new = -(-count // variations), count * len(names)
+            return new + self.policy.planned_evaluations(parents + new, len(engine.examples), None) * len(names)
+
         round_ = 0
         while True:
             kept = [e.arm for e in allocation.ranking if not e.pruned]
             kept = kept[: max(1, int(len(kept) * self.config.mc_top_fraction))]
-            new = len(kept) * self.config.mc_variations * len(names)
-            cost = new + self.policy.planned_evaluations(len(kept) + new, len(engine.examples), None) * len(names)
-            if not self.more_steps(ctx, round_, self.config.mc_rounds, cost + len(engine.examples)):
+            count = self.step_size(ctx, round_, self.config.mc_rounds, len(kept) * variations, round_cost)
+            if not count:
                 break
+            kept = kept[: -(-count // variations)]
             round_ += 1
             ctx.step(round_, self.config.mc_rounds, "Monte Carlo round")
-            new_arms = self.resample(ctx, kept, round_)
+            new_arms = self.resample(ctx, kept, round_, limit=count)
             if not new_arms:
                 ctx.stop(StopKind.NOTHING_NEW, f"Monte Carlo round {round_} gave no usable variation")
                 break
@@ -184,15 +191,20 @@ class APE(Teleprompter):
         return combine(ctx, seed, pools)
 
     # ---- iterative Monte Carlo search -----------------------------------------------------------
-    def resample(self, ctx: SearchContext, kept: list[int], round_: int) -> list[int]:
+    def resample(self, ctx: SearchContext, kept: list[int], round_: int, limit: int | None = None) -> list[int]:
+        """Variations of each kept candidate (``mc_variations`` each, ``limit`` in all per predictor)."""
         engine = ctx.engine
         new_arms = []
-        asked = [
-            (engine.candidates[arm], name, [{"role": "user", "content": VARIATION_PROMPT.format(instruction=instruction)}])
-            for arm in kept
-            for name, instruction in engine.candidates[arm].instructions.items()
-            for _ in range(self.config.mc_variations)
-        ]
+        counts: dict[str, int] = {}
+        asked = []
+        for arm in kept:
+            record = engine.candidates[arm]
+            for name, instruction in record.instructions.items():
+                for _ in range(self.config.mc_variations):
+                    if limit is not None and counts.get(name, 0) >= limit:
+                        break
+                    counts[name] = counts.get(name, 0) + 1
+                    asked.append((record, name, [{"role": "user", "content": VARIATION_PROMPT.format(instruction=instruction)}]))
         replies = self.propose_many(
             ctx, [messages for _, _, messages in asked], temperature=self.config.temperature,
             max_tokens=self.config.max_proposal_tokens, read=lambda reply: [reply],

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import dspy
-from cuecard.acceptance import Acceptance, AcceptanceRule, SignTest
+from cuecard.acceptance import Acceptance, AcceptanceRule, SignTest, untested
 from cuecard.cli_inputs import CLIInput
 from cuecard.datasets import distinct, example_key
 from cuecard.deadlines import TIMED_OUT, call_with_deadline, run_with_deadlines
@@ -238,6 +238,8 @@ class Teleprompter(DSPyTeleprompter):
     """One line on what the method does, for ``cuecard teleprompters``."""
     cli_inputs: ClassVar[tuple[CLIInput, ...]] = ()
     """The method's own ``cuecard compile`` flags (files, models, switches): see :mod:`cuecard.cli_inputs`."""
+    meta_prompts: ClassVar[tuple[str, ...]] = ()
+    """The method's own meta-prompt templates: a proposal repeating a long run of their words is dropped (see :meth:`screen`)."""
 
     def __init__(
         self,
@@ -522,9 +524,13 @@ class Teleprompter(DSPyTeleprompter):
             engine.end_proposing()
             engine.phase = "check"
             seed_arm = engine.arm_of(seed_instructions)
-            if final.best.arm != seed_arm:
+            if final.best.arm == seed_arm:
+                acceptance = untested(self.acceptance.name, (
+                    f"no test ran: the search's best candidate is the seed itself (mean {final.best.mean:.3f} on "
+                    f"{final.best.n} dev examples)"), accepted=True)
+            else:
                 engine.status("checking the winner against the seed on the same dev examples")
-            acceptance = engine.compare(final.best.arm, seed_arm, self.acceptance)
+                acceptance = engine.compare(final.best.arm, seed_arm, self.acceptance)
             if acceptance.cut_short:
                 ctx.stop(StopKind.CAP, f"while checking the winner against the seed: {acceptance.cut_short}")
         engine.finish(sorted(ctx.pruned), stopped=ctx.capped)
@@ -847,7 +853,23 @@ class Teleprompter(DSPyTeleprompter):
         if TEMPLATE_TALK.search(text):
             ctx.drop("talks about the template or the examples, not the task")
             return None
+        if self.repeats_meta_prompt(text):
+            ctx.drop("repeats the meta-prompt's words")
+            return None
         return text
+
+    def meta_prompt_texts(self) -> list[str]:
+        """Every meta-prompt this method may send: its own templates and the shared requests."""
+        return [*self.meta_prompts, RULE_REQUEST, STRUCTURED_REQUEST]
+
+    def repeats_meta_prompt(self, text: str) -> bool:
+        """Whether ``text`` shares a run of :data:`META_NGRAM` words or more with one of the method's meta-prompts
+        (outside their slots): the proposer copied the request instead of stating the task."""
+        cached = getattr(self, "_meta_ngrams", None)
+        if cached is None:
+            cached = self._meta_ngrams = {gram for template in self.meta_prompt_texts() for gram in meta_ngrams(template)}
+        words = _WORD.findall(text.lower())
+        return any(tuple(words[i : i + META_NGRAM]) in cached for i in range(len(words) - META_NGRAM + 1))
 
     def propose(
         self,
@@ -919,6 +941,28 @@ class Teleprompter(DSPyTeleprompter):
             f"check on the winner's examples ({reserve}) may take",
         )
         return False
+
+    def step_size(self, ctx: SearchContext, done: int, planned: int, full: int, cost_of: Callable[[int], int]) -> int:
+        """How many new candidates step ``done + 1`` asks for: ``full`` within the ``planned`` steps; past them,
+        with ``until_cap``, the most (up to ``full``) whose cost (``cost_of(n)`` requests at most) fits the room
+        the cap leaves after the seed's check, so a last smaller step spends what a full one could not; 0 stops
+        the search (with the reason in the notes)."""
+        if done < planned:
+            return full
+        room = ctx.room()
+        if not self.config.until_cap or room is None or full < 1:
+            return 0
+        reserve = self.acceptance_reserve(ctx)
+        for count in range(full, 0, -1):
+            if room - reserve >= cost_of(count):
+                if count < full:
+                    ctx.note(f"step {done + 1} sized to the room left: {count} of {full} new candidates ({room} requests left)")
+                return count
+        ctx.note(
+            f"stopped: {room} requests left under the cap, fewer than the smallest step (one new candidate, "
+            f"{cost_of(1)}) and the seed's check on the winner's examples ({reserve}) may take"
+        )
+        return 0
 
     @staticmethod
     def acceptance_reserve(ctx: SearchContext) -> int:
@@ -1081,8 +1125,7 @@ RULE_REQUEST = (
     "Someone followed one instruction to turn each input below into the output shown with it: the same "
     "instruction produced every one of them.\n\n{pairs}\n\n"
     "What was the instruction? It must fit every pair above, not just one of them. Reply with the instruction "
-    "only, in one sentence: what to do with any input, and the exact form of the output (a word, a sentence, "
-    "a number, a label...)."
+    "only, in one sentence: what to do with any input."
 )
 """The request :meth:`Teleprompter.task_rule` sends (APE's forward induction, asked a few times)."""
 READINGS = 3
@@ -1091,6 +1134,25 @@ READINGS = 3
 TEMPLATE_TALK = re.compile(r"<<[^<>]{1,40}>>|\[\[[^\[\]]{1,40}\]\]|\b(?:correct|model's) output\s*:", re.IGNORECASE)
 """Text a proposer copied from the meta-prompt's scaffolding (template slots, example labels) instead of
 writing an instruction for the task."""
+
+
+META_NGRAM = 6
+"""A proposal sharing this many consecutive words with its meta-prompt is dropped."""
+_WORD = re.compile(r"[a-z0-9']+")
+_SLOT = re.compile(r"\{[^{}]*\}|\[\[[^\[\]]*\]\]|<<[^<>]*>>|\[INSTRUCTION\]|</?[A-Za-z]+>")
+
+
+def meta_ngrams(template: str, n: int = META_NGRAM) -> set[tuple[str, ...]]:
+    """The runs of ``n`` words of a meta-prompt template, none spanning a slot (demos, history, the blank).
+
+    >>> sorted(meta_ngrams("Say it. [[DEMOS]] Then write one new short word", n=3))[:2]
+    [('new', 'short', 'word'), ('one', 'new', 'short')]
+    """
+    grams: set[tuple[str, ...]] = set()
+    for piece in _SLOT.split(template):
+        words = _WORD.findall(piece.lower())
+        grams.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return grams
 
 
 class _PlanningLM:

@@ -52,8 +52,7 @@ META_PROMPT = (
     f"{EXEMPLARS}\n\n"
     f"{RULE}"
     "Write one new instruction that is different from every instruction above and would earn a higher "
-    "score: a general command that works for any input of this kind (not an answer, not an example) and "
-    "makes the model write the correct output in exactly its form, nothing more. "
+    "score: a general command that works for any input of this kind (not an answer, not an example). "
     f"Keep it short and direct. Put it between {TAG} and </INS>."
 )
 
@@ -131,22 +130,27 @@ class OPRO(Teleprompter):
     """Optimisation by prompting: the prompt LM proposes instructions from a scored history."""
 
     name = "opro"
+    meta_prompts = (META_PROMPT,)
     reads_task = True
     summary = "the prompt model as optimiser over a scored history of instructions (Yang et al. 2024)"
     Config = OPROConfig
     config: OPROConfig
     default_policy = FullEvaluation
 
-    def step_calls(self, n_train: int, n_dev: int) -> tuple[int, int, int]:
-        """(prompt-model requests, pool evaluations, task runs outside the pool) one step takes at most:
-        its proposals, their scoring, the exemplars' runs."""
-        config = self.config
-        runs = (config.num_exemplars if config.show_model_outputs else 0) + (n_train if config.exemplar_selection == "wrong" else 0)
-        return config.instructions_per_step, self.policy.planned_evaluations(config.instructions_per_step, n_dev, None), runs
+    def meta_prompt_texts(self) -> list[str]:
+        return [*super().meta_prompt_texts(), self.config.meta_prompt]
 
-    def step_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
-        """LM requests one step may take."""
-        prompt, evaluations, runs = self.step_calls(n_train, n_dev)
+    def step_calls(self, n_train: int, n_dev: int, count: int | None = None) -> tuple[int, int, int]:
+        """(prompt-model requests, pool evaluations, task runs outside the pool) one step takes at most:
+        its proposals (``count``, default ``instructions_per_step``), their scoring, the exemplars' runs."""
+        config = self.config
+        count = config.instructions_per_step if count is None else count
+        runs = (config.num_exemplars if config.show_model_outputs else 0) + (n_train if config.exemplar_selection == "wrong" else 0)
+        return count, self.policy.planned_evaluations(count, n_dev, None), runs
+
+    def step_cost(self, n_train: int, n_dev: int, predictors: int, count: int | None = None) -> int:
+        """LM requests one step (of ``count`` proposals, default ``instructions_per_step``) may take."""
+        prompt, evaluations, runs = self.step_calls(n_train, n_dev, count)
         return prompt + (evaluations + runs) * predictors
 
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
@@ -203,9 +207,11 @@ class OPRO(Teleprompter):
         counted: set[int] = set()
         best = self.best_so_far(ctx)
         stale = 0
-        step_cost = self.step_cost(len(ctx.train), len(engine.examples), len(names))
+        def step_cost(count: int) -> int:
+            return self.step_cost(len(ctx.train), len(engine.examples), len(names), count)
+
         step = 0
-        while self.more_steps(ctx, step, self.config.steps, step_cost):
+        while count := self.step_size(ctx, step, self.config.steps, self.config.instructions_per_step, step_cost):
             step += 1
             ctx.step(step, self.config.steps)
             name = names[(step - 1) % len(names)]
@@ -220,7 +226,7 @@ class OPRO(Teleprompter):
             try:
                 replies = self.propose_many(
                     ctx,
-                    [[{"role": "user", "content": prompt}]] * self.config.instructions_per_step,
+                    [[{"role": "user", "content": prompt}]] * count,
                     temperature=self.config.temperature,
                     max_tokens=self.config.max_proposal_tokens,
                     read=lambda reply: [extract_instruction(reply)],

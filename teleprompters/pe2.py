@@ -48,16 +48,15 @@ ONE_STEP_DESCRIPTION = "Improve the prompt below for a language model. Examples 
 REASONING_TEMPLATE = (
     "For each example, reason step by step:\n"
     "1. What turns the input into the label?\n"
-    "2. Is the model's output correct? If not, does it differ from the label in content, or in form "
-    "(length, wording, extra words)?\n"
+    "2. Is the model's output correct? If not, how does it differ from the label?\n"
     "3. Does the output follow what the prompt asks?\n"
-    "4. Does the prompt describe the task, and the form of the answer, correctly?\n"
+    "4. Does the prompt describe the task correctly?\n"
     "5. Does the prompt need an edit for this example? If so, what edit would fix it?"
 )
 NEW_PROMPT_REQUEST = (
     "Now write the improved prompt, using your analysis. Write the prompt itself, the instruction the model "
-    "reads where <<PROMPT>> stands, not directions about the template: it must say what to do with any input "
-    "and exactly what form the answer takes. Reply with the new prompt only, between <START> and <END>."
+    "reads where <<PROMPT>> stands, not directions about the template: it must say what to do with any input. "
+    "Reply with the new prompt only, between <START> and <END>."
 )
 
 
@@ -94,23 +93,25 @@ class PE2(Teleprompter):
     """Prompt engineering with a detailed meta-prompt, hard negatives and back-tracking."""
 
     name = "pe2"
+    meta_prompts = (TASK_DESCRIPTION, ONE_STEP_DESCRIPTION, REASONING_TEMPLATE, NEW_PROMPT_REQUEST)
     reads_task = True
     summary = "a prompt engineer's meta-prompt on hard negatives, with back-tracking (Ye et al. 2024)"
     Config = PE2Config
     config: PE2Config
     default_policy = FullEvaluation
 
-    def step_calls(self, n_train: int, n_dev: int) -> tuple[int, int, int]:
+    def step_calls(self, n_train: int, n_dev: int, proposals: int | None = None) -> tuple[int, int, int]:
         """(prompt-model requests, pool evaluations, task runs outside the pool) one step takes at most:
-        two calls per proposal, their scoring, the parents' runs on train."""
+        two calls per proposal (``proposals`` per parent, default ``proposals_per_prompt``), their scoring,
+        the parents' runs on train."""
         config = self.config
-        children = config.beam * config.proposals_per_prompt
+        children = config.beam * (config.proposals_per_prompt if proposals is None else proposals)
         runs = config.beam * min(config.negatives_sample or n_train, n_train)
         return 2 * children, self.policy.planned_evaluations(children, n_dev, None), runs
 
-    def step_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
-        """LM requests one step may take."""
-        prompt, evaluations, runs = self.step_calls(n_train, n_dev)
+    def step_cost(self, n_train: int, n_dev: int, predictors: int, proposals: int | None = None) -> int:
+        """LM requests one step (``proposals`` per parent, default ``proposals_per_prompt``) may take."""
+        prompt, evaluations, runs = self.step_calls(n_train, n_dev, proposals)
         return prompt + (evaluations + runs) * predictors
 
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
@@ -157,9 +158,12 @@ class PE2(Teleprompter):
                 f"steps={self.config.steps}, beam={self.config.beam}, proposals_per_prompt="
                 f"{self.config.proposals_per_prompt}: no new prompt is asked for; the best starting prompt wins"
             )
-        step_cost = self.step_cost(len(ctx.train), len(engine.examples), len(seed))
+
+        def step_cost(proposals: int) -> int:
+            return self.step_cost(len(ctx.train), len(engine.examples), len(seed), proposals)
+
         step = 0
-        while self.more_steps(ctx, step, self.config.steps, step_cost):
+        while proposals := self.step_size(ctx, step, self.config.steps, self.config.proposals_per_prompt, step_cost):
             step += 1
             ctx.step(step, self.config.steps)
             if not self.config.beam or not self.config.proposals_per_prompt:
@@ -169,7 +173,7 @@ class PE2(Teleprompter):
             children: list[int] = []
             try:
                 for parent in parents:
-                    children += self.expand(ctx, parent, step)
+                    children += self.expand(ctx, parent, step, proposals)
             except BudgetExhausted as exc:
                 ctx.stop(StopKind.CAP, f"while proposing at step {step}: {exc}")
                 if children:
@@ -202,7 +206,7 @@ class PE2(Teleprompter):
             ctx.engine.add_candidate(candidate, origin="induced")
 
     # ---- one parent's children -------------------------------------------------------------------
-    def expand(self, ctx: SearchContext, parent: int, step: int) -> list[int]:
+    def expand(self, ctx: SearchContext, parent: int, step: int, proposals: int | None = None) -> list[int]:
         engine = ctx.engine
         record = engine.candidates[parent]
         results = engine.run_on(record.instructions, ctx.train[: self.config.negatives_sample])
@@ -217,7 +221,7 @@ class PE2(Teleprompter):
                 "showing them all"
             )
         children = []
-        for proposal in range(self.config.proposals_per_prompt):
+        for proposal in range(self.config.proposals_per_prompt if proposals is None else proposals):
             name = list(record.instructions)[proposal % len(record.instructions)]
             batch = ctx.rng.sample(pool, min(self.config.batch_size, len(pool)))
             messages = [{"role": "user", "content": self.analysis_request(ctx, name, record.instructions, batch, parent)}]

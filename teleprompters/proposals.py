@@ -3,7 +3,7 @@
 Two ways to get instructions out of a proposer. When the prompt model can be held to a JSON schema
 (local GGUF models through llama.cpp's grammars; remote models whose provider supports response
 schemas) the request carries :data:`PROPOSAL_SCHEMA`: the model first writes what it makes of the
-examples as a general rule (``"rule"``: what turns an input into its correct output, and in what form),
+examples as a general rule (``"rule"``: what turns an input into its correct output),
 then the instructions, and it cannot write anything else. Otherwise the
 reply is read leniently from the tags the meta-prompt asked for (``<START>...<END>``, ``<INS>...</INS>``),
 numbered lines, or the whole text. Either way :func:`clean_instruction` strips echoes and markup.
@@ -23,9 +23,9 @@ from typing import Any
 
 STRUCTURED_REQUEST = (
     "\n\nReply in JSON only, as {{\"rule\": \"...\", \"instructions\": [...]}}. First, in \"rule\", state in "
-    "one sentence the general rule that turns any input of this task into its correct output: what to do, and "
-    "the exact form of the output. Then give {count} instruction(s) in \"instructions\": each a general command "
-    "that tells a model to apply that rule to any input, not an answer and not an example, without tags."
+    "one sentence the general rule that turns any input of this task into its correct output. Then give "
+    "{count} instruction(s) in \"instructions\": each a general command that tells a model to apply that rule "
+    "to any input, not an answer and not an example, without tags."
 )
 
 

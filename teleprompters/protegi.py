@@ -37,7 +37,7 @@ GRADIENT_PROMPT = (
     "Following it, the model got these examples wrong:\n\n{errors}\n\n"
     "{rule}"
     "Compare each model output with the correct output: what turns the input into the correct output, and how "
-    "does the model's output differ from it, in content and in form (length, wording, extra text)? Then give "
+    "does the model's output differ from it? Then give "
     "{count} reason(s) why the instruction led the model to these mistakes. "
     "Put each reason between <START> and <END>."
 )
@@ -48,8 +48,8 @@ EDIT_PROMPT = (
     "{rule}"
     "One reason it fails: {gradient}\n\n"
     "Taking this reason into account, write {count} better instruction(s). Each must be a general command "
-    "that turns any input into its correct output, as in the examples above: what to do with the input and "
-    "exactly what to write back, in the form of the correct outputs. Put each instruction between <START> and <END>."
+    "that turns any input into its correct output, as in the examples above. Put each instruction between "
+    "<START> and <END>."
 )
 PARAPHRASE_PROMPT = (
     "Say the following instruction again in other words, keeping its meaning. "
@@ -87,6 +87,7 @@ class ProTeGi(Teleprompter):
     """Prompt optimisation with textual gradients and beam search (bandit selection by default: UCB)."""
 
     name = "protegi"
+    meta_prompts = (GRADIENT_PROMPT, EDIT_PROMPT, PARAPHRASE_PROMPT)
     reads_task = True
     summary = "textual gradients from errors, edits and paraphrases, beam search with bandit selection (Pryzant et al. 2023)"
     Config = ProTeGiConfig

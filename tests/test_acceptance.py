@@ -1,7 +1,8 @@
 """Do no harm: a winner replaces the seed only with paired evidence on the same dev examples."""
 
 import pytest
-from cuecard.acceptance import AlwaysAccept, SignTest, sign_test_p
+from cuecard.acceptance import AlwaysAccept, NonInferiority, SignTest, sign_test_p
+from cuecard.errors import CuecardError
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
 from cuecard.testing import BernoulliTask, scripted_lm
@@ -14,6 +15,46 @@ def test_the_sign_test_counts_wins_and_losses_and_leaves_ties_out():
     assert (decision.wins, decision.losses, decision.ties) == (3, 0, 2)
     assert not decision.accepted and "p=0.125" in decision.reason
     assert SignTest(alpha=0.2).decide({0: 1, 1: 1, 2: 1}, {0: 0, 1: 0, 2: 0}).accepted
+
+
+def record(wins, losses, ties):
+    """Paired scores (winner, seed) with that record, the wins first."""
+    pairs = [(1.0, 0.0)] * wins + [(0.0, 1.0)] * losses + [(0.0, 0.0)] * ties
+    return {i: c for i, (c, _) in enumerate(pairs)}, {i: s for i, (_, s) in enumerate(pairs)}
+
+
+def test_non_inferiority_keeps_a_find_the_sign_test_throws_away_and_still_refuses_a_doubtful_one():
+    three_none = record(3, 0, 12)  # a reading that named the task: 0.200 vs 0.000 on 15 pairs
+    assert not SignTest(alpha=0.1).decide(*three_none).accepted
+    decision = NonInferiority(delta=0.05).decide(*three_none)
+    # the t bound by hand: mean 0.2, sd of three 1s and twelve 0s, t(0.9, 14) = 1.345
+    sd = ((3 * 0.8**2 + 12 * 0.2**2) / 14) ** 0.5
+    assert decision.accepted and decision.lower_bound == pytest.approx(0.2 - 1.3450 * sd / 15**0.5, abs=1e-3)
+    assert decision.differences == [1.0] * 3 + [0.0] * 12 and "non-inferior" in decision.reason and "+0.056" in decision.reason
+    two_one = record(2, 1, 12)  # bound 0.067 - 1.345 * 0.458 / sqrt(15) = -0.092
+    assert not NonInferiority(delta=0.05).decide(*two_one).accepted
+    assert NonInferiority(delta=0.1).decide(*two_one).accepted
+    boot = NonInferiority(delta=0.05, bound="bootstrap")
+    assert boot.decide(*three_none).accepted and boot.decide(*three_none).lower_bound == boot.decide(*three_none).lower_bound
+    assert not boot.decide(*record(2, 2, 11)).accepted  # as many losses as wins: never
+    with pytest.raises(CuecardError, match="delta"):
+        NonInferiority(delta=-0.1)
+
+
+@pytest.mark.parametrize("rule", [SignTest(), NonInferiority()])
+def test_a_tie_or_a_winner_that_loses_as_often_is_no_test_decision(rule):
+    for pairs, what in ((record(0, 0, 15), "no paired example tells them apart"), (record(2, 3, 10), "did not win more")):
+        decision = rule.decide(*pairs)
+        assert not decision.accepted and decision.rule == "no test" and not decision.tested and decision.asked == rule.name
+        assert what in decision.reason and "sign test" not in decision.reason
+
+
+def test_when_the_seed_is_the_searchs_best_no_rule_is_said_to_have_decided():
+    task = BernoulliTask([0.9, 0.1], pool_size=19, seed=3)  # the person's instruction is far worse
+    report = compile_with(task)
+    assert report.best.instructions == {"self": "arm 0"} and report.search_best is None
+    assert report.acceptance.rule == "no test" and report.acceptance.asked == "sign-test"
+    assert report.acceptance.reason.startswith("no test ran: the search's best candidate is the seed itself")
 
 
 def compile_with(task, acceptance=None, dev=15):

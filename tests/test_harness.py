@@ -421,3 +421,102 @@ def test_task_docstring_examples_hold():
 
     failures, tried = doctest.testmod(tasks_module, raise_on_error=False)
     assert tried > 0 and failures == 0
+
+
+# ---- task halves and provenance -------------------------------------------------------------------
+def test_the_visible_tasks_split_into_fixed_halves_by_alphabetical_alternation(shared_data):
+    from benchmarks.harness.tasks import half_of, task_halves
+
+    halves = task_halves(shared_data)
+    both = halves["tuning"] + halves["report"]
+    assert len(both) == len(set(both)) == 25 and len(halves["tuning"]) == 13
+    for kind in ("ii", "bbh"):
+        names = sorted(spec for spec in both if spec.startswith(f"{kind}:"))
+        assert [spec in halves["tuning"] for spec in names] == [i % 2 == 0 for i in range(len(names))]
+    assert half_of("antonyms", halves) == "tuning" and half_of("diff", halves) == "report" and half_of("levels", halves) is None
+
+
+def test_each_cell_says_where_its_winner_came_from_and_the_table_counts_it(tmp_path, fresh_cache):
+    paths = run(config(tmp_path, methods=["seed", "ape", "opro"], seeds=1), tasks=[scripted_task()], models=scripted_models())
+    payload = json.loads(paths["json"].read_text())
+    for cell in payload["cells"]:
+        if cell["instructions"] == {"self": "Classify the sentiment."}:
+            assert cell["winner_source"] == "seed"
+        elif cell["method"] == "ape":  # APE's candidates are its induced proposals
+            assert cell["winner_source"] == "own step: induced-forward"
+        else:
+            assert cell["winner_source"] in ("reading",) or cell["winner_source"].startswith("own step: opro")
+        if cell["method"] != "seed":
+            assert cell["acceptance"] is not None and cell["search_best_source"] is not None
+    table = paths["markdown"].read_text()
+    assert "| winner from |" in table and "## Where the winners came from" in table
+    ape = next(c for c in payload["cells"] if c["method"] == "ape")
+    kind = ape["winner_source"].split(":")[0]
+    assert f"| levels | ape | {100 * ape['test_accuracy']:.1f} ± 0.0 | 1 | {100 * ape['dev_accuracy']:.1f} | {kind} 1 |" in table
+
+
+def test_the_provenance_table_counts_winners_by_source_and_the_own_steps_gain():
+    from benchmarks.harness import CellResult
+    from benchmarks.harness.results import provenance, provenance_table
+
+    assert (provenance("program"), provenance("task-reading"), provenance("opro", 2)) == ("seed", "reading", "own step: opro, round 2")
+
+    def cell(task, source, accuracy, seed=0):
+        return CellResult(task=task, method="m", seed=seed, fingerprint="f", test_accuracy=accuracy, winner_source=source)
+
+    cells = [cell("a", "seed", 0.1), cell("a", "own step: opro, round 1", 0.4, 1), cell("b", "own step: opro", 0.2), cell("b", "reading", 0.5, 1)]
+    row = provenance_table(cells, {"a": 0.1, "b": 0.3}).splitlines()[2]
+    assert row == "| m | 4 | 1 | 1 | 2 | +10.0 (2) |"  # (0.4 - 0.1 + 0.2 - 0.3) / 2
+
+
+# ---- DSPy as its users run it ---------------------------------------------------------------------
+def copro_prompt_reply(messages):
+    """A prompt model that answers in DSPy's chat format (what COPRO's own default adapter asks for)."""
+    level = random.Random(messages[-1]["content"]).randint(4, 9)
+    return (f"[[ ## proposed_instruction ## ]]\nLevel {level}: label the review.\n\n"
+            "[[ ## proposed_prefix_for_output_field ## ]]\nSentiment:\n\n[[ ## completed ## ]]")
+
+
+def test_dspy_optimizers_call_the_prompt_model_with_their_own_adapter_and_the_program_with_cuecards(tmp_path, fresh_cache):
+    prompt = scripted_lm(copro_prompt_reply, name="scripted/chat-prompt", cache=True)
+    task = scripted_lm(level_reply, name="scripted/task", cache=True)
+    paths = run(config(tmp_path, methods=["seed", "copro"], seeds=1, cap=40), tasks=[scripted_task()], models=Models(task, prompt))
+    cell = next(c for c in json.loads(paths["json"].read_text())["cells"] if c["method"] == "copro")
+    assert cell["error"] is None, cell["error"]
+    prompt_requests = [m[-1]["content"] for m in prompt.engine.requests]
+    task_requests = [m[-1]["content"] for m in task.engine.requests]
+    assert prompt_requests and all("[[ ## " in text for text in prompt_requests)  # DSPy's ChatAdapter
+    assert task_requests and not any("[[ ## " in text for text in task_requests)  # the program under cuecard's plain adapter
+    assert 1 <= len(cell["proposals"]) <= 3 and all(p.startswith("Level ") for p in cell["proposals"])
+    assert any(n.startswith("proposals quoted: 'Level ") for n in cell["notes"])
+    assert "proposals: 'Level " in paths["markdown"].read_text()
+    assert dspy.settings.adapter is None  # nothing was set for the whole process
+
+
+def test_miprov2_fewshot_is_a_reference_row_with_demos_planned_under_the_cap():
+    from benchmarks.harness.methods import DEFAULT_METHODS, DSPY_METHOD_NAMES, DSPY_REFERENCES
+    from benchmarks.harness.methods.miprov2 import _mipro_cost, _plan_mipro
+
+    assert "miprov2-fewshot" in DEFAULT_METHODS and "miprov2-fewshot" in DSPY_REFERENCES and "miprov2-fewshot" not in DSPY_METHOD_NAMES
+    plan = _plan_mipro(100, n_train=20, n_dev=15, predictors=1, fewshot=True)
+    assert plan["planned"] <= 100
+    # two variables per predictor with demos: MIPROv2's rule gives more trials than zero-shot for the same candidates
+    assert _mipro_cost(3, 6, False, n_train=20, n_dev=15, predictors=1, minibatch=False, fewshot=True) == 20 + 3 + 3 + 15 * 7
+
+
+@pytest.mark.parametrize("method, mark", [
+    ("ape-form-clause", "look at the form of the outputs"),
+    ("ape-paper-forward", "What I had asked the friend to do was"),
+    ("ape-paper-reverse", "What goes in the blank?"),
+    ("ape-reverse", "Write the missing instruction"),
+    ("opro-paper", "You are looking for an instruction"),
+])
+def test_template_ablations_run_as_methods_with_their_own_meta_prompt(tmp_path, fresh_cache, method, mark):
+    models = scripted_models()
+    paths = run(config(tmp_path, methods=[method], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=models)
+    cell = json.loads(paths["json"].read_text())["cells"][0]
+    assert cell["error"] is None and cell["usage"]["calls"] <= 40
+    prompts = ["\n".join(m["content"] for m in request) for request in models.prompt.engine.requests]
+    assert any(mark in prompt for prompt in prompts), prompts[:1]
+    general = "In one sentence, what was the instruction?"  # the default forward template
+    assert not any(general in prompt for prompt in prompts)

@@ -68,16 +68,17 @@ def test_a_structured_reply_that_is_not_the_json_asked_for_falls_back_to_the_tag
     assert clean_instruction("<INS>the instruction was to add them.</INS>") == "Add them."
 
 
-def test_proposal_prompts_show_input_model_output_and_gold_and_ask_for_the_form():
+def test_proposal_prompts_show_input_model_output_and_gold_and_ask_what_turns_input_into_output():
     """ProTeGi's gradient request shows each error with the model's output and the correct one, and asks
-    what turns the input into the correct output and how the output differs in form."""
+    what turns the input into the correct output, with no clause on the outputs' form (tuned to the
+    visible tasks, it leaked into proposals)."""
     proposer = Proposer(False)
     task = scripted_lm(level_task, name="scripted/task")
     ProTeGi(metric=exact_match("sentiment"), task_lm=task, prompt_lm=proposer.lm, storage=":memory:", progress=False,
             **SETTINGS["protegi"][1]).compile(sentiment_program(), trainset=REVIEWS)
     gradient = next(m[-1]["content"] for m in proposer.lm.engine.requests if "reason(s)" in m[-1]["content"])
     assert gradient.count("Model's sentiment: neutral") == gradient.count("Correct sentiment: ") >= 1
-    assert "what turns the input into the correct output" in gradient and "in form" in gradient
+    assert "what turns the input into the correct output" in gradient and "in form" not in gradient
 
 
 @pytest.mark.parametrize("method", ["protegi", "opro", "pe2"])

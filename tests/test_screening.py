@@ -27,3 +27,38 @@ def test_a_proposal_that_is_only_a_train_answer_is_dropped(method):
     kept = [c.instructions["self"].lower() for c in report.candidates]
     assert report.dropped.get("an answer, not an instruction", 0) > 0, report.dropped
     assert not any(text.strip(".") in ("positive", "negative") for text in kept)
+
+
+# words each method's own meta-prompt uses (six or more in a row), written back as if they were the task
+ECHOES = {
+    "ape": "Level 7: the student turned each input below into the output shown next to it.",
+    "protegi": "Level 7: a general command that turns any input into its correct output.",
+    "opro": "Level 7: a general command that works for any input of this kind.",
+    "pe2": "Level 7: it must say what to do with any input, then label it.",
+}
+
+
+@pytest.mark.parametrize("method", sorted(TELEPROMPTERS))
+def test_a_proposal_repeating_its_meta_prompts_words_is_dropped_and_counted(method):
+    """Six words in a row from the request that produced it: the proposer echoed the meta-prompt instead of
+    stating the task (a leak like "look at the form of the outputs" that then reads as an instruction)."""
+    echo = ECHOES[method]
+    proposals = iter([f"<INS>{echo}</INS>", f"<START>{echo}<END>", "Level 7: label the review."] * 20)
+    proposer = scripted_lm(lambda messages: next(proposals), name="scripted/echoes")
+    cls, settings = TELEPROMPTERS[method]
+    compiled = cls(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), prompt_lm=proposer,
+                   storage=":memory:", progress=False, **settings).compile(sentiment_program(), trainset=REVIEWS[:20])
+    report = compiled.cuecard_report
+    assert report.dropped.get("repeats the meta-prompt's words", 0) > 0, report.dropped
+    assert not any("level 7: " in c.instructions["self"].lower() and len(c.instructions["self"]) > 30 for c in report.candidates)
+    assert any(c.instructions["self"] == "Level 7: label the review." for c in report.candidates)
+
+
+def test_five_words_of_the_meta_prompt_or_words_of_the_data_are_not_an_echo():
+    ape = APE(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task))
+    assert ape.repeats_meta_prompt("Then the student turned each input below into it.")  # 6 words in a row
+    assert not ape.repeats_meta_prompt("Turn each input below into its antonym.")  # 4 words in a row
+    assert not ape.repeats_meta_prompt("Say whether the movie review below is positive or negative.")
+    custom = APE(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), mode="custom",
+                 template="[[DEMOS]] Look hard at the form of the outputs and then say [[INSTRUCTION]]")
+    assert custom.repeats_meta_prompt("Look hard at the form of the outputs to label each one.")

@@ -177,7 +177,7 @@ def test_a_budget_preset_caps_the_compile_and_plans_the_knobs(models, capsys):
 def test_the_winner_comes_with_its_evidence_and_a_compile_that_scored_nothing_writes_no_program(models, capsys):
     out, _ = compiled_file(capsys)
     assert "search's best: " in out and "(95% " in out and "on 20 dev examples" in out
-    assert "the seed itself is the best candidate" in out or "paired dev examples" in out
+    assert "is the seed itself" in out or "paired dev examples" in out
     code, _, err = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), *SMALL, "--max-calls", "1", "--out", "none.json"], capsys)
     assert code == 1 and "nothing was scored" in err and not Path("none.json").exists()
 

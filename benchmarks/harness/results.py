@@ -46,6 +46,32 @@ class CellResult(BaseModel):
     notes: list[str] = Field(default_factory=list)
     error: str | None = Field(None, description="why the method gave no program (one line)")
     human_accuracies: list[float] = Field(default_factory=list, description="human baseline: each annotation's test accuracy")
+    winner_source: str | None = Field(None, description="where the returned program's instructions came from: "
+                                      "'seed', 'reading' (a task reading), 'user seed' or 'own step: <origin>'")
+    search_best_source: str | None = Field(None, description="the same for the search's own best (before the do-no-harm check)")
+    search_best_test_accuracy: float | None = Field(None, description="the search's best on test, when the check kept the seed")
+    acceptance: dict[str, Any] | None = Field(None, description="the do-no-harm decision with its paired differences")
+    proposals: list[str] = Field(default_factory=list, description="a few of the method's own proposals, quoted")
+
+
+def provenance(origin: str | None, round_: int = 0) -> str | None:
+    """A candidate's origin as the table names it: the seed, a task reading, a user's seed, or the method's own step."""
+    if origin is None:
+        return None
+    named = {"program": "seed", "task-reading": "reading", "user-seed": "user seed"}
+    if origin in named:
+        return named[origin]
+    return f"own step: {origin}" + (f", round {round_}" if round_ else "")
+
+
+def provenance_counts(group: Sequence[CellResult]) -> str:
+    """How often each source gave a group's winner, e.g. ``"own step 1, seed 1"`` (the step's origin left out)."""
+    counts: dict[str, int] = {}
+    for cell in group:
+        if cell.winner_source is not None:
+            kind = cell.winner_source.split(":", 1)[0]
+            counts[kind] = counts.get(kind, 0) + 1
+    return ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items()))
 
 
 class SummaryRow(BaseModel):
@@ -63,6 +89,7 @@ class SummaryRow(BaseModel):
     model_calls: float
     tokens: float
     seconds: float
+    winner: str = Field("", description="where the winners came from, over seeds (see provenance)")
     note: str = ""
 
 
@@ -115,6 +142,12 @@ def _shared_notes(group: Sequence[CellResult]) -> list[str]:
     return [note if count == len(group) else f"{note} ({count} of {len(group)} seeds)" for note, count in sorted(counts.items())]
 
 
+def _quoted(group: Sequence[CellResult]) -> str:
+    """Three proposals of the group's first cell that kept some, quoted (DSPy's rows)."""
+    quoted = next((c.proposals for c in group if c.proposals), [])
+    return "; proposals: " + " / ".join(repr(one_line(p, 80)) for p in quoted[:3]) if quoted else ""
+
+
 def summarize(cells: Sequence[CellResult]) -> list[SummaryRow]:
     """Table rows in the order cells came; the human baseline gives two rows (mean and best annotation)."""
     groups: dict[tuple[str, str], list[CellResult]] = {}
@@ -148,7 +181,8 @@ def summarize(cells: Sequence[CellResult]) -> list[SummaryRow]:
                 model_calls=statistics.fmean(c.usage.model_calls for c in group),
                 tokens=statistics.fmean(c.usage.total_tokens for c in group),
                 seconds=statistics.fmean(c.seconds for c in group),
-                note="; ".join([*(f"failed: {e}" for e in errors), *notes])[:300],
+                winner=provenance_counts(scored),
+                note=("; ".join([*(f"failed: {e}" for e in errors), *notes])[:300] + _quoted(group)).strip("; "),
             )
         )
     return rows
@@ -261,6 +295,22 @@ def targets_table(targets: Sequence[TargetRow]) -> str:
     return "\n".join(lines)
 
 
+def provenance_table(cells: Sequence[CellResult], seed_tests: dict[str, float]) -> str:
+    """Per method: in how many cells the winner was the seed, a task reading or one of the method's own
+    steps, and the mean test change over the seed of the cells its own steps won (``seed_tests``: the
+    seed's test accuracy per task)."""
+    lines = ["| method | cells | winner: seed | winner: reading | winner: own step | own-step winners, mean test vs seed (points) |",
+             "|---|---|---|---|---|---|"]
+    methods = list(dict.fromkeys(c.method for c in cells if c.winner_source is not None and c.method != "seed"))
+    for method in methods:
+        group = [c for c in cells if c.method == method and c.winner_source is not None and c.test_accuracy is not None]
+        kinds = [c.winner_source.split(":", 1)[0] for c in group]
+        own = [c.test_accuracy - seed_tests[c.task] for c in group if c.winner_source.startswith("own step") and c.task in seed_tests]
+        gain = f"{100 * statistics.fmean(own):+.1f} ({len(own)})" if own else "—"
+        lines.append(f"| {method} | {len(group)} | {kinds.count('seed')} | {kinds.count('reading')} | {kinds.count('own step')} | {gain} |")
+    return "\n".join(lines)
+
+
 def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.1f}"
 
@@ -268,13 +318,13 @@ def _pct(value: float | None) -> str:
 def markdown_table(rows: Sequence[SummaryRow]) -> str:
     """The summary as a Markdown table (accuracies in %, costs averaged over seeds)."""
     lines = [
-        "| task | method | test % (mean ± sd) | seeds | dev % | LM calls, cold (task / prompt) | reached a model | tokens | wall s | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| task | method | test % (mean ± sd) | seeds | dev % | winner from | LM calls, cold (task / prompt) | reached a model | tokens | wall s | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         test = _pct(r.test_mean) if r.test_sd is None else f"{_pct(r.test_mean)} ± {_pct(r.test_sd)}"
         lines.append(
-            f"| {r.task} | {r.method} | {test} | {r.seeds if r.seeds else '—'} | {_pct(r.dev_mean)} | "
+            f"| {r.task} | {r.method} | {test} | {r.seeds if r.seeds else '—'} | {_pct(r.dev_mean)} | {r.winner or '—'} | "
             f"{r.calls:.0f} ({r.task_calls:.0f} / {r.prompt_calls:.0f}) | {r.model_calls:.0f} | {r.tokens:.0f} | "
             f"{r.seconds:.0f} | {r.note.replace('|', '/')} |"
         )
@@ -315,24 +365,48 @@ def plot_accuracy_vs_calls(rows: Sequence[SummaryRow], path: str | os.PathLike[s
 
 
 def write_outputs(root: str | os.PathLike[str], config: dict[str, Any], cells: Sequence[CellResult]) -> dict[str, Path]:
-    """``results.json`` (config, cells, summary, targets), ``results.md`` and ``accuracy_vs_calls.png`` under ``root``."""
-    from .methods import DSPY_METHOD_NAMES
+    """``results.json`` (config, cells, summary, targets), ``results.md`` and ``accuracy_vs_calls.png`` under ``root``.
+
+    The targets are computed over every task, then over each half of the visible tasks
+    (:func:`~benchmarks.harness.tasks.task_halves`) that the run has tasks of.
+    """
+    from .methods import DSPY_METHOD_NAMES, DSPY_REFERENCES
+    from .tasks import HALVES_RULE, half_of, task_halves
 
     root = Path(root)
     rows = summarize(cells)
     present = list(dict.fromkeys(c.method for c in cells))
-    targets = target_rows(rows, cells, [m for m in present if m not in (*DSPY_METHOD_NAMES, "seed", "human")],
-                          [m for m in DSPY_METHOD_NAMES if m in present], int(config.get("cap", 0)))
+    mine = [m for m in present if m not in (*DSPY_METHOD_NAMES, *DSPY_REFERENCES, "seed", "human")]
+    baselines = [m for m in DSPY_METHOD_NAMES if m in present]
+    cap = int(config.get("cap", 0))
+    targets = target_rows(rows, cells, mine, baselines, cap)
+    halves = task_halves(config["data"]) if config.get("data") and Path(config["data"]).is_dir() else {}
+    by_half: dict[str, list[TargetRow]] = {}
+    for half in halves:
+        names = {r.task for r in rows if half_of(r.task, halves) == half}
+        if names:
+            by_half[half] = target_rows([r for r in rows if r.task in names], [c for c in cells if c.task in names], mine, baselines, cap)
+    seed_tests = {r.task: r.test_mean for r in rows if r.method == "seed" and r.test_mean is not None}
     payload = {
         "config": config,
         "summary": [r.model_dump() for r in rows],
         "targets": [t.model_dump() for t in targets],
+        "targets_by_half": {half: [t.model_dump() for t in found] for half, found in by_half.items()},
+        "halves": halves,
         "cells": [c.model_dump() for c in cells],
     }
     json_path, md_path = root / "results.json", root / "results.md"
     json_path.write_text(json.dumps(payload, indent=1), encoding="utf-8")
-    text = markdown_table(rows) + "\n"
+    marked = [r.model_copy(update={"task": f"{r.task} ({half[0].upper()})"}) if (half := half_of(r.task, halves)) else r for r in rows]
+    text = markdown_table(marked) + "\n"
+    if halves:
+        text += f"\nHalves (T: tuning, R: report): {HALVES_RULE}.\n"
     if targets:
         text += "\n## Targets, over every task and seed\n\n" + targets_table(targets) + "\n"
+    for half, found in by_half.items():
+        if found:
+            text += f"\n## Targets, {half} half\n\n" + targets_table(found) + "\n"
+    if any(c.winner_source for c in cells):
+        text += "\n## Where the winners came from\n\n" + provenance_table(cells, seed_tests) + "\n"
     md_path.write_text(text, encoding="utf-8")
     return {"json": json_path, "markdown": md_path, "plot": plot_accuracy_vs_calls(rows, root / "accuracy_vs_calls.png")}

@@ -16,13 +16,21 @@ from cuecard.adapter import adapter_for
 from cuecard.errors import BudgetExhausted
 from cuecard.evaluate import Evaluator
 from cuecard.identity import data_fingerprint, digest, lm_identity, metric_identity
-from cuecard.program import get_instructions
+from cuecard.program import apply_instructions, get_instructions
 from cuecard.usage import Limits, Usage, track
 from pydantic import BaseModel, Field, field_validator
 
 from ..models import resolve_model_spec
-from .methods import DEFAULT_METHODS, METHOD_NAMES, MethodRun, method_code_hash, runners_for
-from .results import CellResult, CellStore, one_line, write_outputs
+from .methods import (
+    DEFAULT_METHODS,
+    DSPY_METHOD_NAMES,
+    DSPY_REFERENCES,
+    METHOD_NAMES,
+    MethodRun,
+    method_code_hash,
+    runners_for,
+)
+from .results import CellResult, CellStore, one_line, provenance, write_outputs
 from .tasks import DEFAULT_SEED_INSTRUCTION, Task, bbh, instruction_induction, jsonl_task
 
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)  # "response was truncated": answers are capped on purpose
@@ -151,12 +159,14 @@ def run_method(
     compiled = None
     with track(f"{task.name}/{method}/seed{seed}", Limits(max_calls=config.cap)) as block:
         try:
-            with dspy.context(lm=models.task, adapter=adapter_for(models.task)):
+            # DSPy's optimizers bind cuecard's adapter to the program only: their own calls keep DSPy's defaults
+            adapter = None if method in (*DSPY_METHOD_NAMES, *DSPY_REFERENCES) else adapter_for(models.task)
+            with dspy.context(lm=models.task, adapter=adapter):
                 compiled, info = runner(
                     task.program(), train=splits.train, dev=splits.dev, metric=task.metric, task_lm=models.task,
                     prompt_lm=models.prompt, cap=config.cap, seed=seed, workdir=workdir,
                 )
-            cell.knobs, cell.planned_calls, cell.notes = info.knobs, info.planned_calls, info.notes
+            cell.knobs, cell.planned_calls, cell.notes, cell.proposals = info.knobs, info.planned_calls, info.notes, info.proposals
         except BudgetExhausted as exc:
             cell.error = f"stopped by the harness cap before it finished ({one_line(exc)})"
         except Exception as exc:  # a method that cannot run on this model gets its reason in the table
@@ -172,7 +182,25 @@ def run_method(
         cell.dev_accuracy = accuracy(compiled, splits.dev, task.metric, models.task)
         cell.test_accuracy = accuracy(compiled, splits.test, task.metric, models.task)
         cell.test_size = len(splits.test)
+        record_provenance(cell, compiled, task, splits.test, models)
     return cell
+
+
+def record_provenance(cell: CellResult, compiled: dspy.Module, task: Task, test: Sequence[dspy.Example], models: Models) -> None:
+    """Where the winner came from, the do-no-harm decision with its paired differences, and, when the check
+    kept the seed, the search's own best scored on test too (what another acceptance rule would have returned)."""
+    report = getattr(compiled, "cuecard_report", None)
+    if report is None:  # DSPy's optimizers: the seed's instructions, or their own
+        same = list(cell.instructions.values()) == [task.seed_instruction]
+        cell.winner_source = "seed" if same else f"own step: {cell.method}"
+        return
+    cell.winner_source = provenance(report.best.origin, report.best.round)
+    searched = report.search_best or report.best
+    cell.search_best_source = provenance(searched.origin, searched.round)
+    cell.acceptance = report.acceptance.model_dump() if report.acceptance is not None else None
+    if report.search_best is not None:
+        program = apply_instructions(compiled, report.search_best.instructions)
+        cell.search_best_test_accuracy = accuracy(program, test, task.metric, models.task)
 
 
 def run_human(task: Task, config: HarnessConfig, models: Models) -> CellResult:

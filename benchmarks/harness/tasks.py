@@ -43,6 +43,37 @@ II_SEED_INSTRUCTIONS = {
 
 DEFAULT_SEED_INSTRUCTION = "Answer the question."
 
+HALVES_RULE = (
+    "within each suite (Instruction Induction, BIG-Bench Hard), the tasks sorted by name alternate: "
+    "1st, 3rd, 5th... form the tuning half, 2nd, 4th, 6th... the report half"
+)
+"""How the visible tasks split into a half to tune on and a half to report on (fixed before any result was read)."""
+
+
+def task_halves(data: str | os.PathLike[str]) -> dict[str, list[str]]:
+    """The task specs of the tuning and report halves (:data:`HALVES_RULE`), from the task files under ``data``.
+
+    Example:
+        >>> task_halves("../shared/data")["tuning"][:2]  # doctest: +SKIP
+        ['ii:antonyms', 'ii:first_word_letter']
+    """
+    root = Path(data)
+    suites = [("ii", sorted(p.stem for p in (root / "instruction_induction" / "induce").glob("*.json"))),
+              ("bbh", sorted(p.stem for p in (root / "bbh").glob("*.json")))]
+    halves: dict[str, list[str]] = {"tuning": [], "report": []}
+    for kind, names in suites:
+        for index, name in enumerate(names):
+            halves["tuning" if index % 2 == 0 else "report"].append(f"{kind}:{name}")
+    return halves
+
+
+def half_of(task_name: str, halves: dict[str, list[str]]) -> str | None:
+    """``"tuning"`` or ``"report"`` for a task named as in the tables (its spec without the suite), else None."""
+    for half, specs in halves.items():
+        if any(spec.split(":", 1)[1] == task_name for spec in specs):
+            return half
+    return None
+
 
 @dataclass
 class Splits:

@@ -21,15 +21,19 @@ from typing import Any
 import dspy
 
 from ..sources import module_files
+from .ape import VARIANTS as APE_VARIANTS
 from .common import MethodRun, Runner
+from .opro import VARIANTS as OPRO_VARIANTS
 from .pe2 import ABLATIONS as PE2_ABLATIONS
 
 HERE = Path(__file__).parent
 
 CUECARD_METHODS = ("ape", "protegi", "opro", "pe2")
 DSPY_METHOD_NAMES = ("copro", "miprov2", "gepa")
+DSPY_REFERENCES = ("miprov2-fewshot",)
+"""DSPy rows shown for reference, not compared with: MIPROv2 with its default demos (instructions and demos)."""
 BASELINES = ("seed", "human")
-DEFAULT_METHODS = ("seed", "human", *CUECARD_METHODS, *DSPY_METHOD_NAMES)
+DEFAULT_METHODS = ("seed", "human", *CUECARD_METHODS, *DSPY_METHOD_NAMES, *DSPY_REFERENCES)
 """What a run compares unless told otherwise: every method once, without the ablations."""
 
 
@@ -43,7 +47,7 @@ def registered_teleprompters() -> dict[str, type]:
 
 
 REGISTERED_METHODS = tuple(registered_teleprompters())
-METHOD_NAMES = (*DEFAULT_METHODS, *PE2_ABLATIONS, *REGISTERED_METHODS)
+METHOD_NAMES = (*DEFAULT_METHODS, *PE2_ABLATIONS, *APE_VARIANTS, *OPRO_VARIANTS, *REGISTERED_METHODS)
 """Every method the harness knows."""
 
 
@@ -58,6 +62,12 @@ def _files(name: str) -> list[Path]:
     teleprompter, a module it shares or the engine edited recomputes its cells; DSPy's cells stay."""
     if name in PE2_ABLATIONS:
         name = "pe2"
+    if name in APE_VARIANTS:
+        name = "ape"
+    if name in OPRO_VARIANTS:
+        name = "opro"
+    if name in DSPY_REFERENCES:
+        name = "miprov2"
     if name in DSPY_METHOD_NAMES:
         return [HERE / f"{name}.py", HERE / "dspy_common.py"]
     if name in REGISTERED_METHODS:
@@ -85,11 +95,13 @@ def method_code_hash(name: str) -> str:
 
 
 def _dspy_runner(name: str) -> Runner:
+    extra = {"fewshot": True} if name == "miprov2-fewshot" else {}
+    name = "miprov2" if name in DSPY_REFERENCES else name
     module = importlib.import_module(f".{name}", __name__)  # imports DSPy's optimizers only when asked
     run = {"copro": "run_copro", "miprov2": "run_mipro", "gepa": "run_gepa"}[name]
 
     def runner(program: dspy.Module, *, workdir: Path, **kw: Any) -> tuple[dspy.Module, MethodRun]:
-        return getattr(module, run)(program, **kw)  # DSPy's optimizers keep no run state of their own to resume
+        return getattr(module, run)(program, **kw, **extra)  # DSPy's optimizers keep no run state of their own to resume
 
     return runner
 
@@ -100,6 +112,14 @@ def cuecard_runner(name: str) -> Runner:
         from . import pe2
 
         return functools.partial(pe2.run, ablation=PE2_ABLATIONS[name])
+    if name in APE_VARIANTS:
+        from . import ape
+
+        return functools.partial(ape.run, variant=APE_VARIANTS[name])
+    if name in OPRO_VARIANTS:
+        from . import opro
+
+        return functools.partial(opro.run, variant=OPRO_VARIANTS[name])
     if name in REGISTERED_METHODS:
         from cuecard.teleprompters import Teleprompter
 
@@ -123,7 +143,7 @@ def runners_for(names: list[str]) -> dict[str, Runner]:
     for name in names:
         if name == "seed":
             runners[name] = run_seed
-        elif name in DSPY_METHOD_NAMES:
+        elif name in (*DSPY_METHOD_NAMES, *DSPY_REFERENCES):
             runners[name] = _dspy_runner(name)
         elif name != "human":
             runners[name] = cuecard_runner(name)
@@ -131,11 +151,14 @@ def runners_for(names: list[str]) -> dict[str, Runner]:
 
 
 __all__ = [
+    "APE_VARIANTS",
     "BASELINES",
     "CUECARD_METHODS",
     "DEFAULT_METHODS",
     "DSPY_METHOD_NAMES",
+    "DSPY_REFERENCES",
     "METHOD_NAMES",
+    "OPRO_VARIANTS",
     "MethodRun",
     "PE2_ABLATIONS",
     "REGISTERED_METHODS",

@@ -25,6 +25,7 @@ class MethodRun(BaseModel):
     knobs: dict[str, Any] = Field(default_factory=dict, description="the settings the method ran with")
     planned_calls: int | None = Field(None, description="the LM requests the knobs were chosen to cost at most")
     notes: list[str] = Field(default_factory=list)
+    proposals: list[str] = Field(default_factory=list, description="a few of the method's own proposals, quoted")
 
 
 class Plan(BaseModel):

@@ -10,12 +10,16 @@ from ..results import one_line
 from .common import MethodRun
 from .dspy_common import (
     adapter_note,
+    bind,
     changed_note,
     check_inputs,
     instructions_of,
     log_notes,
+    quote,
+    quote_note,
     session,
     tried,
+    unbind,
     usage_note,
 )
 
@@ -151,11 +155,13 @@ def run_copro(
         prompt_model=prompt_lm, metric=metric, breadth=breadth, depth=depth, init_temperature=1.4
     )
     with session("COPRO", cap, planned, task_lm) as (guard, log):
-        compiled = optimizer.compile(
-            program.deepcopy(), trainset=list(dev), eval_kwargs={"num_threads": 1, "display_progress": False}
-        )
+        compiled = unbind(optimizer.compile(
+            bind(program.deepcopy(), task_lm), trainset=list(dev), eval_kwargs={"num_threads": 1, "display_progress": False}
+        ))
     notes.append(usage_note(guard.usage))
     notes += _copro_result_notes(compiled, before, _prefixes(program))
+    quoted = quote([str(c.get("instruction", "")) for c in getattr(compiled, "candidate_programs", None) or []], before)
+    notes.append(quote_note(quoted))
     notes += changed_note(before, instructions_of(compiled))
     notes += log_notes(log.getvalue(), "COPRO")
-    return compiled, MethodRun(knobs=knobs, planned_calls=planned, notes=notes)
+    return compiled, MethodRun(knobs=knobs, planned_calls=planned, notes=notes, proposals=quoted)

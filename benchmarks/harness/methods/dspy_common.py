@@ -4,10 +4,15 @@ The harness compares cuecard's teleprompters with the optimizers that ship with 
 ``miprov2.py``, ``gepa.py`` next to this file). Those run DSPy's code itself; they only choose their
 knobs so that a run stays under ``cap`` LM requests, and wrap the run:
 
-- the task model runs under cuecard's adapter (``cuecard.adapter_for(task_lm)``, the plain adapter
-  for a local model), one thread;
+- the program under optimization is the one thing shared with cuecard's methods: it is wrapped
+  (:class:`WithAdapter`) so that its own calls run on the task model under cuecard's adapter
+  (``cuecard.adapter_for(task_lm)``, the plain adapter for a local model), and unwrapped afterwards;
+  nothing sets an adapter for the whole run, so every call an optimizer makes itself (proposals,
+  reflection, data summaries) goes through DSPy's own default adapters, as its users run it; one thread
+  (the machine's cores are shared);
 - the prompt model goes in through each optimizer's own parameter (COPRO ``prompt_model``, MIPROv2
-  ``prompt_model``/``task_model``, GEPA ``reflection_lm``);
+  ``prompt_model``/``task_model``, GEPA ``reflection_lm``); every knob the cap does not fix keeps the
+  optimizer's default;
 - the knobs come from a cost formula read off the optimizer's source (each ``*_cost`` docstring);
   the formula is a worst case, so the run stays under it (GEPA: with a stop callback on the calls
   really made), and a cap too small for the smallest sensible setting raises ``ValueError`` before
@@ -118,7 +123,7 @@ def session(name: str, cap: int, planned: int, task_lm: dspy.LM) -> Iterator[tup
     try:
         with (
             activate(guard),
-            dspy.context(lm=task_lm, adapter=cuecard.adapter_for(task_lm), callbacks=callbacks),
+            dspy.context(lm=task_lm, callbacks=callbacks),
             contextlib.redirect_stdout(log),
             contextlib.redirect_stderr(log),
         ):
@@ -174,10 +179,58 @@ def changed_note(before: dict[str, str], after: dict[str, str]) -> list[str]:
 
 
 def adapter_note(task_lm: dspy.LM, prompt_lm: dspy.LM, optimizer: str) -> list[str]:
-    task, prompt = cuecard.adapter_for(task_lm), cuecard.adapter_for(prompt_lm)
-    if type(task) is type(prompt):
-        return []
-    return [
-        f"{optimizer} makes its prompt-model calls under the task model's adapter ({type(task).__name__}); "
-        f"the prompt model would normally get {type(prompt).__name__}"
-    ]
+    """What runs under which adapter (the program under cuecard's, the optimizer's own calls under DSPy's)."""
+    return [f"the program runs under {type(cuecard.adapter_for(task_lm)).__name__} (its own adapter); "
+            f"{optimizer}'s own prompt-model calls run under DSPy's default adapters"]
+
+
+class WithAdapter(dspy.Module):
+    """A program whose calls run on its task model under its adapter, whatever the run's settings say: an
+    optimizer sees the wrapped program's predictors as usual, and its own calls keep DSPy's defaults.
+
+    Example:
+        >>> wrapped = WithAdapter(dspy.Predict("question -> answer"), lm=None, adapter=None)
+        >>> [name for name, _ in wrapped.named_predictors()]
+        ['program']
+    """
+
+    def __init__(self, program: dspy.Module, *, lm: dspy.LM | None, adapter: dspy.Adapter | None) -> None:
+        super().__init__()
+        self.program = program
+        self._bound = {key: value for key, value in (("lm", lm), ("adapter", adapter)) if value is not None}
+
+    def forward(self, **inputs: Any) -> Any:
+        with dspy.context(**self._bound):
+            return self.program(**inputs)
+
+
+def bind(program: dspy.Module, task_lm: dspy.LM) -> WithAdapter:
+    """``program`` wrapped to run on ``task_lm`` under cuecard's adapter for it (see :class:`WithAdapter`)."""
+    return WithAdapter(program, lm=task_lm, adapter=cuecard.adapter_for(task_lm))
+
+
+def unbind(compiled: dspy.Module) -> dspy.Module:
+    """The optimized program out of its :class:`WithAdapter` (attributes the optimizer set on the wrapper kept)."""
+    if not isinstance(compiled, WithAdapter):
+        return compiled
+    inner = compiled.program
+    for key in ("candidate_programs", "trial_logs", "score", "total_calls", "detailed_results", "results_best", "results_latest"):
+        if hasattr(compiled, key) and not hasattr(inner, key):
+            setattr(inner, key, getattr(compiled, key))
+    return inner
+
+
+def quote(proposals: Sequence[str], seed: dict[str, str], count: int = 3) -> list[str]:
+    """Up to ``count`` distinct proposals other than the seed's instructions, in the order made."""
+    seen = {text.strip() for text in seed.values()}
+    out: list[str] = []
+    for text in proposals:
+        text = text.strip()
+        if text and text not in seen:
+            seen.add(text)
+            out.append(text)
+    return out[:count]
+
+
+def quote_note(proposals: Sequence[str]) -> str:
+    return "proposals quoted: " + ("; ".join(repr(one_line(p, 90)) for p in proposals) if proposals else "none besides the seed")

@@ -7,14 +7,25 @@ import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import cuecard
+import cuecard  # noqa: F401  (the doctests use it)
 import dspy
-from cuecard.adapter import DEFAULT_MULTILINE_FIELDS, PlainAdapter
 from cuecard.usage import Block
 
 from ..results import one_line
 from .common import MethodRun
-from .dspy_common import changed_note, check_inputs, instructions_of, log_notes, session, usage_note
+from .dspy_common import (
+    adapter_note,
+    bind,
+    changed_note,
+    check_inputs,
+    instructions_of,
+    log_notes,
+    quote,
+    quote_note,
+    session,
+    unbind,
+    usage_note,
+)
 
 _GEPA_MINIBATCH = 3  # GEPA's default reflection_minibatch_size
 _GEPA_MERGE_SUBSAMPLE = 5  # gepa/proposer/merge.py num_subsample_ids
@@ -148,9 +159,8 @@ def run_gepa(
     """Run ``dspy.GEPA`` with ``max_metric_calls`` from the cap and ``prompt_lm`` as ``reflection_lm``.
 
     Reflection minibatches come from ``train``, Pareto scores from ``dev``. The metric is wrapped by
-    :func:`feedback_metric`. For a local prompt model, GEPA's own ``InstructionProposer`` gets
-    cuecard's plain adapter (its default JSONAdapter asks for JSON a small model cannot write);
-    a remote prompt model keeps GEPA's default.
+    :func:`feedback_metric`. GEPA's reflection runs as GEPA's users run it (its default proposer and
+    adapters); only the program runs under cuecard's adapter (see ``dspy_common.py``).
 
     Raises:
         ValueError: the cap is too small for one reflective iteration.
@@ -162,20 +172,10 @@ def run_gepa(
         >>> run.knobs["max_metric_calls"]  # doctest: +SKIP
         37
     """
-    from dspy.teleprompt.gepa.instruction_proposal import InstructionProposer
-
     predictors = check_inputs("GEPA", program, train, dev, cap)
     max_metric_calls, planned = _plan_gepa(cap, len(train), len(dev), predictors)
     minibatch = min(_GEPA_MINIBATCH, len(train))
     reserve = _gepa_iteration_cost(n_train=len(train), n_dev=len(dev), predictors=predictors)
-    plain = isinstance(cuecard.adapter_for(prompt_lm), PlainAdapter)
-    proposer = (
-        InstructionProposer(
-            adapter=PlainAdapter(multiline_fields=DEFAULT_MULTILINE_FIELDS | {"new_instruction"}, short_answer_tokens=None)
-        )
-        if plain
-        else None
-    )
     knobs = {
         "max_metric_calls": max_metric_calls,
         "reflection_minibatch_size": minibatch,
@@ -184,7 +184,7 @@ def run_gepa(
         "use_merge": True,
         "max_merge_invocations": 5,
         "skip_perfect_score": True,
-        "proposer_adapter": "PlainAdapter (whole answer)" if plain else "JSONAdapter (GEPA default)",
+        "instruction_proposer": "GEPA's default",
         "stop_callbacks": f"call budget: no iteration starts with fewer than {reserve} of the {cap} calls left",
         "num_threads": 1,
         "seed": seed,
@@ -197,8 +197,7 @@ def run_gepa(
     ]
     if minibatch < _GEPA_MINIBATCH:
         notes.append(f"reflection_minibatch_size clamped to {minibatch} (train has {len(train)} examples)")
-    if plain:
-        notes.append("GEPA's InstructionProposer runs with cuecard's PlainAdapter instead of its default JSONAdapter")
+    notes += adapter_note(task_lm, prompt_lm, "GEPA")
     before = instructions_of(program)
     gepa_args: dict[str, Any] = dict(
         metric=feedback_metric(metric),
@@ -207,7 +206,6 @@ def run_gepa(
         candidate_selection_strategy="pareto",
         reflection_lm=prompt_lm,
         skip_perfect_score=True,
-        instruction_proposer=proposer,
         component_selector="round_robin",
         use_merge=True,
         max_merge_invocations=5,
@@ -218,7 +216,7 @@ def run_gepa(
     with session("GEPA", cap, planned, task_lm) as (guard, log):
         stopper = _CallBudgetStopper(guard, cap, reserve)
         optimizer = dspy.GEPA(**gepa_args, gepa_kwargs={"stop_callbacks": [stopper]})
-        compiled = optimizer.compile(program.deepcopy(), trainset=list(train), valset=list(dev))
+        compiled = unbind(optimizer.compile(bind(program.deepcopy(), task_lm), trainset=list(train), valset=list(dev)))
     captured = log.getvalue()
     notes.append(usage_note(guard.usage))
     results = getattr(compiled, "detailed_results", None)
@@ -243,6 +241,8 @@ def run_gepa(
         notes.append(line)
     if "All subsample scores perfect" in captured:
         notes.append("GEPA skipped reflection on minibatches the parent already solved (skip_perfect_score)")
+    quoted = quote(re.findall(r"Iteration \d+: Proposed new text for [^:]+: (.*)", captured), before)
+    notes.append(quote_note(quoted))
     notes += changed_note(before, instructions_of(compiled))
     notes += log_notes(captured, "GEPA")
-    return compiled, MethodRun(knobs=knobs, planned_calls=planned, notes=notes)
+    return compiled, MethodRun(knobs=knobs, planned_calls=planned, notes=notes, proposals=quoted)

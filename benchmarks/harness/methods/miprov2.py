@@ -12,12 +12,16 @@ from .common import MethodRun
 from .dspy_common import (
     DSPyMethodError,
     adapter_note,
+    bind,
     changed_note,
     check_inputs,
     instructions_of,
     log_notes,
+    quote,
+    quote_note,
     session,
     tried,
+    unbind,
     usage_note,
 )
 
@@ -25,11 +29,14 @@ _MIPRO_MAX_CANDIDATES = 18  # MIPROv2's "heavy" auto setting
 _MIPRO_MINIBATCH_SIZE = 35  # MIPROv2's default; minibatching only when dev is larger
 _MIPRO_FULL_EVAL_STEPS = 5  # MIPROv2's default
 _MIPRO_VIEW_DATA_BATCH = 10  # MIPROv2's default view_data_batch_size
+_MIPRO_DEMOS = 4  # MIPROv2's default max_bootstrapped_demos and max_labeled_demos
 
 
-def _mipro_trials(num_candidates: int, predictors: int) -> int:
-    """MIPROv2's own rule for zero-shot runs (``_set_num_trials_from_num_candidates``)."""
-    return int(max(2 * predictors * math.log2(num_candidates), 1.5 * num_candidates))
+def _mipro_trials(num_candidates: int, predictors: int, fewshot: bool = False) -> int:
+    """MIPROv2's own rule (``_set_num_trials_from_num_candidates``): a few-shot run counts each predictor's
+    demos as a second variable."""
+    variables = predictors * (2 if fewshot else 1)
+    return int(max(2 * variables * math.log2(num_candidates), 1.5 * num_candidates))
 
 
 def _mipro_full_evals(num_trials: int, steps: int) -> int:
@@ -58,6 +65,7 @@ def _mipro_cost(
     n_dev: int,
     predictors: int,
     minibatch: bool,
+    fewshot: bool = False,
 ) -> int:
     """Worst-case LM requests of a zero-shot ``MIPROv2.compile`` (auto=None), read off dspy 3.4.
 
@@ -78,10 +86,14 @@ def _mipro_cost(
       evaluations (:func:`_mipro_full_evals`).
 
     Example:
+    With demos (``fewshot``, MIPROv2's defaults of 4 bootstrapped and 4 labeled), the zero-shot and the
+    labels-only sets are free and the other C-2 are bootstrapped: ``<= (C-2)*N*P``.
+
+    Example:
         >>> _mipro_cost(2, 3, True, n_train=10, n_dev=8, predictors=1, minibatch=False)
         50
     """
-    bootstrap = (num_candidates - 1) * n_train * predictors
+    bootstrap = (num_candidates - (2 if fewshot else 1)) * n_train * predictors
     summary = 2 + min(max(math.ceil(n_train / _MIPRO_VIEW_DATA_BATCH) - 1, 0), 9)
     proposals = predictors * num_candidates * (3 if program_aware else 1)
     if minibatch:
@@ -92,7 +104,7 @@ def _mipro_cost(
     return bootstrap + summary + proposals + evaluations
 
 
-def _plan_mipro(cap: int, n_train: int, n_dev: int, predictors: int) -> dict[str, Any]:
+def _plan_mipro(cap: int, n_train: int, n_dev: int, predictors: int, fewshot: bool = False) -> dict[str, Any]:
     """The most instruction candidates the cap affords, with MIPROv2's own trial count for them.
 
     For C from 18 (MIPROv2's "heavy") down to 2: T = MIPROv2's rule for C; program-aware proposer if
@@ -106,7 +118,7 @@ def _plan_mipro(cap: int, n_train: int, n_dev: int, predictors: int) -> dict[str
         (6, 9, 150)
     """
     minibatch = n_dev > _MIPRO_MINIBATCH_SIZE
-    common = dict(n_train=n_train, n_dev=n_dev, predictors=predictors, minibatch=minibatch)
+    common = dict(n_train=n_train, n_dev=n_dev, predictors=predictors, minibatch=minibatch, fewshot=fewshot)
 
     def plan(candidates: int, trials: int, aware: bool, clamped: bool) -> dict[str, Any]:
         return dict(
@@ -115,11 +127,11 @@ def _plan_mipro(cap: int, n_train: int, n_dev: int, predictors: int) -> dict[str
         )
 
     for candidates in range(_MIPRO_MAX_CANDIDATES, 1, -1):
-        trials = _mipro_trials(candidates, predictors)
+        trials = _mipro_trials(candidates, predictors, fewshot)
         for aware in (True, False):
             if _mipro_cost(candidates, trials, aware, **common) <= cap:
                 return plan(candidates, trials, aware, False)
-    for trials in range(_mipro_trials(2, predictors) - 1, 0, -1):
+    for trials in range(_mipro_trials(2, predictors, fewshot) - 1, 0, -1):
         for aware in (True, False):
             if _mipro_cost(2, trials, aware, **common) <= cap:
                 return plan(2, trials, aware, True)
@@ -155,8 +167,10 @@ def run_mipro(
     prompt_lm: dspy.LM,
     cap: int,
     seed: int,
+    fewshot: bool = False,
 ) -> tuple[dspy.Module, MethodRun]:
-    """Run ``dspy.MIPROv2`` for instructions only (0 bootstrapped, 0 labeled demos, auto=None).
+    """Run ``dspy.MIPROv2`` for instructions only (0 bootstrapped, 0 labeled demos, auto=None), or with
+    ``fewshot`` with its default demos (4 bootstrapped, 4 labeled: what its users run; a reference row).
 
     ``train`` feeds bootstrapping (demos shown to the proposer) and the data summary; every trial is
     scored on ``dev``. ``seed`` goes to both ``MIPROv2(seed=)`` and ``compile(seed=)``: compile does
@@ -173,14 +187,15 @@ def run_mipro(
         (6, 9)
     """
     predictors = check_inputs("MIPROv2", program, train, dev, cap)
-    plan = _plan_mipro(cap, len(train), len(dev), predictors)
+    plan = _plan_mipro(cap, len(train), len(dev), predictors, fewshot)
+    demos = _MIPRO_DEMOS if fewshot else 0
     planned = plan["planned"]
     knobs = {
         "auto": None,
         "num_candidates": plan["num_candidates"],
         "num_trials": plan["num_trials"],
-        "max_bootstrapped_demos": 0,
-        "max_labeled_demos": 0,
+        "max_bootstrapped_demos": demos,
+        "max_labeled_demos": demos,
         "minibatch": plan["minibatch"],
         "minibatch_size": _MIPRO_MINIBATCH_SIZE if plan["minibatch"] else None,
         "minibatch_full_eval_steps": _MIPRO_FULL_EVAL_STEPS if plan["minibatch"] else None,
@@ -194,13 +209,14 @@ def run_mipro(
         "seed": seed,
     }
     notes = [
-        f"cost: bootstrap (C-1)*N*P + summary + proposals P*C*{3 if plan['program_aware'] else 1} + "
+        f"cost: bootstrap (C-{2 if fewshot else 1})*N*P + summary + proposals P*C*{3 if plan['program_aware'] else 1} + "
         f"evaluations = {planned} worst case (bootstrapping stops early once 1-3 demos pass)",
         f"num_trials = MIPROv2's own rule for {plan['num_candidates']} candidates"
         + (" (clamped lower by the cap)" if plan["trials_clamped"] else ""),
         f"{plan['num_candidates'] - 1} proposed instruction(s) + the seed: MIPROv2 generates "
         f"{plan['num_candidates']} per predictor and overwrites the first with the seed instruction",
-        "even with 0 demos MIPROv2 bootstraps demo sets on train (task-model calls) to show the proposer",
+        (f"with its default demos ({demos} bootstrapped, {demos} labeled): instructions and demos are optimized together"
+         if fewshot else "even with 0 demos MIPROv2 bootstraps demo sets on train (task-model calls) to show the proposer"),
         f"seed {seed} passed to MIPROv2(seed=) as well, since compile's `seed or self.seed` drops 0",
     ]
     if not plan["program_aware"]:
@@ -213,8 +229,8 @@ def run_mipro(
         metric=metric,
         prompt_model=prompt_lm,
         task_model=task_lm,
-        max_bootstrapped_demos=0,
-        max_labeled_demos=0,
+        max_bootstrapped_demos=demos,
+        max_labeled_demos=demos,
         auto=None,
         num_candidates=plan["num_candidates"],
         num_threads=1,
@@ -225,7 +241,7 @@ def run_mipro(
     try:
         with session("MIPROv2", cap, planned, task_lm) as (guard, log):
             compiled = optimizer.compile(
-                program.deepcopy(),
+                bind(program.deepcopy(), task_lm),
                 trainset=list(train),
                 valset=list(dev),
                 num_trials=plan["num_trials"],
@@ -239,6 +255,7 @@ def run_mipro(
                 tip_aware_proposer=True,
                 fewshot_aware_proposer=True,
             )
+        compiled = unbind(compiled)
     except DSPyMethodError as exc:
         if "No valid program found in param_score_dict" in str(exc):
             raise DSPyMethodError(
@@ -254,6 +271,9 @@ def run_mipro(
     if "Error getting data summary" in captured:
         notes.append("MIPROv2's data summary failed; it proposed without it")
     notes += _mipro_result_notes(compiled, before)
+    candidates = [" | ".join(p.signature.instructions for p in e["program"].predictors()) for e in getattr(compiled, "candidate_programs", None) or []]
+    quoted = quote(candidates, before)
+    notes.append(quote_note(quoted))
     notes += changed_note(before, instructions_of(compiled))
     notes += log_notes(captured, "MIPROv2")
-    return compiled, MethodRun(knobs=knobs, planned_calls=planned, notes=notes)
+    return compiled, MethodRun(knobs=knobs, planned_calls=planned, notes=notes, proposals=quoted)
