@@ -27,21 +27,8 @@ from cuecard.stopping import StopKind
 from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
-from .induction import BLANK, DEMOS, Induction, combine, hygiene, induce
+from .induction import BLANK, DEMOS, FORWARD_TEMPLATE, REVERSE_TEMPLATE, Induction, combine, hygiene, induce
 
-FORWARD_TEMPLATE = (
-    "A teacher gave a student one instruction. Following it, the student turned each input below "
-    "into the output shown next to it.\n\n"
-    f"{DEMOS}\n\n"
-    "In one sentence, what was the instruction? The instruction was to "
-    f"{BLANK}"
-)
-REVERSE_TEMPLATE = (
-    "Below is a task description with its instruction missing, followed by worked examples.\n\n"
-    f"Instruction: {BLANK}\n\n"
-    f"{DEMOS}\n\n"
-    "Write the missing instruction: one sentence that tells how to get each output from its input."
-)
 VARIATION_PROMPT = (
     "Rewrite this instruction in different words. Keep exactly the same meaning. "
     "Reply with the new instruction only.\n\nInstruction: {instruction}"

@@ -946,7 +946,7 @@ class Teleprompter(DSPyTeleprompter):
         """How many new candidates step ``done + 1`` asks for: ``full`` within the ``planned`` steps; past them,
         with ``until_cap``, the most (up to ``full``) whose cost (``cost_of(n)`` requests at most) fits the room
         the cap leaves after the seed's check, so a last smaller step spends what a full one could not; 0 stops
-        the search (with the reason in the notes)."""
+        the search (with the reason as its stop reason)."""
         if done < planned:
             return full
         room = ctx.room()
@@ -958,9 +958,10 @@ class Teleprompter(DSPyTeleprompter):
                 if count < full:
                     ctx.note(f"step {done + 1} sized to the room left: {count} of {full} new candidates ({room} requests left)")
                 return count
-        ctx.note(
-            f"stopped: {room} requests left under the cap, fewer than the smallest step (one new candidate, "
-            f"{cost_of(1)}) and the seed's check on the winner's examples ({reserve}) may take"
+        ctx.stop(
+            StopKind.NO_ROOM,
+            f"{room} requests left under the cap, fewer than the smallest step (one new candidate, "
+            f"{cost_of(1)}) and the seed's check on the winner's examples ({reserve}) may take",
         )
         return 0
 

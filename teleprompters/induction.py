@@ -26,6 +26,21 @@ from .base import SearchContext, Teleprompter
 DEMOS = "[[DEMOS]]"
 BLANK = "[[INSTRUCTION]]"
 
+# The induction templates: APE's forward and reverse modes, and PE2's start from induced prompts.
+FORWARD_TEMPLATE = (
+    "A teacher gave a student one instruction. Following it, the student turned each input below "
+    "into the output shown next to it.\n\n"
+    f"{DEMOS}\n\n"
+    "In one sentence, what was the instruction? The instruction was to "
+    f"{BLANK}"
+)
+REVERSE_TEMPLATE = (
+    "Below is a task description with its instruction missing, followed by worked examples.\n\n"
+    f"Instruction: {BLANK}\n\n"
+    f"{DEMOS}\n\n"
+    "Write the missing instruction: one sentence that tells how to get each output from its input."
+)
+
 
 def collect_traces(ctx: SearchContext, predictor_name: str) -> list[dspy.Example]:
     """Run the program on train examples; keep ``predictor_name``'s inputs and outputs where the metric passed."""

@@ -30,9 +30,8 @@ from cuecard.program import get_instructions, predictors
 from cuecard.stopping import StopKind
 from pydantic import Field
 
-from .ape import FORWARD_TEMPLATE  # the paper starts from APE-style induced prompts: APE's own template
 from .base import SearchContext, Teleprompter, TeleprompterConfig
-from .induction import Induction, combine, induce
+from .induction import FORWARD_TEMPLATE, Induction, combine, induce
 from .proposals import clean_instruction, parse_items
 
 PROMPT_SLOT = "<<PROMPT>>"

@@ -321,10 +321,9 @@ def test_whether_a_storage_is_a_database_is_decided_in_one_place(tmp_path):
     assert copies == ["store.py"]
 
 
-TEMPLATES_SHARED = {("pe2", "ape"): {"FORWARD_TEMPLATE"}}
-"""The one import between teleprompters: PE2 induces its starting prompts with APE's forward template
-(the paper's "APE-style" start). The template text stays in ape.py for now; moved into induction.py,
-this entry goes."""
+TEMPLATES_SHARED: dict[tuple[str, str], set[str]] = {}
+"""Names one teleprompter may import from another's module: none (the induction templates PE2 shares
+with APE live in induction.py)."""
 
 
 def _imports(path: Path, package: str) -> list[tuple[str, set[str]]]:
