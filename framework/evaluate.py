@@ -384,11 +384,8 @@ def check_context(
         if not inputs:
             continue
         messages = adapter.format(signature, demos, inputs)
-        size = sum(len(str(m.get("content", "")).encode("utf-8")) for m in messages) + 16 * len(messages)
-        if size <= limit:
-            continue
-        tokens = lm.count_tokens(messages) if size <= 8 * window and hasattr(lm, "count_tokens") else None
-        if tokens is not None and tokens <= limit:
+        size, tokens = _prompt_size(lm, messages, window, limit)
+        if size is None:
             continue
         longest = max(inputs, key=lambda name: len(str(inputs[name])))
         label = labels[number] if labels is not None else f"example {number + 1}"
@@ -399,6 +396,21 @@ def check_context(
             "kept for the answer); shorten or remove that example"
         )
 
+
+
+def _prompt_size(lm: Any, messages: list[dict[str, Any]], window: int, limit: int) -> tuple[int | None, int | None]:
+    """``(bytes, tokens)`` of a prompt that may not fit ``limit`` tokens, or ``(None, None)`` when it fits.
+
+    The byte count (an upper bound on tokens) decides cheaply; the model's own tokenizer counts only prompts
+    not too large to tokenize (tokens is None past 8 windows of bytes: too long either way).
+    """
+    size = sum(len(str(m.get("content", "")).encode("utf-8")) for m in messages) + 16 * len(messages)
+    if size <= limit:
+        return None, None
+    tokens = lm.count_tokens(messages) if size <= 8 * window and hasattr(lm, "count_tokens") else None
+    if tokens is not None and tokens <= limit:
+        return None, None
+    return size, tokens
 
 def check_instructions(program: dspy.Module, lm: Any, adapter: dspy.Adapter, where: str = "the program") -> None:
     """Refuse, before any LM call, a predictor whose instruction and demos alone (empty inputs) cannot
@@ -415,11 +427,8 @@ def check_instructions(program: dspy.Module, lm: Any, adapter: dspy.Adapter, whe
     for name, predictor in predictors(program):
         signature = predictor.signature
         messages = adapter.format(signature, [dict(demo) for demo in predictor.demos], dict.fromkeys(signature.input_fields, ""))
-        size = sum(len(str(m.get("content", "")).encode("utf-8")) for m in messages) + 16 * len(messages)
-        if size <= limit:
-            continue
-        tokens = lm.count_tokens(messages) if size <= 8 * window and hasattr(lm, "count_tokens") else None
-        if tokens is not None and tokens <= limit:
+        size, tokens = _prompt_size(lm, messages, window, limit)
+        if size is None:
             continue
         amount = f"{tokens} tokens" if tokens is not None else f"about {size // 4} tokens or more"
         demos = f" and its {len(predictor.demos)} demo(s) take" if predictor.demos else " takes"

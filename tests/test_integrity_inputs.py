@@ -19,7 +19,7 @@ import cuecard
 import cuecard.programs
 import dspy
 import pytest
-from cuecard.cli import main
+from cli_run import run_main
 from cuecard.datasets import example_key, load_examples
 from cuecard.errors import DataWarning, SavedProgramError, TeleprompterConfigError
 from cuecard.identity import RunIdentity
@@ -35,15 +35,6 @@ ROWS = [json.loads(line) for line in REVIEWS.read_text().splitlines()]
 def write_jsonl(path, rows):
     path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
     return path
-
-
-def run_main(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 # ---- 2: labels outside --labels -----------------------------------------------------------------------

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import cuecard
 import pytest
-from cuecard.cli import main
+from cli_run import run_main
 from cuecard.testing import scripted_lm
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,15 +41,6 @@ class Models:
         lm.kwargs.update({k: v for k, v in kwargs.items() if k != "requests_per_minute"})
         self.built.append((spec, kwargs, lm))
         return lm
-
-
-def run_main(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture

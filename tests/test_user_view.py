@@ -10,7 +10,7 @@ import cuecard
 import dspy
 import optuna
 import pytest
-from cuecard.cli import main
+from cli_run import run_main
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
 from cuecard.testing import scripted_lm
@@ -42,15 +42,6 @@ class Models:
 
     def requests(self):
         return sum(len(lm.engine.requests) for _, _, lm in self.built)
-
-
-def run_main(argv, capsys):
-    try:
-        code = main(argv)
-    except SystemExit as exc:
-        code = exc.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 @pytest.fixture
