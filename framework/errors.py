@@ -74,3 +74,9 @@ class SavedFileWarning(UserWarning):
 
 class DataWarning(UserWarning):
     """Something in the examples a compile sets aside and says so (exact duplicates, a valset overlapping the trainset)."""
+
+
+
+class MetricBlindWarning(DataWarning):
+    """The metric gave every candidate the same score on every example of the first stage: it cannot see a
+    difference between them (often an answer in another form than the gold: a sentence where a word is scored)."""

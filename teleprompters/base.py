@@ -36,6 +36,7 @@ from cuecard.errors import (
     CuecardError,
     DataWarning,
     EvaluationFailed,
+    MetricBlindWarning,
     ScoringUnsupportedError,
     TeleprompterConfigError,
 )
@@ -91,6 +92,10 @@ class TeleprompterConfig(BaseModel):
         True, description="the reflective methods' readings of the task (see task_rule) compete with the seed as "
         "starting candidates, as induced prompts do in APE and PE2",
     )
+    stop_if_metric_blind: bool = Field(
+        True, description="stop after the first scoring stage when the metric gave every candidate the same score on "
+        "every example (it cannot tell them apart: spending the rest of the cap would change nothing), saying why",
+    )
 
 
 class CompileEstimate(BaseModel):
@@ -114,6 +119,46 @@ class CompileEstimate(BaseModel):
     notes: list[str] = Field(default_factory=list)
 
 
+
+class MetricBlind(Exception):
+    """Raised inside a search when the metric cannot tell the first stage's candidates apart (see
+    :func:`metric_blindness`); the compile stops there and keeps the seed."""
+
+
+def metric_blindness(engine: Engine, arms: Sequence[int], min_examples: int = 3) -> str | None:
+    """One line for the user when the metric gave every scored candidate the same score on every example
+    (at least two candidates, ``min_examples`` each), with one example's answer beside its gold and the fixes;
+    None when the scores differ anywhere.
+
+    Example: every candidate 0 under ``exact_match`` when the model answers "The review is positive." and the
+    gold is "positive".
+    """
+    scored = [arm for arm in dict.fromkeys(arms) if len(engine.scores(arm)) >= min_examples]
+    if len(scored) < 2:
+        return None
+    values = {score for arm in scored for score in engine.scores(arm).values()}
+    if len(values) != 1:
+        return None
+    score = values.pop()
+    arm = scored[0]
+    index = min(engine.scores(arm))
+    answer = engine.outputs(arm).get(index) or engine.errors(arm).get(index)
+    gold = engine.examples[index].labels().toDict()
+    evaluations = sum(len(engine.scores(a)) for a in scored)
+
+    def short(value: Any) -> str:
+        text = " ".join(str(value).split())
+        return repr(text if len(text) <= 160 else text[:157] + "...")
+
+    return (
+        f"every candidate scored {score:g} on every example it was scored on ({len(scored)} candidates, {evaluations} "
+        f"evaluations): the metric cannot tell them apart, so the search stopped after its first stage. Dev example "
+        f"{index}: the program answered {short(answer)}, the gold is {short(gold)}. Fixes: a program with labels "
+        "(--labels, a Literal output) so the answer is one of them; a metric that normalises the answer (contains, "
+        "token_f1, or your own); another adapter layout (PlainAdapter(instruction_position=...)); "
+        "stop_if_metric_blind=False searches on anyway"
+    )
+
 class SearchContext:
     """What :meth:`Teleprompter.search` works with: the engine, the data, the LMs, a seeded RNG, and a log."""
 
@@ -133,6 +178,7 @@ class SearchContext:
         self.sample_counter = 0
         self.history: list[dict[str, Any]] = []
         self._train_answers: set[str] | None = None
+        self._stages = 0
 
     def room(self) -> int | None:
         """LM requests left under the run's cap on requests (None: no such cap)."""
@@ -189,6 +235,13 @@ class SearchContext:
             self.stop(StopKind.CAP, allocation.stopped or "")
         elif allocation.stopped:
             self.note(f"scoring stopped early: {allocation.stopped}")
+        first_stage, self._stages = self._stages == 0, self._stages + 1
+        if first_stage and self.teleprompter.config.stop_if_metric_blind:
+            blind = metric_blindness(self.engine, [e.arm for e in allocation.ranking])
+            if blind is not None:
+                warnings.warn(blind, MetricBlindWarning, stacklevel=2)
+                self.stop(StopKind.METRIC_BLIND, blind)
+                raise MetricBlind(blind)
         return allocation
 
 
@@ -516,6 +569,8 @@ class Teleprompter(DSPyTeleprompter):
                 final = self.search(ctx)
             except BudgetExhausted as exc:
                 ctx.stop(StopKind.CAP, f"{exc}; the best candidate scored so far wins")
+                final = ctx.ranking_so_far()
+            except MetricBlind:  # said at once (a warning, the stop reason); every candidate ties, so the seed stays
                 final = ctx.ranking_so_far()
             except EvaluationFailed as exc:
                 engine.end_proposing()
