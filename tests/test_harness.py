@@ -223,7 +223,8 @@ def test_fingerprints_follow_the_modules_a_method_imports(monkeypatch):
     root = Path(__file__).resolve().parents[1]
     shown = {name: {str(path.relative_to(root)) for path in _files(name)} for name in ("pe2", "opro", "ape")}
     assert {"teleprompters/pe2.py", "teleprompters/induction.py", "teleprompters/base.py", "teleprompters/proposals.py",
-            "framework/study.py", "framework/evaluate.py", "benchmarks/harness/methods/pe2.py"} <= shown["pe2"]
+            "teleprompters/context.py", "teleprompters/proposing.py", "teleprompters/planning.py",
+            "teleprompters/reporting.py", "framework/study.py", "framework/evaluate.py", "benchmarks/harness/methods/pe2.py"} <= shown["pe2"]
     assert not {"teleprompters/ape.py", "teleprompters/pe2.py", "teleprompters/induction.py"} & shown["opro"]
     assert "framework/cli.py" not in shown["ape"]  # the command line runs no method
     before = {name: method_code_hash(name) for name in ("pe2", "ape", "opro", "copro")}

@@ -1,0 +1,144 @@
+"""What a method's :meth:`~cuecard.teleprompters.base.Teleprompter.search` works with: :class:`SearchContext`."""
+
+from __future__ import annotations
+
+import random
+import warnings
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+import dspy
+from cuecard.errors import MetricBlindWarning
+from cuecard.metrics import normalize_instruction_induction
+from cuecard.policies import Allocation
+from cuecard.stopping import StopKind, StopReason
+from cuecard.study import Engine
+
+if TYPE_CHECKING:
+    from .base import Teleprompter
+
+
+class SearchContext:
+    """What :meth:`Teleprompter.search` works with: the engine, the data, the LMs, a seeded RNG, and a log."""
+
+    def __init__(self, teleprompter: Teleprompter, student: dspy.Module, engine: Engine, train: list[dspy.Example]) -> None:
+        self.teleprompter = teleprompter
+        self.student = student
+        self.engine = engine
+        self.train = train
+        self.rng = random.Random(teleprompter.config.seed)
+        self.dropped: dict[str, int] = {}
+        self.failures: dict[str, int] = {}
+        self.notes: list[str] = []
+        self.pruned: set[int] = set()
+        self.capped: str | None = None
+        self.stop_reason: StopReason | None = None
+        self.readings: dict[str, list[str]] = {}
+        self.sample_counter = 0
+        self.history: list[dict[str, Any]] = []
+        self._train_answers: set[str] | None = None
+        self._stages = 0
+
+    def room(self) -> int | None:
+        """LM requests left under the run's cap on requests (None: no such cap)."""
+        cap = self.engine.block.limits.max_calls
+        return None if cap is None else cap - self.engine.block.usage.calls
+
+    def fail(self, reason: str) -> None:
+        """Count a failed LM call that the search went on without (e.g. a proposal)."""
+        self.failures[reason] = self.failures.get(reason, 0) + 1
+
+    def drop(self, reason: str, count: int = 1) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + count
+
+    def note(self, text: str, limit: int = 400) -> None:
+        """Add a note to the report: one line (a model's multi-line reading is flattened), shortened to ``limit``."""
+        line = " ".join(str(text).split())
+        self.notes.append(line if len(line) <= limit else line[: limit - 3] + "...")
+
+    def step(self, number: int, planned: int, unit: str = "step") -> None:
+        """Label what follows (proposals, scoring) on the progress bars: "step 2/3", or past the planned steps
+        (``until_cap``) "step 4 (past the 3 planned)"."""
+        self.engine.phase = f"{unit} {number}/{planned}" if number <= planned else f"{unit} {number} (past the {planned} planned)"
+
+    def stop(self, kind: StopKind, detail: str = "") -> None:
+        """Say why the search stops (the first reason given stands); a cap also leaves the run open to continue."""
+        if self.stop_reason is None:
+            self.stop_reason = StopReason(kind=kind, detail=detail)
+        if kind == StopKind.CAP:
+            self.capped = self.capped or detail
+
+    def train_answers(self) -> set[str]:
+        """Every output value of the train examples, normalised (a proposal that is one of them is an answer)."""
+        if self._train_answers is None:
+            self._train_answers = {normalize_instruction_induction(str(v)) for e in self.train for v in e.labels().values()}
+        return self._train_answers
+
+    def next_sample_index(self) -> int:
+        """A fresh rollout index for the prompt model (distinct samples, each cached on its own)."""
+        self.sample_counter += 1
+        return self.sample_counter
+
+    def ranking(self) -> list[Any]:
+        """Every candidate of the run, best first, with the ones this search pruned marked."""
+        return self.engine.ranking(pruned=frozenset(self.pruned))
+
+    def ranking_so_far(self) -> Allocation:
+        """The whole run's ranking as the search's final answer (no new evaluation)."""
+        return Allocation(policy=self.teleprompter.policy.name, ranking=self.ranking(), evaluations=self.engine.evaluations)
+
+    def allocate(self, arms: Sequence[int] | None = None, budget: int | None = None) -> Allocation:
+        allocation = self.engine.allocate(self.teleprompter.policy, arms, budget)
+        self.pruned.update(e.arm for e in allocation.ranking if e.pruned)
+        if allocation.capped:
+            self.stop(StopKind.CAP, allocation.stopped or "")
+        elif allocation.stopped:
+            self.note(f"scoring stopped early: {allocation.stopped}")
+        first_stage, self._stages = self._stages == 0, self._stages + 1
+        if first_stage and self.teleprompter.config.stop_if_metric_blind:
+            blind = metric_blindness(self.engine, [e.arm for e in allocation.ranking])
+            if blind is not None:
+                warnings.warn(blind, MetricBlindWarning, stacklevel=2)
+                self.stop(StopKind.METRIC_BLIND, blind)
+                raise MetricBlind(blind)
+        return allocation
+
+
+class MetricBlind(Exception):
+    """Raised inside a search when the metric cannot tell the first stage's candidates apart (see
+    :func:`metric_blindness`); the compile stops there and keeps the seed."""
+
+
+def metric_blindness(engine: Engine, arms: Sequence[int], min_examples: int = 3) -> str | None:
+    """One line for the user when the metric gave every scored candidate the same score on every example
+    (at least two candidates, ``min_examples`` each), with one example's answer beside its gold and the fixes;
+    None when the scores differ anywhere.
+
+    Example: every candidate 0 under ``exact_match`` when the model answers "The review is positive." and the
+    gold is "positive".
+    """
+    scored = [arm for arm in dict.fromkeys(arms) if len(engine.scores(arm)) >= min_examples]
+    if len(scored) < 2:
+        return None
+    values = {score for arm in scored for score in engine.scores(arm).values()}
+    if len(values) != 1:
+        return None
+    score = values.pop()
+    arm = scored[0]
+    index = min(engine.scores(arm))
+    answer = engine.outputs(arm).get(index) or engine.errors(arm).get(index)
+    gold = engine.examples[index].labels().toDict()
+    evaluations = sum(len(engine.scores(a)) for a in scored)
+
+    def short(value: Any) -> str:
+        text = " ".join(str(value).split())
+        return repr(text if len(text) <= 160 else text[:157] + "...")
+
+    return (
+        f"every candidate scored {score:g} on every example it was scored on ({len(scored)} candidates, {evaluations} "
+        f"evaluations): the metric cannot tell them apart, so the search stopped after its first stage. Dev example "
+        f"{index}: the program answered {short(answer)}, the gold is {short(gold)}. Fixes: a program with labels "
+        "(--labels, a Literal output) so the answer is one of them; a metric that normalises the answer (contains, "
+        "token_f1, or your own); another adapter layout (PlainAdapter(instruction_position=...)); "
+        "stop_if_metric_blind=False searches on anyway"
+    )

@@ -1,0 +1,401 @@
+"""The helpers the methods share to propose: asking the prompt model (retries, caps, threads), screening its
+proposals, reading the task from train pairs, rendering prompts and demos, sizing the steps past the plan.
+Mixed into :class:`~cuecard.teleprompters.base.Teleprompter`."""
+
+from __future__ import annotations
+
+import contextvars
+import functools
+import random
+import re
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import dspy
+from cuecard.deadlines import TIMED_OUT, call_with_deadline, run_with_deadlines
+from cuecard.errors import (
+    CuecardError,
+)
+from cuecard.evaluate import describe_error, failure_reason
+from cuecard.metrics import normalize_instruction_induction
+from cuecard.program import apply_instructions, get_instructions, predictors
+from cuecard.stopping import StopKind
+from cuecard.study import Engine
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from .proposals import STRUCTURED_REQUEST, clean_instruction, parse_items, read_structured, structured_options
+
+if TYPE_CHECKING:
+    from .context import SearchContext
+
+
+class Proposing:
+    """What the methods share to propose candidates (a mixin of :class:`~cuecard.teleprompters.base.Teleprompter`)."""
+
+    def add_seed_instructions(self, ctx: SearchContext, texts: Sequence[str]) -> None:
+        """User-given instructions compete as candidates (each predictor's in turn, the others kept)."""
+        seed = get_instructions(ctx.student)
+        for text in texts:
+            for name in seed:
+                ctx.engine.add_candidate({**seed, name: text}, origin="user-seed")
+
+    def reading_costs(self, predictors: int) -> tuple[int, int]:
+        """(prompt-model requests, starting candidates) the readings of the task add to a plan."""
+        if not (self.reads_task and self.config.task_rule and predictors == 1):
+            return 0, 0
+        return READINGS, READINGS if self.config.start_from_readings else 0
+
+    def add_task_readings(self, ctx: SearchContext) -> list[int]:
+        """The readings of the task (:meth:`task_rule`) as starting candidates beside the seed, screened like
+        any proposal; their arm ids (none when ``start_from_readings`` or ``task_rule`` is off).
+
+        A reading is what the prompt model sees the train pairs do, which a small model often states
+        better than it repairs a generic seed from its errors.
+        """
+        if not self.config.start_from_readings:
+            return []
+        seed = get_instructions(ctx.student)
+        arms: list[int] = []
+        for name in seed:
+            self.task_rule(ctx, name)
+            for reading in ctx.readings.get(name, []):
+                text = self.screen(ctx, reading)
+                if text is not None:
+                    arms.append(ctx.engine.add_candidate({**seed, name: text}, origin="task-reading"))
+        return list(dict.fromkeys(arms))
+
+    def screen(self, ctx: SearchContext, raw: str) -> str | None:
+        """A proposal cleaned (:func:`clean_instruction`), or None (counted in the report) when it is empty,
+        over-long, or nothing but one of the train outputs: "Positive" makes a model answer "positive"
+        to everything, which a balanced dev split scores at chance and rewards over a real instruction."""
+        text = clean_instruction(raw)
+        if not text:
+            ctx.drop("empty")
+            return None
+        if len(text) > self.config.max_instruction_chars:
+            ctx.drop("too long")
+            return None
+        if normalize_instruction_induction(text) in ctx.train_answers():
+            ctx.drop("an answer, not an instruction")
+            return None
+        if TEMPLATE_TALK.search(text):
+            ctx.drop("talks about the template or the examples, not the task")
+            return None
+        if self.repeats_meta_prompt(text):
+            ctx.drop("repeats the meta-prompt's words")
+            return None
+        return text
+
+    def meta_prompt_texts(self) -> list[str]:
+        """Every meta-prompt this method may send: its own templates and the shared requests."""
+        return [*self.meta_prompts, RULE_REQUEST, STRUCTURED_REQUEST]
+
+    def repeats_meta_prompt(self, text: str) -> bool:
+        """Whether ``text`` shares a run of :data:`META_NGRAM` words or more with one of the method's meta-prompts
+        (outside their slots): the proposer copied the request instead of stating the task."""
+        cached = getattr(self, "_meta_ngrams", None)
+        if cached is None:
+            cached = self._meta_ngrams = {gram for template in self.meta_prompt_texts() for gram in meta_ngrams(template)}
+        words = _WORD.findall(text.lower())
+        return any(tuple(words[i : i + META_NGRAM]) in cached for i in range(len(words) - META_NGRAM + 1))
+
+    def propose(
+        self,
+        ctx: SearchContext,
+        messages: list[dict[str, str]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        count: int = 1,
+        read: Callable[[str], list[str]] | None = None,
+    ) -> list[str] | None:
+        """Up to ``count`` instructions from the prompt model (None when the call failed).
+
+        When the prompt model supports JSON schemas (and ``structured_proposals`` is on) the request
+        asks for the rule the examples follow, then the instructions, and the model can write nothing
+        else; otherwise ``read`` (default: :func:`~cuecard.teleprompters.proposals.parse_items`) takes
+        them from the tagged reply the meta-prompt asked for.
+        """
+        return self.propose_many(ctx, [messages], temperature=temperature, max_tokens=max_tokens, count=count, read=read)[0]
+
+    def propose_many(
+        self,
+        ctx: SearchContext,
+        requests: Sequence[list[dict[str, str]]],
+        *,
+        temperature: float,
+        max_tokens: int,
+        count: int = 1,
+        read: Callable[[str], list[str]] | None = None,
+    ) -> list[list[str] | None]:
+        """:meth:`propose` for independent requests, sent together (:meth:`ask_many`); results in order.
+
+        Example:
+            >>> self.propose_many(ctx, [messages_a, messages_b], temperature=0.9, max_tokens=200)  # doctest: +SKIP
+            [['Classify the review.'], None]
+        """
+        reader = read or (lambda text: parse_items(text, count))
+        if self.config.structured_proposals and _supports_json_schema(self.prompt_lm):
+            asked = [
+                [*messages[:-1], {**messages[-1], "content": messages[-1]["content"] + STRUCTURED_REQUEST.format(count=count)}]
+                for messages in requests
+            ]
+            replies = self.ask_many(ctx, asked, temperature=temperature, max_tokens=max_tokens + 120, **structured_options(count))
+            found: list[list[str] | None] = []
+            for reply in replies:
+                items = read_structured(reply, count) if reply is not None else None
+                if reply is not None and items is None:
+                    ctx.drop("structured reply not readable")
+                    items = reader(reply)
+                found.append(items)
+            return found
+        replies = self.ask_many(ctx, list(requests), temperature=temperature, max_tokens=max_tokens)
+        return [None if reply is None else reader(reply) for reply in replies]
+
+    def more_steps(self, ctx: SearchContext, done: int, planned: int, step_cost: int) -> bool:
+        """Whether to run step ``done + 1``: yes within the ``planned`` steps; past them, with ``until_cap``,
+        while the cap on requests leaves room for one more step (``step_cost`` requests at most)."""
+        if done < planned:
+            return True
+        room = ctx.room()
+        if not self.config.until_cap or room is None:
+            return False
+        reserve = self.acceptance_reserve(ctx)
+        if room - reserve >= step_cost:
+            return True
+        ctx.stop(
+            StopKind.NO_ROOM,
+            f"{room} requests left under the cap, fewer than one more step ({step_cost}) and the seed's "
+            f"check on the winner's examples ({reserve}) may take",
+        )
+        return False
+
+    def step_size(self, ctx: SearchContext, done: int, planned: int, full: int, cost_of: Callable[[int], int]) -> int:
+        """How many new candidates step ``done + 1`` asks for: ``full`` within the ``planned`` steps; past them,
+        with ``until_cap``, the most (up to ``full``) whose cost (``cost_of(n)`` requests at most) fits the room
+        the cap leaves after the seed's check, so a last smaller step spends what a full one could not; 0 stops
+        the search (with the reason as its stop reason)."""
+        if done < planned:
+            return full
+        room = ctx.room()
+        if not self.config.until_cap or room is None or full < 1:
+            return 0
+        reserve = self.acceptance_reserve(ctx)
+        for count in range(full, 0, -1):
+            if room - reserve >= cost_of(count):
+                if count < full:
+                    ctx.note(f"step {done + 1} sized to the room left: {count} of {full} new candidates ({room} requests left)")
+                return count
+        ctx.stop(
+            StopKind.NO_ROOM,
+            f"{room} requests left under the cap, fewer than the smallest step (one new candidate, "
+            f"{cost_of(1)}) and the seed's check on the winner's examples ({reserve}) may take",
+        )
+        return 0
+
+    @staticmethod
+    def acceptance_reserve(ctx: SearchContext) -> int:
+        """Requests the do-no-harm check may still need: the seed (the first arm) scored on every dev example it lacks."""
+        return ctx.engine.calls_to_cover(0)
+
+    def task_rule(self, ctx: SearchContext, predictor_name: str) -> str | None:
+        """What turns an input into its correct output, as the prompt model reads it from train
+        input/output pairs: a few readings, each from other examples (once per predictor and compile, one
+        line each); None when ``task_rule`` is off, for a predictor inside a pipeline (its outputs are
+        not in the examples), or when every call failed.
+
+        The reflective methods (ProTeGi, OPRO, PE2) show it in their proposal requests: reasoning about a
+        model's errors, a small prompt model easily loses sight of the task itself.
+        """
+        if not self.config.task_rule or len(predictors(ctx.student)) > 1:
+            return None
+        if predictor_name not in ctx.readings:
+            sampler = random.Random(self.config.seed)
+            readings: list[str] = []
+            requests = [  # each from other examples: one reading alone is often too narrow
+                [{"role": "user", "content": RULE_REQUEST.format(pairs=self.format_demos(ctx.student, sampler.sample(ctx.train, min(5, len(ctx.train)))))}]
+                for _ in range(READINGS)
+            ]
+            for reply in self.ask_many(ctx, requests, temperature=0.8, max_tokens=80):
+                reading = clean_instruction(reply) if reply else ""
+                if reading and reading not in readings:
+                    readings.append(reading)
+            ctx.readings[predictor_name] = readings
+            if readings:
+                ctx.note(f"{predictor_name}: read from train examples: {' | '.join(readings)}")
+        return "\n".join(f"- {reading}" for reading in ctx.readings[predictor_name]) or None
+
+    def ask_prompt_lm(
+        self, ctx: SearchContext, messages: list[dict[str, str]], *, temperature: float, max_tokens: int = 200, **extra: Any
+    ) -> str | None:
+        """One sample from the prompt LM (own rollout id and seed, so samples differ and cache one by one).
+
+        A failed or timed-out call is retried (``prompt_retries``, exponential backoff from
+        ``retry_wait``); one that still fails returns None and is counted in the report's failures.
+        A cap reached, or a model that cannot be used at all (no API key...), stops the search.
+        """
+        return self.ask_many(ctx, [messages], temperature=temperature, max_tokens=max_tokens, **extra)[0]
+
+    def ask_many(
+        self, ctx: SearchContext, requests: Sequence[list[dict[str, str]]], *, temperature: float, max_tokens: int = 200, **extra: Any
+    ) -> list[str | None]:
+        """:meth:`ask_prompt_lm` for independent requests, sent together on the teleprompter's threads
+        (one at a time to a local model); replies in the order of ``requests``.
+
+        Each request gets the rollout id it would get asked alone in this order, so the replies, the
+        run's record and its replay are those of asking one after another. The requests go out in
+        groups no larger than the caps on requests and model calls leave room for, so a cap stops
+        the search at the request where asking one at a time would stop it.
+
+        Example:
+            >>> self.ask_many(ctx, [[{"role": "user", "content": "Say a."}], [{"role": "user", "content": "Say b."}]],
+            ...               temperature=0.8)  # doctest: +SKIP
+            ['a', 'b']
+        """
+        if not requests:
+            return []
+        indices = [ctx.next_sample_index() for _ in requests]
+        if indices[0] == 1:
+            ctx.engine.status(f"proposing with {self.prompt_lm.model} (a local model loads on its first call)")
+        calls = [
+            functools.partial(self._ask_once, ctx, messages, index, temperature, max_tokens, extra)
+            for messages, index in zip(requests, indices, strict=True)
+        ]
+        threads = 1 if getattr(self.prompt_lm, "is_local", False) else max(1, self.num_threads)
+        outcomes: list[tuple[str | None, str | None]] = []
+        while len(outcomes) < len(calls):
+            group = calls[len(outcomes): len(outcomes) + min(threads, _requests_room(ctx.engine, len(calls) - len(outcomes)))]
+            if len(group) == 1:
+                outcomes.append(group[0]())
+            else:
+                outcomes += run_with_deadlines(
+                    [functools.partial(contextvars.copy_context().run, call) for call in group], threads=len(group), timeout=None
+                )
+        for _, reason in outcomes:
+            if reason is not None:
+                ctx.fail(reason)
+        return [reply for reply, _ in outcomes]
+
+    def _ask_once(
+        self, ctx: SearchContext, messages: list[dict[str, str]], index: int, temperature: float, max_tokens: int, extra: dict[str, Any]
+    ) -> tuple[str | None, str | None]:
+        """One request with its retries: (reply, None), or (None, the failure's reason)."""
+        from cuecard.lm import sampling_kwargs
+
+        options = sampling_kwargs(self.config.seed, index, temperature) if temperature > 0 else {"temperature": 0.0}
+        max_tokens = self.prompt_max_tokens or max_tokens
+        call = functools.partial(self.prompt_lm, messages=messages, max_tokens=max_tokens, **options, **extra)
+        retrying = Retrying(
+            stop=stop_after_attempt(self.prompt_retries + 1),
+            wait=wait_exponential(multiplier=self.retry_wait, max=60 * max(self.retry_wait, 0.01)),
+            retry=retry_if_exception(lambda exc: not isinstance(exc, (CuecardError, KeyboardInterrupt))),
+            reraise=True,
+        )
+        ctx.engine.proposal_asked()
+        try:
+            with ctx.engine.proposing():
+                for attempt in retrying:
+                    with attempt:
+                        outputs = call_with_deadline(functools.partial(contextvars.copy_context().run, call), self.timeout)
+                        if outputs is TIMED_OUT:
+                            raise TimeoutError(f"no answer within {self.timeout:g} s")
+        except CuecardError:
+            raise
+        except Exception as exc:
+            return None, failure_reason(describe_error(exc, "prompt model"))
+        return (outputs[0] if outputs else "") or "", None
+
+    def rendered_prompt(
+        self, ctx: SearchContext, predictor_name: str, instruction: str, inputs: dict[str, Any], instructions: dict[str, str] | None = None
+    ) -> str:
+        """The prompt the task LM really receives for ``predictor_name`` with ``instruction`` and ``inputs``,
+        as rendered by the compile's adapter (several messages are shown with their roles)."""
+        program = apply_instructions(ctx.student, {**(instructions or get_instructions(ctx.student)), predictor_name: instruction})
+        predictor = dict(predictors(program))[predictor_name]
+        messages = ctx.engine.scorer.adapter.format(predictor.signature, [dict(d) for d in predictor.demos], inputs)
+        if len(messages) == 1:
+            return str(messages[0]["content"])
+        return "\n\n".join(f"({m['role']})\n{m['content']}" for m in messages)
+
+    def predictor_io(
+        self, ctx: SearchContext, predictor_name: str, example: dspy.Example, instructions: dict[str, str], output: dict[str, Any] | None
+    ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """What ``predictor_name`` saw and said on ``example``: for one predictor, the example's inputs and
+        the scored ``output``; for a pipeline, the predictor's own step in a traced re-run (None if it failed)."""
+        if len(predictors(ctx.student)) == 1:
+            return dict(example.inputs()), dict(output or {})
+        run = ctx.engine.trace(instructions, example)
+        if run.error is not None:
+            return None
+        for name, inputs, outputs in run.steps:
+            if name == predictor_name:
+                return dict(inputs), {key: str(value) for key, value in outputs.items()}
+        return None
+
+    def format_demos(self, student: dspy.Module, examples: Sequence[dspy.Example], predictor_name: str | None = None) -> str:
+        """Examples as ``Field: value`` blocks showing every input and output field by name."""
+        from cuecard.adapter import field_label
+
+        named = dict(predictors(student))
+        predictor = named[predictor_name] if predictor_name else next(iter(named.values()))
+        signature = predictor.signature
+        blocks = []
+        for example in examples:
+            lines = [
+                f"{field_label(signature, name)}: {example[name]}"
+                for name in [*signature.input_fields, *signature.output_fields]
+                if name in example
+            ]
+            blocks.append("\n".join(lines))
+        return "\n\n".join(blocks)
+
+
+RULE_REQUEST = (
+    "Someone followed one instruction to turn each input below into the output shown with it: the same "
+    "instruction produced every one of them.\n\n{pairs}\n\n"
+    "What was the instruction? It must fit every pair above, not just one of them. Reply with the instruction "
+    "only, in one sentence: what to do with any input."
+)
+"""The request :meth:`Teleprompter.task_rule` sends (APE's forward induction, asked a few times)."""
+READINGS = 3
+"""How many readings of the task :meth:`Teleprompter.task_rule` asks for, each from other train examples."""
+
+TEMPLATE_TALK = re.compile(r"<<[^<>]{1,40}>>|\[\[[^\[\]]{1,40}\]\]|\b(?:correct|model's) output\s*:", re.IGNORECASE)
+"""Text a proposer copied from the meta-prompt's scaffolding (template slots, example labels) instead of
+writing an instruction for the task."""
+
+
+META_NGRAM = 6
+"""A proposal sharing this many consecutive words with its meta-prompt is dropped."""
+_WORD = re.compile(r"[a-z0-9']+")
+_SLOT = re.compile(r"\{[^{}]*\}|\[\[[^\[\]]*\]\]|<<[^<>]*>>|\[INSTRUCTION\]|</?[A-Za-z]+>")
+
+
+def meta_ngrams(template: str, n: int = META_NGRAM) -> set[tuple[str, ...]]:
+    """The runs of ``n`` words of a meta-prompt template, none spanning a slot (demos, history, the blank).
+
+    >>> sorted(meta_ngrams("Say it. [[DEMOS]] Then write one new short word", n=3))[:2]
+    [('new', 'short', 'word'), ('one', 'new', 'short')]
+    """
+    grams: set[tuple[str, ...]] = set()
+    for piece in _SLOT.split(template):
+        words = _WORD.findall(piece.lower())
+        grams.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
+    return grams
+
+
+def _requests_room(engine: Engine, wanted: int) -> int:
+    """How many of ``wanted`` requests may go out together under the run's caps on requests and model
+    calls (at least one: a request over a cap raises as it would alone)."""
+    block = engine.block
+    room = wanted
+    if block.limits.max_calls is not None:
+        room = min(room, block.limits.max_calls - block.usage.calls)
+    if block.limits.max_model_calls is not None:
+        room = min(room, block.limits.max_model_calls - (block.usage + block.spent_before).model_calls)
+    return max(1, room)
+
+
+def _supports_json_schema(lm: Any) -> bool:
+    check = getattr(lm, "supports_json_schema", None)
+    return bool(check()) if callable(check) else False
