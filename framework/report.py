@@ -126,8 +126,11 @@ class CompileReport(BaseModel):
 
     def outcome(self) -> dict[str, Any]:
         """The report without what depends on the process or the clock (usage, timings): two runs of
-        the same compile, one of them killed and resumed, have equal outcomes."""
-        return self.model_dump(mode="json", exclude={"storage", "usage", "task_usage", "prompt_usage", "process"})
+        the same compile, one of them killed and resumed, have equal outcomes. The token caps at which
+        replies were cut go with the usage: a rerun that replays the replies sees none cut."""
+        return self.model_dump(
+            mode="json", exclude={"storage", "usage", "task_usage", "prompt_usage", "process", "proposal_token_caps"}
+        )
 
 
 

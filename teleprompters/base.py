@@ -93,8 +93,9 @@ class TeleprompterConfig(BaseModel):
         "starting candidates, as induced prompts do in APE and PE2",
     )
     stop_if_metric_blind: bool = Field(
-        True, description="stop after the first scoring stage when the metric gave every candidate the same score on "
-        "every example (it cannot tell them apart: spending the rest of the cap would change nothing), saying why",
+        False, description="stop after the first scoring stage when the metric gave every candidate the same score "
+        "below 1 on every example (always said at once, with one answer beside its gold); off by default, since a "
+        "hard task where every starting candidate scores 0 is where the reflective methods earn their keep",
     )
 
 

@@ -95,12 +95,16 @@ class SearchContext:
         elif allocation.stopped:
             self.note(f"scoring stopped early: {allocation.stopped}")
         first_stage, self._stages = self._stages == 0, self._stages + 1
-        if first_stage and self.teleprompter.config.stop_if_metric_blind:
-            blind = metric_blindness(self.engine, [e.arm for e in allocation.ranking])
-            if blind is not None:
-                warnings.warn(blind, MetricBlindWarning, stacklevel=2)
+        blind = metric_blindness(self.engine, [e.arm for e in allocation.ranking]) if first_stage else None
+        if blind is not None:
+            stop = self.teleprompter.config.stop_if_metric_blind
+            blind += ("; the search stopped here (stop_if_metric_blind)" if stop else
+                      "; the search goes on (stop_if_metric_blind=True stops it here)")
+            warnings.warn(blind, MetricBlindWarning, stacklevel=2)
+            if stop:
                 self.stop(StopKind.METRIC_BLIND, blind)
                 raise MetricBlind(blind)
+            self.note(blind)
         return allocation
 
 
@@ -121,7 +125,7 @@ def metric_blindness(engine: Engine, arms: Sequence[int], min_examples: int = 3)
     if len(scored) < 2:
         return None
     values = {score for arm in scored for score in engine.scores(arm).values()}
-    if len(values) != 1:
+    if len(values) != 1 or values == {1.0}:  # every answer right is a solved task, not a blind metric
         return None
     score = values.pop()
     arm = scored[0]
@@ -136,9 +140,8 @@ def metric_blindness(engine: Engine, arms: Sequence[int], min_examples: int = 3)
 
     return (
         f"every candidate scored {score:g} on every example it was scored on ({len(scored)} candidates, {evaluations} "
-        f"evaluations): the metric cannot tell them apart, so the search stopped after its first stage. Dev example "
+        f"evaluations): the metric cannot tell them apart. Dev example "
         f"{index}: the program answered {short(answer)}, the gold is {short(gold)}. Fixes: a program with labels "
         "(--labels, a Literal output) so the answer is one of them; a metric that normalises the answer (contains, "
-        "token_f1, or your own); another adapter layout (PlainAdapter(instruction_position=...)); "
-        "stop_if_metric_blind=False searches on anyway"
+        "token_f1, or your own); another adapter layout (PlainAdapter(instruction_position=...))"
     )
