@@ -42,6 +42,16 @@ def sentence_models(monkeypatch, tmp_path):
     return built
 
 
+def labelling(answer):
+    """A scripted reply: one instruction for any request for one, else ``answer(request text)``."""
+    def reply(messages):
+        text = messages[-1]["content"]
+        if "Review:" not in text or "teacher gave" in text:
+            return "Say whether the review is positive or negative."
+        return answer(text)
+    return reply
+
+
 def saved_stop(path):
     return json.loads(Path(path).read_text())["cuecard"]["report"]["stop_reason"]
 
@@ -72,13 +82,7 @@ def test_scores_that_differ_anywhere_are_not_blind(monkeypatch, tmp_path):
     import dspy
     from sentiment_cases import REVIEWS as EXAMPLES
 
-    def reply(messages):
-        text = messages[-1]["content"]
-        if "Review:" not in text or "teacher gave" in text:
-            return "Say whether the review is positive or negative."
-        return "negative" if "cold" in text else "positive"
-
-    lm = scripted_lm(reply)
+    lm = scripted_lm(labelling(lambda text: "negative" if "cold" in text else "positive"))
     ape = APE(metric=exact_match("sentiment"), task_lm=lm, prompt_lm=lm, storage=":memory:", progress=False,
               num_subsamples=1, num_prompts_per_subsample=2)
     report = ape.compile(dspy.Predict("review -> sentiment"), trainset=EXAMPLES[:12]).cuecard_report
@@ -90,13 +94,7 @@ def test_every_answer_right_is_no_blind_metric(monkeypatch, tmp_path):
     import dspy
     from sentiment_cases import REVIEWS as EXAMPLES
 
-    def reply(messages):
-        text = messages[-1]["content"]
-        if "Review:" not in text or "teacher gave" in text:
-            return "Say whether the review is positive or negative."
-        return next(e.sentiment for e in EXAMPLES if e.review in text)  # always the gold answer
-
-    lm = scripted_lm(reply)
+    lm = scripted_lm(labelling(lambda text: next(e.sentiment for e in EXAMPLES if e.review in text)))  # always gold
     ape = APE(metric=exact_match("sentiment"), task_lm=lm, prompt_lm=lm, storage=":memory:", progress=False,
               num_subsamples=1, num_prompts_per_subsample=2, stop_if_metric_blind=True)
     report = ape.compile(dspy.Predict("review -> sentiment"), trainset=EXAMPLES[:12]).cuecard_report
