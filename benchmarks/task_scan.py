@@ -34,7 +34,7 @@ import cuecard  # noqa: E402
 import dspy  # noqa: E402
 
 from benchmarks.harness.run import DEFAULT_DATA, accuracy, load_task  # noqa: E402
-from benchmarks.harness.tasks import DEFAULT_SEED_INSTRUCTION, Task  # noqa: E402
+from benchmarks.harness.tasks import DEFAULT_SEED_INSTRUCTION, Task, task_halves  # noqa: E402
 from benchmarks.models import resolve_model_spec  # noqa: E402
 
 II_TASKS = tuple(
@@ -77,17 +77,19 @@ class RecordingMetric:
         return score
 
 
-def instructions(task: Task) -> Iterator[tuple[str, int, str]]:
-    """``(kind, index, text)`` to score: the generic seed, the terse seed when it differs, each annotation."""
+def instructions(task: Task, humans: int | None = None, terse: bool = True) -> Iterator[tuple[str, int, str]]:
+    """``(kind, index, text)`` to score: the generic seed, the terse seed when it differs (and ``terse``), and
+    the first ``humans`` annotations (all of them when ``None``)."""
     yield "seed", 0, DEFAULT_SEED_INSTRUCTION
-    if task.seed_instruction != DEFAULT_SEED_INSTRUCTION:
+    if terse and task.seed_instruction != DEFAULT_SEED_INSTRUCTION:
         yield "terse", 0, task.seed_instruction
-    for index, text in enumerate(task.human_instructions):
+    for index, text in enumerate(task.human_instructions[:humans]):
         yield "human", index, text
 
 
 def entry_key(record: dict[str, Any]) -> tuple[Any, ...]:
-    return (record["task"], record["model"], record["max_tokens"], record["kind"], record["index"], record["instruction"])
+    return (record["task"], record["model"], record["max_tokens"], record.get("examples", SPLIT[3]),
+            record["kind"], record["index"], record["instruction"])
 
 
 def read_records(path: Path) -> dict[tuple[Any, ...], dict[str, Any]]:
@@ -159,7 +161,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         epilog="Example: CUECARD_THREADS=2 .venv/bin/python benchmarks/task_scan.py --tasks ii:sum,bbh:navigate",
     )
     parser.add_argument("--tasks", default=",".join(II_TASKS + BBH_TASKS),
-                        help="comma-separated task specs (default: the 8 Instruction Induction and 6 BBH tasks)")
+                        help="comma-separated task specs, or 'tuning' / 'report' for a half of the visible tasks "
+                             "(default: the 8 Instruction Induction and 6 BBH tasks)")
+    parser.add_argument("--humans", type=int, default=None, metavar="N",
+                        help="score only the first N human annotations of each task (default: all)")
+    parser.add_argument("--examples", type=int, default=SPLIT[3], metavar="N",
+                        help=f"score the first N of the {SPLIT[3]} test examples (default: %(default)s)")
+    parser.add_argument("--no-terse", action="store_true", help="leave out the terse seed instructions")
     parser.add_argument("--model", default="qwen1.5b",
                         help="task model: qwen1.5b, qwen0.5b, a .gguf path or a litellm model (default: qwen1.5b)")
     parser.add_argument("--max-tokens", type=int, default=32, help="cap on answer tokens, as the harness (default: 32)")
@@ -172,7 +180,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     started = time.perf_counter()
-    specs = [spec.strip() for spec in args.tasks.split(",") if spec.strip()]
+    if args.tasks in ("tuning", "report"):
+        specs = task_halves(args.data)[args.tasks]
+    else:
+        specs = [spec.strip() for spec in args.tasks.split(",") if spec.strip()]
+    if not 1 <= args.examples <= SPLIT[3]:
+        print(f"error: --examples must be between 1 and {SPLIT[3]}, not {args.examples}", file=sys.stderr)
+        return 2
     try:
         tasks = {spec: load_task(spec, args.data) for spec in specs}  # bad specs and missing data fail before any call
         model_file = resolve_model_spec(args.model)
@@ -183,12 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     stored = read_records(out)
-    plan = [(spec, kind, index, text) for spec, task in tasks.items() for kind, index, text in instructions(task)]
+    plan = [(spec, kind, index, text) for spec, task in tasks.items() for kind, index, text in instructions(task, args.humans, not args.no_terse)]
     task_lm: dspy.LM | None = None
     try:
         for number, (spec, kind, index, text) in enumerate(plan, start=1):
             record: dict[str, Any] = {
-                "task": spec, "model": args.model, "max_tokens": args.max_tokens,
+                "task": spec, "model": args.model, "max_tokens": args.max_tokens, "examples": args.examples,
                 "kind": kind, "index": index, "instruction": text,
             }
             label = f"[{number}/{len(plan)}] {spec} {kind}" + (f" {index + 1}" if kind == "human" else "")
@@ -197,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
             if task_lm is None:
                 task_lm = cuecard.LM(model_file, max_tokens=args.max_tokens)
             task = tasks[spec]
-            record.update(score_one(task, task.splits(*SPLIT).test, text, task_lm))
+            record.update(score_one(task, task.splits(*SPLIT).test[: args.examples], text, task_lm))
             with out.open("a", encoding="utf-8") as handle:
                 handle.write(json.dumps(record) + "\n")
             stored[entry_key(record)] = record
@@ -209,9 +223,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"interrupted: finished entries are in {out}; rerun the same command to resume", file=sys.stderr)
         return 130
-    mine = [r for r in stored.values() if r["model"] == args.model and r["max_tokens"] == args.max_tokens]
+    mine = [r for r in stored.values() if r["model"] == args.model and r["max_tokens"] == args.max_tokens
+            and r.get("examples", SPLIT[3]) == args.examples]
     print(f"\ntask model {args.model} ({Path(model_file).name}), max_tokens={args.max_tokens} given to the LM, "
-          f"{SPLIT[3]} test examples per task\n")
+          f"the first {args.examples} of the {SPLIT[3]} test examples per task\n")
     print(table(mine, specs))
     in_entries = sum(r["seconds"] for r in mine if r["task"] in tasks)
     print(f"\nscan time: {in_entries / 60:.1f} min scoring (all entries, resumed runs included); "
