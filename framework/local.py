@@ -78,7 +78,12 @@ _models_lock = threading.Lock()
 
 
 def _default_threads() -> int:
-    """``CUECARD_THREADS`` if set (e.g. 1 per process when several processes share the cores), else every core."""
+    """``CUECARD_THREADS`` if set (e.g. 1 per process when several processes share the cores), else every core.
+
+    It sets both llama.cpp thread counts: generating and reading the prompt (``n_threads_batch``, which
+    llama-cpp-python otherwise sets to every core, so that processes given one thread each still spin
+    on every core while reading their prompts).
+    """
     value = os.environ.get("CUECARD_THREADS", "").strip()
     if value:
         if not value.isdigit() or int(value) < 1:
@@ -130,6 +135,7 @@ def load_model(path: str | os.PathLike[str], *, n_ctx: int = 2048, logits_all: b
                         model_path=str(resolved),
                         n_ctx=n_ctx,
                         n_threads=_default_threads(),
+                        n_threads_batch=_default_threads(),  # llama.cpp's default is every core, even under CUECARD_THREADS
                         logits_all=logits_all,
                         verbose=False,
                     )
