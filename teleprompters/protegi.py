@@ -208,9 +208,7 @@ class ProTeGi(Teleprompter):
                 if stale >= self.config.patience:
                     ctx.stop(StopKind.NO_IMPROVEMENT, f"round {round_}: the beam's best dev score did not improve on {best:.3f}")
                     break
-        final = FullEvaluation(n_examples=len(engine.examples))
-        allocation = engine.allocate(final, beam)
-        return allocation
+        return ctx.allocate(beam, policy=FullEvaluation(n_examples=len(engine.examples)))
 
     # ---- errors and expansion --------------------------------------------------------------------
     def collect_errors(self, ctx: SearchContext, arm: int, minibatch: list[dspy.Example]) -> list[tuple[dspy.Example, ExampleScore]]:

@@ -130,6 +130,26 @@ def test_a_known_candidate_keeps_its_arm_and_its_scores():
     assert task.lm.meter.usage.calls == calls
 
 
+def test_a_search_context_needs_no_teleprompter():
+    """The context a search works with is given the engine, the policy, the seed and the metric: built from
+    those alone, it scores a step with its policy (or one given) and the shared induction reads its metric."""
+    from cuecard.teleprompters.context import SearchContext
+    from cuecard.teleprompters.induction import collect_traces
+
+    task = BernoulliTask([0.9, 0.2], pool_size=12, seed=3)
+    engine = make_engine(task)
+    train = [dspy.Example(item=f"item {i}", answer="yes").with_inputs("item") for i in range(20, 28)]
+    ctx = SearchContext(task.program, engine, train, policy=FullEvaluation(n_examples=6), seed=0, metric=task.metric)
+    with engine.session():
+        step = ctx.allocate()
+        assert step.policy == "full" and sorted(e.n for e in step.ranking) == [6, 6]
+        closing = ctx.allocate([step.best.arm], policy=FullEvaluation(n_examples=12))
+        assert closing.policy == "full" and closing.best.n == 12
+        assert ctx.ranking_so_far().policy == "full"
+        traces = collect_traces(ctx, "self")  # the seed (arm 0) run on train, kept where the metric passed
+    assert traces and [t.item for t in traces] == [e.item for i, e in zip(range(20, 28), train, strict=True) if task.outcome(0, i)]
+
+
 def test_storage_that_cannot_be_opened_is_named():
     task = BernoulliTask([0.5], pool_size=4)
     with pytest.raises(StorageError, match="nosuchdb"):
