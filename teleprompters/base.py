@@ -279,8 +279,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
         return self.adapter or adapter_for(self.task_lm)
 
     def metric_identity(self, metric: Callable[..., Any] | None = None) -> dict[str, Any] | None:
-        """What identifies ``metric`` (the one :meth:`prepare` returned; default: the metric given) in the run
-        identity (a method with its own metric overrides this)."""
+        """What identifies ``metric`` (default: the one given) in the run identity (a method with its own overrides this)."""
         return metric_identity(metric if metric is not None else self.metric, self.metric_version)
 
     def why(self, record: Any) -> str:
@@ -297,12 +296,10 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
         return {}
 
     # ---- the skeleton ----------------------------------------------------------------------------
-    def run_identity(
-        self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None,
-        metric: Callable[..., Any] | None = None,
-    ) -> RunIdentity:
+    def run_identity(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None,
+                     metric: Callable[..., Any] | None = None) -> RunIdentity:
         """Everything that makes a stored score of this compile reusable (see :mod:`cuecard.identity`); ``metric``
-        is the one that scores (what :meth:`prepare` returned; default: the metric given)."""
+        is the one :meth:`prepare` returned (default: the metric given)."""
         return RunIdentity(
             teleprompter=self.name,
             config=self.config.model_dump(mode="json"),
