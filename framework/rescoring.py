@@ -76,7 +76,7 @@ def metric_calls_a_model(engine: Any) -> bool:
     from .identity import _describe
     from .program import predictors
 
-    program = getattr(engine.scorer, "program", None)
+    program = engine.scorer.program
     if program is not None and engine.calls_per_example > len(predictors(program)):
         return True
     return _holds_lm(_describe(engine.scorer.metric))
@@ -95,8 +95,8 @@ def check_stored_scores(engine: Any, limit: int = SAMPLE) -> None:
     when one differs. Costs no LM call; a metric that needs one is not checked."""
     from .study import CANDIDATE, DETAIL, SCORE, StoredScore
 
-    metric = getattr(engine.scorer, "metric", None)
-    if metric is None or getattr(engine.scorer, "objective", "metric") != "metric":
+    metric = engine.scorer.metric
+    if metric is None or engine.scorer.objective != "metric":
         return
     trials = sorted((t for t in engine._trials.values() if CANDIDATE in t.attrs), key=lambda t: t.number)
     per_candidate: list[dict[int, StoredScore]] = []

@@ -54,7 +54,7 @@ from pydantic import BaseModel, Field
 
 from .acceptance import Acceptance, AcceptanceRule
 from .errors import BudgetExhausted, ConfigError, RunConfigMismatch, StorageError
-from .evaluate import ExampleScore, describe_failures, failure_reason
+from .evaluate import ExampleScore, Metric, Objective, TracedRun, describe_failures, failure_reason
 from .identity import (
     RunIdentity,
     adapter_identity,
@@ -87,9 +87,52 @@ FAILURE = "f."
 
 
 class Scorer(Protocol):
-    """What the engine needs from an evaluator: score a candidate on ``(index, example)`` pairs."""
+    """What the engine needs from an evaluator (:class:`~cuecard.evaluate.Evaluator` is one): score a candidate on
+    ``(index, example)`` pairs, and what the run's identity and the caps read. A scorer of your own may subclass
+    it and write only :meth:`run`: the other members then keep their defaults (no program, model or adapter to
+    name, one thread, no failure check, no traced run). A scorer may also offer ``run_many`` (several candidates
+    as one pool, as the evaluator's), which the engine uses when it is there.
+
+    Example:
+        >>> class Constant(Scorer):
+        ...     def run(self, candidate, examples):
+        ...         return [ExampleScore(index=index, score=1.0) for index, _ in examples]
+        >>> results, stop = Constant().run_partial({"self": "Answer."}, [(0, None)])
+        >>> [result.score for result in results], stop
+        ([1.0], None)
+    """
+
+    program: dspy.Module | None = None
+    """The program scored (its structure is part of the run identity)."""
+    metric: Metric | None = None
+    """The metric (part of the run identity; a run's stored predictions are scored again with it on opening)."""
+    objective: Objective = "metric"
+    task_lm: dspy.LM | None = None
+    """The model the program runs on (its identity; the model read-back scores are counted for)."""
+    adapter: dspy.Adapter | None = None
+    num_threads: int = 1
+    """Examples scored at once (how many results the engine stores together, and model calls reserved at a time)."""
 
     def run(self, candidate: Mapping[str, str], examples: Sequence[tuple[int, dspy.Example]]) -> list[ExampleScore]: ...
+
+    def run_partial(
+        self, candidate: Mapping[str, str], examples: Sequence[tuple[int, dspy.Example]]
+    ) -> tuple[list[ExampleScore], BudgetExhausted | None]:
+        """Like :meth:`run`, but a cap reached midway returns the examples finished before it with the stop."""
+        return self.run(candidate, examples), None
+
+    def trace(self, candidate: Mapping[str, str], example: dspy.Example) -> TracedRun:
+        """One example run with every predictor's inputs and outputs kept (see :meth:`cuecard.evaluate.Evaluator.trace`)."""
+        raise ConfigError(f"the scorer {type(self).__name__} cannot trace a run of the program")
+
+    def check_failures(self) -> None:
+        """Raise :class:`~cuecard.errors.EvaluationFailed` when too many evaluations failed (default: never)."""
+
+
+def missing_scorer_members(scorer: Any) -> list[str]:
+    """The :class:`Scorer` members ``scorer`` lacks (a scorer that subclasses it lacks none)."""
+    members = [*Scorer.__annotations__, *(name for name, value in vars(Scorer).items() if callable(value))]
+    return [name for name in dict.fromkeys(members) if not name.startswith("_") and not hasattr(scorer, name)]
 
 
 class CandidateRecord(BaseModel):
@@ -155,15 +198,14 @@ def default_storage(run_dir: str | os.PathLike[str]) -> str:
     return f"sqlite:///{(path / 'study.db').resolve()}"
 
 
-def evaluation_identity(scorer: Any, examples: Sequence[dspy.Example]) -> RunIdentity:
+def evaluation_identity(scorer: Scorer, examples: Sequence[dspy.Example]) -> RunIdentity:
     """The identity of scoring with ``scorer`` (an :class:`~cuecard.evaluate.Evaluator`) on ``examples``."""
-    program = getattr(scorer, "program", None)
     return RunIdentity(
-        objective=getattr(scorer, "objective", "metric"),
-        task_model=lm_identity(getattr(scorer, "task_lm", None)),
-        adapter=adapter_identity(getattr(scorer, "adapter", None)),
-        program=program_structure(program) if program is not None else None,
-        metric=metric_identity(getattr(scorer, "metric", None)),
+        objective=scorer.objective,
+        task_model=lm_identity(scorer.task_lm),
+        adapter=adapter_identity(scorer.adapter),
+        program=program_structure(scorer.program) if scorer.program is not None else None,
+        metric=metric_identity(scorer.metric),
         data=data_fingerprint(examples),
     )
 
@@ -227,7 +269,7 @@ class Engine:
     """Scores candidates through Optuna trials with a policy; shared by every teleprompter.
 
     Args:
-        scorer: the :class:`~cuecard.evaluate.Evaluator` (anything with its ``run``).
+        scorer: the :class:`~cuecard.evaluate.Evaluator`, or any :class:`Scorer`.
         examples: the example pool, in the order every arm walks through it.
         name: the study name (one run).
         storage: an Optuna storage URL; default a SQLite file ``study.db`` in ``run_dir``.
@@ -264,6 +306,9 @@ class Engine:
     ) -> None:
         if not examples:
             raise ConfigError("The example pool is empty")
+        missing = missing_scorer_members(scorer)
+        if missing:
+            raise ConfigError(f"The scorer {type(scorer).__name__} lacks {', '.join(missing)}: see cuecard.study.Scorer (subclass it for the defaults)")
         check_run_name(name)
         limits = limits or Limits()
         if max_evaluations is not None and max_evaluations < 1:
@@ -306,7 +351,7 @@ class Engine:
             # model calls are reserved in the run's shared count, a few at a time (see cuecard.sharing)
             self.claims.join_spend(self.spent_before["all"].model_calls, working=False)
             self.block.spend = self.claims
-            self.block.reserve_batch = max(4, getattr(scorer, "num_threads", 1) or 1)
+            self.block.reserve_batch = max(4, scorer.num_threads)
         self.claim_poll = 0.2
         self.finish_wait = claim_timeout
         """Seconds :meth:`finish` waits at most for the run's other processes to end their compile."""
@@ -520,7 +565,7 @@ class Engine:
         stored = self.arms[arm].stored[index]
         if stored.requests:
             self.block.check(stored.requests)
-            model = getattr(getattr(self.scorer, "task_lm", None), "model", "task")
+            model = getattr(self.scorer.task_lm, "model", "task")
             with activate(self.block):
                 record(None, CallRecord(model=model, requests=stored.requests, replayed=True))
         self.read_back += 1
@@ -571,7 +616,7 @@ class Engine:
         claimed: set[tuple[int, int]] = set()
         pending: list[tuple[int, ExampleScore]] = []
         lock = threading.Lock()
-        batch = max(1, getattr(self.scorer, "num_threads", 1))
+        batch = max(1, self.scorer.num_threads)
         flushed = [time.monotonic(), False]  # last flush, pool over
 
         def flush() -> None:
@@ -627,9 +672,7 @@ class Engine:
             self.claims.release(state.record.key, [i for i in mine if i not in state.stored])  # failed or not reached: free to retry
         if stop is not None:
             raise stop
-        check = getattr(self.scorer, "check_failures", None)
-        if check is not None:
-            check()
+        self.scorer.check_failures()
         return sum(len(scored) for scored in results)
 
     def _run_many(
@@ -651,10 +694,7 @@ class Engine:
         return results, None
 
     def _run(self, instructions: dict[str, str], examples: list[tuple[int, dspy.Example]]) -> tuple[list[ExampleScore], BudgetExhausted | None]:
-        run_partial = getattr(self.scorer, "run_partial", None)
-        if run_partial is not None:
-            return run_partial(instructions, examples)
-        return self.scorer.run(instructions, examples), None
+        return self.scorer.run_partial(instructions, examples)
 
     def _refresh(self, arm: int) -> None:
         """Read scores other processes stored for this arm."""

@@ -28,6 +28,7 @@ from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
 from .induction import BLANK, DEMOS, FORWARD_TEMPLATE, REVERSE_TEMPLATE, Induction, combine, hygiene, induce
+from .planning import Knobs, screening
 
 VARIATION_PROMPT = (
     "Rewrite this instruction in different words. Keep exactly the same meaning. "
@@ -69,6 +70,7 @@ class APE(Teleprompter):
     summary = "instructions induced from demonstrations, scored multi-stage; optional Monte Carlo rounds (Zhou et al. 2023)"
     Config = APEConfig
     config: APEConfig
+    plan_upto = 60
 
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
@@ -78,31 +80,37 @@ class APE(Teleprompter):
         prompt, side = proposals, n_train if predictors > 1 else 0  # a pipeline is traced on train for demos
         for _ in range(config.mc_rounds):
             kept = max(1, int(arms * config.mc_top_fraction))
-            new = kept * config.mc_variations * predictors
+            new, scoring, _ = self.step_calls(n_train, n_dev, predictors, kept * config.mc_variations)
             prompt += new
-            evaluations += self.policy.planned_evaluations(kept + new, n_dev, None)
+            evaluations += scoring
             arms = kept + new
         evaluations += n_dev  # the seed check: a seed pruned early is scored on the rest of dev
         return prompt, evaluations, side
 
+    def step_calls(self, n_train: int, n_dev: int, predictors: int, size: int | None = None) -> tuple[int, int, int]:
+        """A Monte Carlo round of ``size`` variations per predictor (default: one kept candidate's), asked of the
+        fewest parents, and the scoring of parents and variations."""
+        variations = self.config.mc_variations
+        size = variations if size is None else size
+        parents, new = -(-size // variations), size * predictors
+        return new, self.policy.planned_evaluations(parents + new, n_dev, None), 0
+
     @classmethod
-    def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
-        """As many induced proposals as ``cap`` affords, screened multi-stage (3 examples, x3, 2 survivors).
+    def plan_shapes(cls, n_train: int, n_dev: int) -> list[Knobs]:
+        """As many induced proposals as the cap affords, screened multi-stage (3 examples, x3, 2 survivors).
 
         Example:
             >>> APE.plan(100, n_train=20, n_dev=15)["num_prompts_per_subsample"]
             3
         """
-        from cuecard.policies import MultiStage
-
-        policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=2)
+        policy = screening(n_dev, survivors=2)
 
         def knobs(proposals: int) -> dict[str, Any]:
             subsamples = min(3, proposals + 1)
             return dict(policy=policy, num_subsamples=subsamples, num_prompts_per_subsample=max(1, (proposals + 1) // subsamples),
-                        num_demos=max(1, min(5, n_train)), until_cap=True)
+                        num_demos=max(1, min(5, n_train)))
 
-        return cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=60)
+        return [knobs]
 
     def meta_prompt_texts(self) -> list[str]:
         return [*super().meta_prompt_texts(), *([self.config.template] if self.config.template else [])]
@@ -132,16 +140,12 @@ class APE(Teleprompter):
         allocation = ctx.allocate()
         best = allocation.best.mean
         variations = self.config.mc_variations
-
-        def round_cost(count: int) -> int:  # ``count`` variations in all, from the fewest parents; the seed's check is step_size's
-            parents, new = -(-count // variations), count * len(names)
-            return new + self.policy.planned_evaluations(parents + new, len(engine.examples), None) * len(names)
-
         round_ = 0
         while True:
             kept = [e.arm for e in allocation.ranking if not e.pruned]
             kept = kept[: max(1, int(len(kept) * self.config.mc_top_fraction))]
-            count = self.step_size(ctx, round_, self.config.mc_rounds, len(kept) * variations, round_cost)
+            count = self.step_size(ctx, round_, self.config.mc_rounds, len(kept) * variations,
+                                   lambda size: self.step_cost_in(ctx, size))  # the seed's check is step_size's
             if not count:
                 break
             kept = kept[: -(-count // variations)]

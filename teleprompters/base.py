@@ -278,9 +278,9 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
 
         return self.adapter or adapter_for(self.task_lm)
 
-    def metric_identity(self) -> dict[str, Any] | None:
-        """What identifies the metric in the run identity (a method with its own metric overrides this)."""
-        return metric_identity(self.metric, self.metric_version)
+    def metric_identity(self, metric: Callable[..., Any] | None = None) -> dict[str, Any] | None:
+        """What identifies ``metric`` (default: the one given) in the run identity (a method with its own overrides this)."""
+        return metric_identity(metric if metric is not None else self.metric, self.metric_version)
 
     def why(self, record: Any) -> str:
         """How the method came to a candidate, for the report (a method with more to say overrides this)."""
@@ -296,8 +296,10 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
         return {}
 
     # ---- the skeleton ----------------------------------------------------------------------------
-    def run_identity(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None) -> RunIdentity:
-        """Everything that makes a stored score of this compile reusable (see :mod:`cuecard.identity`)."""
+    def run_identity(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None,
+                     metric: Callable[..., Any] | None = None) -> RunIdentity:
+        """Everything that makes a stored score of this compile reusable (see :mod:`cuecard.identity`); ``metric``
+        is the one :meth:`prepare` returned (default: the metric given)."""
         return RunIdentity(
             teleprompter=self.name,
             config=self.config.model_dump(mode="json"),
@@ -307,7 +309,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
             prompt_model=lm_identity(self.prompt_lm),
             adapter=adapter_identity(self.task_adapter()),
             program=program_structure(student),
-            metric=self.metric_identity(),
+            metric=self.metric_identity(metric),
             data=digest([data_fingerprint(trainset), data_fingerprint(valset) if valset is not None else None]),
             extras={**self.identity_extras(), **({"prompt_max_tokens": self.prompt_max_tokens} if self.prompt_max_tokens else {})},
         )
@@ -356,7 +358,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
         if duplicates:
             warnings.warn(duplicates, DataWarning, stacklevel=2)
         evaluator.check_metric(dev[0])
-        identity = self.run_identity(student, trainset, valset)
+        identity = self.run_identity(student, trainset, valset, metric)
         name = self.current_run = fresh_name(self.run_name or f"{self.name}-{identity.digest()}", self.fresh)
         engine = Engine(
             evaluator,
@@ -370,7 +372,8 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
             progress=self.progress,
             calls_per_example=self.evaluation_calls(student),
         )
-        ctx = SearchContext(self, student, engine, train)
+        ctx = SearchContext(student, engine, train, policy=self.policy, seed=self.config.seed, metric=metric,
+                            stop_if_metric_blind=self.config.stop_if_metric_blind)
         if duplicates:
             ctx.note(duplicates)
         planned = self.planned_calls(len(train), len(dev), len(predictors(student)))

@@ -200,7 +200,7 @@ class BPO(Teleprompter):
         """The wrapped program's predictors, the judge (once per order) and the untouched program's answer."""
         return len(predictors(student)) + (2 if self.config.judge_both_orders else 1) + 1
 
-    def metric_identity(self) -> dict[str, Any]:
+    def metric_identity(self, metric: Any = None) -> dict[str, Any]:
         return {"name": "pairwise judge", "judge": lm_identity(self.judge_lm)}
 
     def identity_extras(self) -> dict[str, Any]:

@@ -4,29 +4,45 @@ from __future__ import annotations
 
 import random
 import warnings
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import dspy
 from cuecard.errors import MetricBlindWarning
 from cuecard.metrics import normalize_instruction_induction
-from cuecard.policies import Allocation
+from cuecard.policies import Allocation, Policy
 from cuecard.stopping import StopKind, StopReason
 from cuecard.study import Engine
 
-if TYPE_CHECKING:
-    from .base import Teleprompter
-
 
 class SearchContext:
-    """What :meth:`Teleprompter.search` works with: the engine, the data, the LMs, a seeded RNG, and a log."""
+    """What :meth:`Teleprompter.search` works with: the program, the engine, the train data, the policy that
+    scores, the metric, a seeded RNG, and a log. It knows no teleprompter: the compile hands it these.
 
-    def __init__(self, teleprompter: Teleprompter, student: dspy.Module, engine: Engine, train: list[dspy.Example]) -> None:
-        self.teleprompter = teleprompter
+    Example:
+        >>> ctx = SearchContext(program, engine, train, policy=FullEvaluation(), seed=0, metric=my_metric)  # doctest: +SKIP
+        >>> ctx.allocate().best.mean  # doctest: +SKIP
+        0.75
+    """
+
+    def __init__(
+        self,
+        student: dspy.Module,
+        engine: Engine,
+        train: list[dspy.Example],
+        *,
+        policy: Policy,
+        seed: int = 0,
+        metric: Callable[..., Any] | None = None,
+        stop_if_metric_blind: bool = False,
+    ) -> None:
         self.student = student
         self.engine = engine
         self.train = train
-        self.rng = random.Random(teleprompter.config.seed)
+        self.policy = policy
+        self.metric = metric
+        self.stop_if_metric_blind = stop_if_metric_blind
+        self.rng = random.Random(seed)
         self.dropped: dict[str, int] = {}
         self.failures: dict[str, int] = {}
         self.notes: list[str] = []
@@ -85,10 +101,11 @@ class SearchContext:
 
     def ranking_so_far(self) -> Allocation:
         """The whole run's ranking as the search's final answer (no new evaluation)."""
-        return Allocation(policy=self.teleprompter.policy.name, ranking=self.ranking(), evaluations=self.engine.evaluations)
+        return Allocation(policy=self.policy.name, ranking=self.ranking(), evaluations=self.engine.evaluations)
 
-    def allocate(self, arms: Sequence[int] | None = None, budget: int | None = None) -> Allocation:
-        allocation = self.engine.allocate(self.teleprompter.policy, arms, budget)
+    def allocate(self, arms: Sequence[int] | None = None, budget: int | None = None, policy: Policy | None = None) -> Allocation:
+        """Score ``arms`` (default: every candidate) with the search's policy, or ``policy`` when given."""
+        allocation = self.engine.allocate(policy or self.policy, arms, budget)
         self.pruned.update(e.arm for e in allocation.ranking if e.pruned)
         if allocation.capped:
             self.stop(StopKind.CAP, allocation.stopped or "")
@@ -97,7 +114,7 @@ class SearchContext:
         first_stage, self._stages = self._stages == 0, self._stages + 1
         blind = metric_blindness(self.engine, [e.arm for e in allocation.ranking]) if first_stage else None
         if blind is not None:
-            stop = self.teleprompter.config.stop_if_metric_blind
+            stop = self.stop_if_metric_blind
             blind += ("; the search stopped here (stop_if_metric_blind)" if stop else
                       "; the search goes on (stop_if_metric_blind=True stops it here)")
             warnings.warn(blind, MetricBlindWarning, stacklevel=2)

@@ -51,7 +51,7 @@ def collect_traces(ctx: SearchContext, predictor_name: str) -> list[dspy.Example
         if run.error is not None:
             continue
         try:
-            passed = ctx.teleprompter.metric(example, run.prediction, run.steps)
+            passed = ctx.metric(example, run.prediction, run.steps)
         except Exception:
             continue
         if not passed:

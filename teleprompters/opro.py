@@ -36,6 +36,7 @@ from cuecard.stopping import StopKind
 from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
+from .planning import Knobs, screening
 
 TAG = "<INS>"
 SLOT = "[INSTRUCTION]"
@@ -140,44 +141,33 @@ class OPRO(Teleprompter):
     def meta_prompt_texts(self) -> list[str]:
         return [*super().meta_prompt_texts(), self.config.meta_prompt]
 
-    def step_calls(self, n_train: int, n_dev: int, count: int | None = None) -> tuple[int, int, int]:
-        """(prompt-model requests, pool evaluations, task runs outside the pool) one step takes at most:
-        its proposals (``count``, default ``instructions_per_step``), their scoring, the exemplars' runs."""
+    def step_calls(self, n_train: int, n_dev: int, predictors: int, size: int | None = None) -> tuple[int, int, int]:
+        """A step: its proposals (``size``, default ``instructions_per_step``, for one predictor), their scoring,
+        the exemplars' runs."""
         config = self.config
-        count = config.instructions_per_step if count is None else count
+        count = config.instructions_per_step if size is None else size
         runs = (config.num_exemplars if config.show_model_outputs else 0) + (n_train if config.exemplar_selection == "wrong" else 0)
         return count, self.policy.planned_evaluations(count, n_dev, None), runs
 
-    def step_cost(self, n_train: int, n_dev: int, predictors: int, count: int | None = None) -> int:
-        """LM requests one step (of ``count`` proposals, default ``instructions_per_step``) may take."""
-        prompt, evaluations, runs = self.step_calls(n_train, n_dev, count)
-        return prompt + (evaluations + runs) * predictors
-
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
-        prompt, per_step, runs = self.step_calls(n_train, n_dev)
+        prompt, per_step, runs = self.step_calls(n_train, n_dev, predictors)
         reading_prompts, readings = self.reading_costs(predictors)
         seeds = 1 + len(config.seed_instructions) * predictors + readings
         evaluations = self.policy.planned_evaluations(seeds, n_dev, None) + config.steps * per_step
         return reading_prompts + config.steps * prompt, evaluations, config.steps * runs
 
     @classmethod
-    def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
-        """Steps of 4 proposals, each screened on 3 dev examples and the best on all, as many as ``cap`` affords.
+    def plan_shapes(cls, n_train: int, n_dev: int) -> list[Knobs]:
+        """Steps of 4 proposals, each screened on 3 dev examples and the best on all, as many as the cap affords.
 
         Example:
             >>> OPRO.plan(100, n_train=20, n_dev=15)["steps"]
             1
         """
-        from cuecard.policies import MultiStage
-
-        policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=1)
-
-        def knobs(steps: int) -> dict[str, Any]:
-            return dict(policy=policy, steps=steps, instructions_per_step=4, num_exemplars=min(3, n_train),
-                        max_proposal_tokens=80, patience=max(2, steps), until_cap=True)
-
-        return cls.largest_plan(cap, n_train, n_dev, predictors, knobs)
+        policy = screening(n_dev, survivors=1)
+        return [lambda steps: dict(policy=policy, steps=steps, instructions_per_step=4, num_exemplars=min(3, n_train),
+                                   max_proposal_tokens=80, patience=max(2, steps))]
 
     def why(self, record: Any) -> str:
         if record.origin == "opro":
@@ -207,11 +197,9 @@ class OPRO(Teleprompter):
         counted: set[int] = set()
         best = self.best_so_far(ctx)
         stale = 0
-        def step_cost(count: int) -> int:
-            return self.step_cost(len(ctx.train), len(engine.examples), len(names), count)
-
         step = 0
-        while count := self.step_size(ctx, step, self.config.steps, self.config.instructions_per_step, step_cost):
+        while count := self.step_size(ctx, step, self.config.steps, self.config.instructions_per_step,
+                                      lambda size: self.step_cost_in(ctx, size)):
             step += 1
             ctx.step(step, self.config.steps)
             name = names[(step - 1) % len(names)]

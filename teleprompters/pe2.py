@@ -32,6 +32,7 @@ from pydantic import Field
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
 from .induction import FORWARD_TEMPLATE, Induction, combine, induce
+from .planning import Knobs, screening
 from .proposals import clean_instruction, parse_items
 
 PROMPT_SLOT = "<<PROMPT>>"
@@ -97,46 +98,35 @@ class PE2(Teleprompter):
     summary = "a prompt engineer's meta-prompt on hard negatives, with back-tracking (Ye et al. 2024)"
     Config = PE2Config
     config: PE2Config
+    plan_upto = 50
     default_policy = FullEvaluation
 
-    def step_calls(self, n_train: int, n_dev: int, proposals: int | None = None) -> tuple[int, int, int]:
-        """(prompt-model requests, pool evaluations, task runs outside the pool) one step takes at most:
-        two calls per proposal (``proposals`` per parent, default ``proposals_per_prompt``), their scoring,
+    def step_calls(self, n_train: int, n_dev: int, predictors: int, size: int | None = None) -> tuple[int, int, int]:
+        """A step: two calls per proposal (``size`` per parent, default ``proposals_per_prompt``), their scoring,
         the parents' runs on train."""
         config = self.config
-        children = config.beam * (config.proposals_per_prompt if proposals is None else proposals)
+        children = config.beam * (config.proposals_per_prompt if size is None else size)
         runs = config.beam * min(config.negatives_sample or n_train, n_train)
         return 2 * children, self.policy.planned_evaluations(children, n_dev, None), runs
 
-    def step_cost(self, n_train: int, n_dev: int, predictors: int, proposals: int | None = None) -> int:
-        """LM requests one step (``proposals`` per parent, default ``proposals_per_prompt``) may take."""
-        prompt, evaluations, runs = self.step_calls(n_train, n_dev, proposals)
-        return prompt + (evaluations + runs) * predictors
-
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
-        prompt, per_step, runs = self.step_calls(n_train, n_dev)
+        prompt, per_step, runs = self.step_calls(n_train, n_dev, predictors)
         reading_prompts, readings = self.reading_costs(predictors)
         evaluations = self.policy.planned_evaluations(1 + config.n_init * predictors + readings, n_dev, None)
         return reading_prompts + config.n_init * predictors + config.steps * prompt, evaluations + config.steps * per_step, config.steps * runs
 
     @classmethod
-    def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
-        """Steps expanding the best prompt (beam 1) with 3 proposals from hard negatives, as many as ``cap`` affords.
+    def plan_shapes(cls, n_train: int, n_dev: int) -> list[Knobs]:
+        """Steps expanding the best prompt (beam 1) with 3 proposals from hard negatives, as many as the cap affords.
 
         Example:
             >>> PE2.plan(100, n_train=20, n_dev=15)["steps"]
             1
         """
-        from cuecard.policies import MultiStage
-
-        policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=1)
-
-        def knobs(steps: int) -> dict[str, Any]:
-            return dict(policy=policy, steps=steps, beam=1, proposals_per_prompt=3, batch_size=2,
-                        negatives_sample=min(8, n_train), max_reasoning_tokens=200, max_proposal_tokens=80, until_cap=True)
-
-        return cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=50)
+        policy = screening(n_dev, survivors=1)
+        return [lambda steps: dict(policy=policy, steps=steps, beam=1, proposals_per_prompt=3, batch_size=2,
+                                   negatives_sample=min(8, n_train), max_reasoning_tokens=200, max_proposal_tokens=80)]
 
     def why(self, record: Any) -> str:
         if record.origin == "pe2":
@@ -158,11 +148,9 @@ class PE2(Teleprompter):
                 f"{self.config.proposals_per_prompt}: no new prompt is asked for; the best starting prompt wins"
             )
 
-        def step_cost(proposals: int) -> int:
-            return self.step_cost(len(ctx.train), len(engine.examples), len(seed), proposals)
-
         step = 0
-        while proposals := self.step_size(ctx, step, self.config.steps, self.config.proposals_per_prompt, step_cost):
+        while proposals := self.step_size(ctx, step, self.config.steps, self.config.proposals_per_prompt,
+                                          lambda size: self.step_cost_in(ctx, size)):
             step += 1
             ctx.step(step, self.config.steps)
             if not self.config.beam or not self.config.proposals_per_prompt:

@@ -5,18 +5,42 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import dspy
 from cuecard.errors import (
     DataWarning,
     TeleprompterConfigError,
 )
+from cuecard.policies import MultiStage
 from cuecard.program import check_examples, predictors
 from cuecard.usage import BUDGETS, Limits
 from pydantic import BaseModel, Field
 
 from .proposing import RULE_REQUEST
+
+if TYPE_CHECKING:
+    from .context import SearchContext
+
+Knobs = Callable[[int], dict[str, Any]]
+"""A plan's shape: n (steps, rounds or proposals; what they cost grows with n) -> the method's knobs, a policy among them."""
+
+
+def lm_requests(prompt: int, evaluations: int, runs: int, predictors: int) -> int:
+    """LM requests of ``prompt`` prompt-model requests, ``evaluations`` pool evaluations and ``runs`` task runs outside
+    the pool, on a program of ``predictors`` predictors (an evaluation or run asks each predictor once).
+
+    Example:
+        >>> lm_requests(4, evaluations=10, runs=2, predictors=2)
+        28
+    """
+    return prompt + (evaluations + runs) * predictors
+
+
+def screening(n_dev: int, survivors: int) -> MultiStage:
+    """The plans' multi-stage screen: every candidate on 3 dev examples, a third kept at each stage, ``survivors``
+    scored on all of dev."""
+    return MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=survivors)
 
 
 class CompileEstimate(BaseModel):
@@ -41,7 +65,14 @@ class CompileEstimate(BaseModel):
 
 
 class Planning:
-    """The teleprompter's estimates and plans (a mixin of :class:`~cuecard.teleprompters.base.Teleprompter`)."""
+    """The teleprompter's estimates and plans (a mixin of :class:`~cuecard.teleprompters.base.Teleprompter`).
+
+    A method gives its own arithmetic through hooks: :meth:`planned_calls` (the whole search), :meth:`step_calls`
+    (one step, for going on to the cap) and :meth:`plan_shapes` with :attr:`plan_upto` (the knobs a budget buys).
+    """
+
+    plan_upto: ClassVar[int] = 100
+    """The largest n :meth:`plan` tries in a shape (steps, rounds or proposals)."""
 
     def apply_auto(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None) -> None:
         """With ``auto="light"|"medium"|"heavy"`` (as DSPy's optimizers take it), plan the method's knobs for the
@@ -64,6 +95,20 @@ class Planning:
         most with its settings, the seed check included; None when the method cannot tell."""
         return None
 
+    def step_calls(self, n_train: int, n_dev: int, predictors: int, size: int | None = None) -> tuple[int, int, int]:
+        """(prompt-model requests, pool evaluations, task runs outside the pool) one step of the search takes at most,
+        asking for ``size`` new candidates (default: a full step); a method that goes on past its planned steps
+        (``until_cap``) gives its own."""
+        raise NotImplementedError(f"{type(self).__name__} has no step costs")
+
+    def step_cost(self, n_train: int, n_dev: int, predictors: int, size: int | None = None) -> int:
+        """LM requests one step (of ``size`` new candidates, default a full step) may take (:meth:`step_calls`)."""
+        return lm_requests(*self.step_calls(n_train, n_dev, predictors, size), predictors)
+
+    def step_cost_in(self, ctx: SearchContext, size: int | None = None) -> int:
+        """:meth:`step_cost` at the sizes of the running search (its train data, dev pool and predictors)."""
+        return self.step_cost(len(ctx.train), len(ctx.engine.examples), len(predictors(ctx.student)), size)
+
     def estimate(
         self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None = None
     ) -> CompileEstimate:
@@ -85,7 +130,7 @@ class Planning:
         if planned is None:
             raise TeleprompterConfigError(f"{type(self).__name__} cannot estimate its cost before running")
         prompt, evaluations, side = planned
-        task = (evaluations + side) * count
+        task = lm_requests(0, evaluations, side, count)
         tokens, cost = self._tokens_and_cost(student, train, prompt, task)
         estimate = CompileEstimate(
             requests=prompt + task, prompt_requests=prompt, task_requests=task, evaluations=evaluations,
@@ -153,9 +198,21 @@ class Planning:
         return cap
 
     @classmethod
+    def plan_shapes(cls, n_train: int, n_dev: int) -> list[Knobs]:
+        """The method's plan shapes (:data:`Knobs`), tried in turn by :meth:`plan`; none: the method has no plan."""
+        return []
+
+    @classmethod
     def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
-        """Knobs (a policy included) that make the method spend about ``cap`` LM requests on data of
-        these sizes, found through :meth:`estimate`'s own arithmetic; ``{}`` when the method has no plan."""
+        """Knobs (a policy included) that make the method spend about ``cap`` LM requests on data of these sizes,
+        going on to the cap (``until_cap``): of the first of :meth:`plan_shapes` where one fits, the largest n up
+        to :attr:`plan_upto` that :meth:`estimate`'s own arithmetic fits under ``cap``; ``{}`` when none fits or
+        the method has no plan."""
+        for shape in cls.plan_shapes(n_train, n_dev):
+            best = cls.largest_plan(cap, n_train, n_dev, predictors, lambda n, shape=shape: {**shape(n), "until_cap": True},
+                                    upto=cls.plan_upto)
+            if best:
+                return best
         return {}
 
     @classmethod
@@ -185,8 +242,7 @@ class Planning:
     def fits(cls, knobs: dict[str, Any], cap: int, n_train: int, n_dev: int, predictors: int) -> int:
         """The requests a compile with ``knobs`` may take on data of these sizes (for :meth:`plan`)."""
         probe = cls(metric=None, task_lm=_PLANNING_LM, **knobs)
-        prompt, evaluations, side = probe.planned_calls(n_train, n_dev, predictors) or (0, 0, 0)
-        return prompt + (evaluations + side) * predictors
+        return lm_requests(*(probe.planned_calls(n_train, n_dev, predictors) or (0, 0, 0)), predictors)
 
 
 class _PlanningLM:

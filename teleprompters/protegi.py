@@ -29,6 +29,7 @@ from cuecard.stopping import StopKind
 from pydantic import Field
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
+from .planning import Knobs
 from .proposals import parse_items
 
 GRADIENT_PROMPT = (
@@ -93,6 +94,7 @@ class ProTeGi(Teleprompter):
     Config = ProTeGiConfig
     config: ProTeGiConfig
     default_policy = UCB
+    plan_upto = 30
 
     def parent_calls(self, n_train: int, predictors: int) -> tuple[int, int]:
         """(prompt-model requests, task runs) expanding one beam parent takes at most: its minibatch
@@ -105,10 +107,11 @@ class ProTeGi(Teleprompter):
             runs += config.max_expansion_factor * 2 * config.errors_per_gradient
         return prompt, runs
 
-    def round_cost(self, n_train: int, n_dev: int, predictors: int) -> int:
-        """LM requests one round may take with a full beam: every parent's expansion and the selection budget."""
+    def step_calls(self, n_train: int, n_dev: int, predictors: int, size: int | None = None) -> tuple[int, int, int]:
+        """A round with a full beam (``size`` is not used: a round is never cut smaller): every parent's
+        expansion and the selection budget."""
         prompt, runs = self.parent_calls(n_train, predictors)
-        return self.config.beam_size * (prompt + runs * predictors) + self.config.selection_budget * predictors
+        return self.config.beam_size * prompt, self.config.selection_budget, self.config.beam_size * runs
 
     def planned_calls(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int]:
         config = self.config
@@ -119,27 +122,22 @@ class ProTeGi(Teleprompter):
         return reading_prompts + sum(parents) * per_parent_prompt, evaluations, sum(parents) * per_parent_runs
 
     @classmethod
-    def plan(cls, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> dict[str, Any]:
+    def plan_shapes(cls, n_train: int, n_dev: int) -> list[Knobs]:
         """Rounds of 2 gradients x 1 edit per beam prompt (beam 2), UCB spending 2 x dev evaluations a round
-        (smaller minibatch and selection where ``cap`` is tight), as many rounds as ``cap`` affords.
+        (smaller minibatch and selection where the cap is tight), as many rounds as the cap affords.
 
         Example:
             >>> ProTeGi.plan(100, n_train=20, n_dev=15)["rounds"]
             1
         """
-        from cuecard.policies import UCB
 
-        for minibatch, selection in ((min(8, n_train), 2 * n_dev), (min(4, n_train), n_dev)):
+        def shape(minibatch: int, selection: int) -> Knobs:
+            return lambda rounds: dict(
+                policy=UCB(batch=3), rounds=rounds, beam_size=2, minibatch_size=minibatch, n_gradients=2, errors_per_gradient=3,
+                steps_per_gradient=1, mc_samples_per_step=0, max_expansion_factor=4, samples_per_eval=selection, eval_rounds=1,
+                prompts_per_round=1, patience=rounds)
 
-            def knobs(rounds: int, minibatch: int = minibatch, selection: int = selection) -> dict[str, Any]:
-                return dict(policy=UCB(batch=3), rounds=rounds, beam_size=2, minibatch_size=minibatch, n_gradients=2,
-                            errors_per_gradient=3, steps_per_gradient=1, mc_samples_per_step=0, max_expansion_factor=4,
-                            samples_per_eval=selection, eval_rounds=1, prompts_per_round=1, patience=rounds, until_cap=True)
-
-            best = cls.largest_plan(cap, n_train, n_dev, predictors, knobs, upto=30)
-            if best:
-                return best
-        return {}
+        return [shape(min(8, n_train), 2 * n_dev), shape(min(4, n_train), n_dev)]
 
     def why(self, record: Any) -> str:
         gradient = record.meta.get("gradient")
@@ -170,7 +168,7 @@ class ProTeGi(Teleprompter):
             beam = [0]
         best = start.best.mean
         stale = 0
-        round_cost = self.round_cost(len(ctx.train), len(engine.examples), len(predictors(ctx.student)))
+        round_cost = self.step_cost_in(ctx)
         round_ = 0
         closing = self.config.beam_size * len(engine.examples) * engine.calls_per_example  # the beam's full evaluation
         while self.more_steps(ctx, round_, self.config.rounds, round_cost + closing):
@@ -208,9 +206,7 @@ class ProTeGi(Teleprompter):
                 if stale >= self.config.patience:
                     ctx.stop(StopKind.NO_IMPROVEMENT, f"round {round_}: the beam's best dev score did not improve on {best:.3f}")
                     break
-        final = FullEvaluation(n_examples=len(engine.examples))
-        allocation = engine.allocate(final, beam)
-        return allocation
+        return ctx.allocate(beam, policy=FullEvaluation(n_examples=len(engine.examples)))
 
     # ---- errors and expansion --------------------------------------------------------------------
     def collect_errors(self, ctx: SearchContext, arm: int, minibatch: list[dspy.Example]) -> list[tuple[dspy.Example, ExampleScore]]:

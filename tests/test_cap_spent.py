@@ -62,3 +62,43 @@ def test_step_size_takes_the_most_candidates_that_fit_and_says_why_it_stops():
     ctx.room_left = 17
     assert ape.step_size(ctx, 1, 1, 4, cost) == 0 and ctx.stopped[0] == StopKind.NO_ROOM and ctx.stopped[1].startswith("17 requests left")
     assert APE(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task)).step_size(ctx, 1, 1, 4, cost) == 0  # no until_cap
+
+
+def test_a_method_gives_only_its_plan_shapes_and_step_calls_and_the_shared_plan_sizes_them():
+    """plan() and the step cost are written once (planning.py): a method with one knob family and its own
+    arithmetic gets the largest n under the cap, the next shape when the first fits nowhere, and step costs."""
+    from cuecard.teleprompters import Teleprompter, TeleprompterConfig
+
+    class ToyConfig(TeleprompterConfig):
+        steps: int = 1
+        width: int = 1
+
+    class Toy(Teleprompter):
+        name = "toy"
+        Config = ToyConfig
+
+        def planned_calls(self, n_train, n_dev, predictors):
+            return 2 * self.config.steps, self.config.steps * self.config.width * n_dev, 0
+
+        def step_calls(self, n_train, n_dev, predictors, size=None):
+            return 2, (self.config.width if size is None else size) * n_dev, n_train
+
+        @classmethod
+        def plan_shapes(cls, n_train, n_dev):
+            return [lambda steps: {"steps": steps, "width": 4}, lambda steps: {"steps": steps, "width": 1}]
+
+        def search(self, ctx):
+            raise AssertionError("planning makes no search")
+
+    def requests(steps, width, n_dev, predictors):  # the toy's own arithmetic, written out
+        return 2 * steps + steps * width * n_dev * predictors
+
+    for cap, n_dev, predictors in ((100, 5, 1), (100, 5, 2), (500, 15, 1), (20, 5, 1)):
+        plan = Toy.plan(cap, n_train=10, n_dev=n_dev, predictors=predictors)
+        width = 4 if requests(1, 4, n_dev, predictors) <= cap else 1  # the first shape, unless no n of it fits
+        steps = max(s for s in range(1, 101) if requests(s, width, n_dev, predictors) <= cap)
+        assert plan == {"steps": steps, "width": width, "until_cap": True}, (cap, n_dev, predictors)
+    assert Toy.plan(3, n_train=10, n_dev=5) == {}  # nothing fits
+    toy = Toy(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), width=3)
+    assert toy.step_cost(10, 5, 2) == 2 + (3 * 5 + 10) * 2 and toy.step_cost(10, 5, 2, size=1) == 2 + (5 + 10) * 2
+    assert Teleprompter.plan(100, 10, 5) == {} and APE.plan(100, 20, 15)["until_cap"] is True

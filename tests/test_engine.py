@@ -130,6 +130,70 @@ def test_a_known_candidate_keeps_its_arm_and_its_scores():
     assert task.lm.meter.usage.calls == calls
 
 
+def test_a_search_context_needs_no_teleprompter():
+    """The context a search works with is given the engine, the policy, the seed and the metric: built from
+    those alone, it scores a step with its policy (or one given) and the shared induction reads its metric."""
+    from cuecard.teleprompters.context import SearchContext
+    from cuecard.teleprompters.induction import collect_traces
+
+    task = BernoulliTask([0.9, 0.2], pool_size=12, seed=3)
+    engine = make_engine(task)
+    train = [dspy.Example(item=f"item {i}", answer="yes").with_inputs("item") for i in range(20, 28)]
+    ctx = SearchContext(task.program, engine, train, policy=FullEvaluation(n_examples=6), seed=0, metric=task.metric)
+    with engine.session():
+        step = ctx.allocate()
+        assert step.policy == "full" and sorted(e.n for e in step.ranking) == [6, 6]
+        closing = ctx.allocate([step.best.arm], policy=FullEvaluation(n_examples=12))
+        assert closing.policy == "full" and closing.best.n == 12
+        assert ctx.ranking_so_far().policy == "full"
+        traces = collect_traces(ctx, "self")  # the seed (arm 0) run on train, kept where the metric passed
+    assert traces and [t.item for t in traces] == [e.item for i, e in zip(range(20, 28), train, strict=True) if task.outcome(0, i)]
+
+
+def test_a_scorer_of_your_own_needs_only_run_and_one_lacking_members_is_named():
+    """The engine scores through the Scorer protocol: a scorer that subclasses it writes only ``run`` (the rest
+    keep their defaults), the engine calls its failure check after a stage, and one that implements part of it
+    is refused at once, naming what it lacks."""
+    from cuecard.errors import ConfigError, EvaluationFailed
+    from cuecard.evaluate import ExampleScore
+    from cuecard.study import Scorer
+
+    class Parity(Scorer):
+        """Scores 1 where the example index and the instruction's length have the same parity."""
+
+        def __init__(self):
+            self.scored = 0
+
+        def run(self, candidate, examples):
+            self.scored += len(examples)
+            return [ExampleScore(index=i, score=float(i % 2 == len(candidate["self"]) % 2)) for i, _ in examples]
+
+    class Strict(Parity):
+        def check_failures(self):
+            raise EvaluationFailed("every evaluation is suspect")
+
+    data = [dspy.Example(q=str(i), a="yes").with_inputs("q") for i in range(6)]
+    scorer = Parity()
+    engine = Engine(scorer, data, storage=":memory:", progress=False)
+    even, odd = engine.add_candidate({"self": "ab"}), engine.add_candidate({"self": "abc"})
+    with engine.session():
+        ranking = engine.allocate(FullEvaluation(n_examples=6)).ranking
+    assert {e.arm: e.mean for e in ranking} == {even: 0.5, odd: 0.5} and scorer.scored == 12
+    assert engine.scores(even) == {i: float(i % 2 == 0) for i in range(6)}
+    assert engine.identity.program is None and engine.identity.objective == "metric"
+    strict = Engine(Strict(), data, storage=":memory:", progress=False)
+    strict.add_candidate({"self": "ab"})
+    with pytest.raises(EvaluationFailed, match="suspect"):
+        strict.allocate(FullEvaluation(n_examples=2))
+
+    class RunOnly:
+        def run(self, candidate, examples):
+            return []
+
+    with pytest.raises(ConfigError, match=r"RunOnly lacks program, metric, objective, task_lm, adapter, num_threads, run_partial, trace, check_failures"):
+        Engine(RunOnly(), data, storage=":memory:", progress=False)
+
+
 def test_storage_that_cannot_be_opened_is_named():
     task = BernoulliTask([0.5], pool_size=4)
     with pytest.raises(StorageError, match="nosuchdb"):

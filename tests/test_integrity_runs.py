@@ -17,7 +17,7 @@ import pytest
 from cuecard.cli import main
 from cuecard.errors import RunConfigMismatch
 from cuecard.evaluate import ExampleScore
-from cuecard.study import STATUS, Engine
+from cuecard.study import STATUS, Engine, Scorer
 from cuecard.teleprompters import APE
 from cuecard.testing import scripted_lm
 
@@ -127,11 +127,8 @@ def test_stored_predictions_keep_what_rebuilds_them_exactly():
 
 
 # ---- 5: `cuecard runs` says what is stored -----------------------------------------------------------------
-class FailsOnce:
+class FailsOnce(Scorer):
     """A scorer that fails example ``index`` the first time it is asked, and scores 1 otherwise."""
-
-    objective = "metric"
-    metric = None
 
     def __init__(self, index):
         self.index, self.failed = index, False

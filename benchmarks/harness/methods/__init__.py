@@ -128,7 +128,7 @@ def cuecard_runner(name: str) -> Runner:
         cls = registered_teleprompters()[name]
 
         def run(program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
-            has_plan = cls.plan.__func__ is not Teleprompter.plan.__func__
+            has_plan = any(getattr(cls, hook).__func__ is not getattr(Teleprompter, hook).__func__ for hook in ("plan", "plan_shapes"))
             plan = (plan_for(cls, kw["cap"], len(kw["train"]), len(kw["dev"])) if has_plan
                     else Plan(knobs={}, planned_calls=kw["cap"], notes=["no plan() of its own: its default settings, under the cap"]))
             return compile_with(cls, plan, program, **kw)
