@@ -35,9 +35,10 @@ import statistics
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from .errors import ConfigError
+from .stopping import StopReason
 
 
 class Acceptance(BaseModel):
@@ -53,7 +54,7 @@ class Acceptance(BaseModel):
     p_value: float | None = None
     candidate_mean: float | None = None
     seed_mean: float | None = None
-    cut_short: str | None = None
+    cut_short: StopReason | None = None
     """The cap that stopped the scoring of the two on the same examples, if one did."""
     tested: bool = True
     """Whether the rule's test decided (False: the seed was the best, or the pairs never favoured the winner)."""
@@ -64,6 +65,12 @@ class Acceptance(BaseModel):
     differences: list[float] = Field(default_factory=list)
     """The paired differences (winner minus seed) on the examples compared, in example order: a replay of
     the decision under another rule needs nothing else."""
+
+    @field_validator("cut_short", mode="before")
+    @classmethod
+    def _cap_of_older_reports(cls, value: Any) -> Any:
+        """A report saved when the cap was a line of text: that line is the cap's detail."""
+        return StopReason.cap(value) if isinstance(value, str) else value
 
 
 def untested(asked: str, reason: str, *, accepted: bool = False, **figures: Any) -> Acceptance:

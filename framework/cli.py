@@ -250,7 +250,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     report = compiled.cuecard_report
     if report.best.dev_examples == 0:
         raise cuecard.CuecardError(
-            f"nothing was scored ({report.stopped or 'no candidate got an example'}): no program written to {out}. "
+            f"nothing was scored ({report.capped.detail if report.capped else 'no candidate got an example'}): no program written to {out}. "
             "Raise the cap; `--estimate` shows what the settings need"
         )
     path = cuecard.save(compiled, out)

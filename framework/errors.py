@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+from .stopping import StopReason
+
 
 class CuecardError(Exception):
     """Base class of every error cuecard raises on purpose."""
@@ -28,7 +32,22 @@ class SignatureError(CuecardError, ValueError):
 
 
 class BudgetExhausted(CuecardError, RuntimeError):
-    """A usage cap (LM calls, tokens or dollars) was reached; no further call was made."""
+    """A cap (LM requests, model calls, tokens, dollars or example evaluations) was reached; no further call was made.
+
+    ``reason`` is the cap's :class:`~cuecard.stopping.StopReason` (which cap, its value, one line), made where
+    the cap was met; the search and the report keep that same value.
+
+    Example:
+        >>> BudgetExhausted(StopReason.cap("run: cap of 5 LM requests reached", limit="max_calls", limit_value=5)).reason.limit
+        'max_calls'
+    """
+
+    def __init__(self, reason: StopReason | str) -> None:
+        self.reason = reason if isinstance(reason, StopReason) else StopReason.cap(str(reason))
+        super().__init__(self.reason.detail)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return type(self), (self.reason,)
 
 
 class StorageError(CuecardError, RuntimeError):

@@ -38,6 +38,7 @@ import optuna
 from pydantic import BaseModel
 
 from .errors import BudgetExhausted, ConfigError
+from .stopping import StopReason
 
 
 class ArmEstimate(BaseModel):
@@ -55,9 +56,11 @@ class Allocation(BaseModel):
     policy: str
     ranking: list[ArmEstimate]
     evaluations: int
-    stopped: str | None = None
-    capped: bool = False
-    """True when a run-wide cap (LM calls, tokens, dollars, evaluations) stopped it, not its own budget."""
+    capped: StopReason | None = None
+    """The run-wide cap (LM requests, model calls, tokens, dollars, evaluations) that stopped it: the stop
+    reason :class:`~cuecard.errors.BudgetExhausted` carried from where the cap was met; None when no cap did."""
+    budget_reached: int | None = None
+    """Its own evaluation budget, when that ran out before the policy was done (no cap: the search goes on)."""
 
     @property
     def best(self) -> ArmEstimate:
@@ -131,14 +134,15 @@ class Policy(ABC):
     def run(self, arms: Arms, budget: int | None = None) -> Allocation:
         budget = self.default_budget(arms.n_arms, arms.pool_size) if budget is None else budget
         pruned: set[int] = set()
-        stopped, capped = None, False
+        capped, budget_reached = None, None
         try:
             pruned = self.allocate(arms, budget)
         except EvaluationBudgetSpent:
-            stopped = f"evaluation budget of {budget} reached"
+            budget_reached = budget
         except BudgetExhausted as exc:
-            stopped, capped = str(exc), True
-        return Allocation(policy=self.name, ranking=rank(arms, pruned), evaluations=arms.spent, stopped=stopped, capped=capped)
+            capped = exc.reason
+        return Allocation(policy=self.name, ranking=rank(arms, pruned), evaluations=arms.spent, capped=capped,
+                          budget_reached=budget_reached)
 
 
 def rank(arms: Arms, pruned: set[int] | frozenset[int] = frozenset()) -> list[ArmEstimate]:

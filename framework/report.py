@@ -99,7 +99,10 @@ class CompileReport(BaseModel):
     proposal_token_caps: list[int] = Field(
         default_factory=list, description="the token caps at which prompt-model replies were cut (prompt_usage.truncated counts them)"
     )
-    stopped: str | None = Field(None, description="the cap that stopped the search, if one did")
+    capped: StopReason | None = Field(
+        None, description="the cap reached, if one was (the run stays open: a larger cap continues it); the stop reason "
+        "made where the cap was met"
+    )
     stop_reason: StopReason = Field(default_factory=StopReason, description="why the search stopped, said once")
     evaluations: int = 0
     usage: Usage = Field(default_factory=Usage)
@@ -115,9 +118,15 @@ class CompileReport(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _reason_of_older_reports(cls, data: Any) -> Any:
-        """A report saved before ``stop_reason`` existed: a cap named in ``stopped`` is its reason."""
-        if isinstance(data, dict) and data.get("stop_reason") is None and data.get("stopped"):
-            data = {**data, "stop_reason": StopReason(kind=StopKind.CAP, detail=data["stopped"])}
+        """A report saved when the cap was a line of text (``stopped``): that line is the cap's detail, and
+        the stop reason of a report saved before ``stop_reason`` existed."""
+        if isinstance(data, dict) and "stopped" in data:
+            data = dict(data)
+            stopped = data.pop("stopped")
+            if stopped and data.get("capped") is None:
+                data["capped"] = StopReason(kind=StopKind.CAP, detail=stopped)
+            if stopped and data.get("stop_reason") is None:
+                data["stop_reason"] = data["capped"]
         return data
 
     @property

@@ -2,7 +2,7 @@
 
 Example:
     >>> from cuecard.stopping import StopReason
-    >>> StopReason.cap("cap of 150 LM requests reached").text
+    >>> StopReason.cap("cap of 150 LM requests reached", limit="max_calls", limit_value=150).text
     'a cap was reached: cap of 150 LM requests reached'
     >>> StopReason().text
     'the search ran to its end'
@@ -46,14 +46,23 @@ _LEADS = {
 
 
 class StopReason(BaseModel):
-    """Why a search stopped: its kind and, in one line, the particulars (which cap, how many requests...)."""
+    """Why a search stopped: its kind and, in one line, the particulars (which cap, how many requests...).
+
+    A cap's reason is made once, where the cap is met (the usage meter or the engine), and travels
+    unchanged: in :class:`~cuecard.errors.BudgetExhausted`, ``Allocation.capped``, the search context and
+    the report.
+    """
 
     kind: StopKind = StopKind.FINISHED
     detail: str = ""
+    limit: str | None = None
+    """Which cap was reached: ``max_calls``, ``max_model_calls``, ``max_tokens``, ``max_cost`` or ``max_evaluations``."""
+    limit_value: int | float | None = None
+    """That cap's value."""
 
     @classmethod
-    def cap(cls, detail: str) -> StopReason:
-        return cls(kind=StopKind.CAP, detail=detail)
+    def cap(cls, detail: str, *, limit: str | None = None, limit_value: float | None = None) -> StopReason:
+        return cls(kind=StopKind.CAP, detail=detail, limit=limit, limit_value=limit_value)
 
     @property
     def by_cap(self) -> bool:

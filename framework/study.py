@@ -69,6 +69,7 @@ from .record import StoredReply, not_recorded, recording
 from .redact import redact_text, redact_url
 from .rescoring import check_stored_scores
 from .sharing import CREATE, open_claims
+from .stopping import StopReason
 from .store import RunStore, StoredTrial
 from .usage import Block, CallRecord, Limits, Usage, activate, record
 
@@ -528,7 +529,7 @@ class Engine:
         plan: list[tuple[int, int]] = []
         planned: set[tuple[int, int]] = set()
         evaluations, calls = self.evaluations, self.block.usage.calls
-        max_calls, per_example = self.block.limits.max_calls, self.calls_per_example
+        requests_left, per_example = self.block.room(model_calls=False).requests, self.calls_per_example
         for arm, indices in requests:
             seen = self.arms[arm].seen
             wanted = [i for i in dict.fromkeys(indices) if i not in seen and (arm, i) not in planned]
@@ -543,21 +544,26 @@ class Engine:
             if self.max_evaluations is not None:
                 room = self.max_evaluations - evaluations
                 if room <= 0:
-                    return plan, False, BudgetExhausted(f"{self.name}: cap of {self.max_evaluations} example evaluations reached")
+                    return plan, False, BudgetExhausted(StopReason.cap(
+                        f"{self.name}: cap of {self.max_evaluations} example evaluations reached",
+                        limit="max_evaluations", limit_value=self.max_evaluations,
+                    ))
                 wanted = wanted[:room]
-            if max_calls is not None:
+            if requests_left is not None:
                 # every process reaches the same point of the run: no worker computes past the examples the
                 # cap affords along the search's order, whichever it gets to first
-                room = (max_calls - calls) // per_example
+                room = requests_left // per_example
                 if room <= 0:
                     usage = self.block.usage.model_copy(update={"calls": calls})
-                    reason = self.block.limits.exceeded_by(usage, per_example, self.block.spent_before)
-                    return plan, False, BudgetExhausted(f"{self.block.name or 'block'}: {reason}")
+                    reason = self.block.limits.reached(usage, per_example, self.block.spent_before, block=self.block.name or "block")
+                    return plan, False, BudgetExhausted(reason or "")
                 wanted = wanted[:room]
             plan += [(arm, i) for i in wanted]
             planned.update(plan[-len(wanted):])
             evaluations += len(wanted)
             calls += len(wanted) * per_example
+            if requests_left is not None:
+                requests_left -= len(wanted) * per_example
         return plan, False, None
 
     def _read_back(self, arm: int, index: int) -> None:
@@ -773,32 +779,33 @@ class Engine:
         self.status(f"scoring {len(chosen)} candidate(s) with {policy.name}: at most {total} example evaluations")
         with self.scoring_bar(f"scoring {len(chosen)} with {policy.name}", total) as closing:
             allocation = policy.run(view, budget)
-            closing["stopped"] = allocation.stopped if allocation.capped else None
+            closing["capped"] = allocation.capped
         ranking = [estimate.model_copy(update={"arm": chosen[estimate.arm]}) for estimate in allocation.ranking]
         return allocation.model_copy(update={"ranking": ranking})
 
     @contextmanager
-    def scoring_bar(self, what: str, total: int) -> Iterator[dict[str, str | None]]:
+    def scoring_bar(self, what: str, total: int) -> Iterator[dict[str, StopReason | None]]:
         """A progress bar for one phase of scoring, labelled with the search's step; it closes at 100% (its total
-        becomes the evaluations made: a policy that prunes makes fewer than it may) or with the reason it stopped
-        early, set by the caller as ``closing["stopped"]`` (a cap), and stays on screen."""
+        becomes the evaluations made: a policy that prunes makes fewer than it may) or with the cap that stopped
+        it early, set by the caller as ``closing["capped"]``, and stays on screen."""
         from tqdm.auto import tqdm
         from tqdm.contrib.logging import logging_redirect_tqdm
 
         self.end_proposing()
         label = f"{self.phase}: {what}" if self.phase else what
         self._bar = tqdm(total=total, desc=f"{self.name}: {label}", unit="ex", disable=not self.progress, leave=True)
-        closing: dict[str, str | None] = {"stopped": None}
+        closing: dict[str, StopReason | None] = {"capped": None}
         try:
             with logging_redirect_tqdm():  # library warnings print above the bar, not through it
                 yield closing
         except BudgetExhausted as exc:
-            closing["stopped"] = str(exc)
+            closing["capped"] = exc.reason
             raise
         finally:
             bar, self._bar = self._bar, None
-            if closing["stopped"] and bar.n < (bar.total or 0):
-                bar.set_description_str(f"{self.name}: {label}: stopped early ({closing['stopped']})", refresh=False)
+            capped = closing["capped"]
+            if capped is not None and bar.n < (bar.total or 0):
+                bar.set_description_str(f"{self.name}: {label}: stopped early ({capped.detail})", refresh=False)
             elif bar.n != bar.total:
                 bar.set_description_str(f"{self.name}: {label}: {bar.n} evaluations (of at most {bar.total})", refresh=False)
                 bar.total = bar.n
@@ -828,9 +835,9 @@ class Engine:
 
     def _planned_under_caps(self, evaluations: int) -> int:
         """``evaluations``, or fewer when a cap on requests or evaluations leaves room for fewer."""
-        limits = self.block.limits
-        if limits.max_calls is not None:
-            evaluations = min(evaluations, max(0, limits.max_calls - self.block.usage.calls) // self.calls_per_example)
+        requests_left = self.block.room(model_calls=False).requests
+        if requests_left is not None:
+            evaluations = min(evaluations, requests_left // self.calls_per_example)
         if self.max_evaluations is not None:
             evaluations = min(evaluations, max(0, self.max_evaluations - self.evaluations))
         return evaluations
@@ -960,7 +967,7 @@ class Engine:
             with activate(self.block), bar:
                 self.evaluate_many([(seed_arm, union), (arm, union)])
         except BudgetExhausted as exc:
-            cut_short = str(exc)
+            cut_short = exc.reason
         candidate, seed = self.arms[arm], self.arms[seed_arm]
         decision = rule.decide(
             {i: s for i, s in candidate.seen.items() if i not in candidate.errors},
@@ -978,22 +985,23 @@ class Engine:
         view = _ArmsView(self, chosen, None)
         return [e.model_copy(update={"arm": chosen[e.arm]}) for e in rank(view, frozenset(chosen.index(a) for a in pruned if a in chosen))]
 
-    def finish(self, pruned: Sequence[int] = (), *, stopped: str | None = None, failed: str | None = None) -> None:
+    def finish(self, pruned: Sequence[int] = (), *, capped: StopReason | None = None, failed: str | None = None) -> None:
         """Record how the search ended.
 
         A search that ran to its end closes its trials: ``COMPLETE`` with the mean score the search
         saw, ``PRUNED`` when eliminated or never scored (user attribute ``cuecard.status`` says
         which). Trials with failed evaluations stay open, so the next run can retry them and store
-        the scores. A search stopped by a cap (``stopped``) or by failures (``failed``) closes
-        nothing: the same command with a larger cap continues and stores into the same trials.
+        the scores. A search stopped by a cap (``capped``, the cap's stop reason) or by failures
+        (``failed``) closes nothing: the same command with a larger cap continues and stores into the
+        same trials.
         """
         self.save_spending(force=True)
         if failed is not None:
             self.set_status("failed", failed)
             return
         self._wait_for_others()
-        if stopped is not None:
-            self.set_status("stopped", stopped)
+        if capped is not None:
+            self.set_status("stopped", capped.detail)
             return
         for number, state in enumerate(self.arms):
             if not state.open or state.failed:

@@ -19,11 +19,12 @@ import contextlib
 import contextvars
 import threading
 from collections.abc import Iterator
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
 from .errors import BudgetExhausted
+from .stopping import StopReason
 
 
 class Usage(BaseModel):
@@ -160,19 +161,50 @@ class Limits(BaseModel):
     max_tokens: int | None = Field(default=None, ge=1)
     max_cost: float | None = Field(default=None, gt=0)
 
-    def exceeded_by(self, usage: Usage, upcoming: int = 1, spent_before: Usage | None = None) -> str | None:
-        """Which cap ``usage`` (plus ``spent_before``, earlier processes' spending) plus ``upcoming``
-        more requests would pass, or None."""
+    def reached(self, usage: Usage, upcoming: int = 1, spent_before: Usage | None = None, *, block: str = "") -> StopReason | None:
+        """The cap ``usage`` (plus ``spent_before``, earlier processes' spending) plus ``upcoming`` more
+        requests would pass, as the stop reason it gives (which cap, its value, one line prefixed with
+        ``block``), or None.
+
+        >>> Limits(max_calls=2).reached(Usage(calls=2), block="run").detail
+        'run: cap of 2 LM requests (cached, replayed or not) reached or about to be passed'
+        """
         spent = usage + spent_before if spent_before is not None else usage
         if self.max_model_calls is not None and spent.model_calls + upcoming > self.max_model_calls:
-            return f"cap of {self.max_model_calls} LM calls that reach a model reached"
+            return self._reason(block, "max_model_calls", f"cap of {self.max_model_calls} LM calls that reach a model reached")
         if self.max_calls is not None and usage.calls + upcoming > self.max_calls:
-            return f"cap of {self.max_calls} LM requests (cached, replayed or not) reached or about to be passed"
+            return self._reason(block, "max_calls", f"cap of {self.max_calls} LM requests (cached, replayed or not) reached or about to be passed")
         if self.max_tokens is not None and spent.total_tokens >= self.max_tokens:
-            return f"token cap of {self.max_tokens} reached"
+            return self._reason(block, "max_tokens", f"token cap of {self.max_tokens} reached")
         if self.max_cost is not None and spent.cost >= self.max_cost:
-            return f"cost cap of ${self.max_cost:.4f} reached"
+            return self._reason(block, "max_cost", f"cost cap of ${self.max_cost:.4f} reached")
         return None
+
+    def exceeded_by(self, usage: Usage, upcoming: int = 1, spent_before: Usage | None = None) -> str | None:
+        """Which cap ``usage`` plus ``upcoming`` more requests would pass, in words (see :meth:`reached`), or None."""
+        reason = self.reached(usage, upcoming, spent_before)
+        return None if reason is None else reason.detail
+
+    def _reason(self, block: str, limit: str, text: str) -> StopReason:
+        return StopReason.cap(f"{block}: {text}" if block else text, limit=limit, limit_value=getattr(self, limit))
+
+
+class Room(NamedTuple):
+    """What a block's caps leave this process (see :meth:`Block.room`); None where there is no such cap."""
+
+    requests: int | None
+    """LM requests left under ``max_calls`` (cached, replayed or not)."""
+    model_calls: int | None
+    """Model calls left under ``max_model_calls``: over every process of the run, other processes'
+    reservations counted as spent, this process's own unused ones as its to use."""
+
+    def allows(self, wanted: int) -> int:
+        """How many of ``wanted`` requests fit under both (each may reach a model).
+
+        >>> Room(requests=5, model_calls=2).allows(4)
+        2
+        """
+        return min([wanted, *(left for left in self if left is not None)])
 
 
 class SharedSpend(Protocol):
@@ -186,6 +218,10 @@ class SharedSpend(Protocol):
 
     def give_back(self, unused: int, used: int) -> None:
         """Return ``unused`` reserved calls to the run."""
+        ...
+
+    def run_reserved(self) -> int:
+        """Model calls the run's count holds: made or reserved, by every process."""
         ...
 
 
@@ -220,9 +256,9 @@ class Block(UsageMeter):
 
     def check(self, upcoming: int = 1) -> None:
         """Raise :class:`BudgetExhausted` when ``upcoming`` more requests would pass a cap of this block."""
-        reason = self.limits.exceeded_by(self.usage, upcoming, self.spent_before)
-        if reason:
-            raise BudgetExhausted(f"{self.name or 'block'}: {reason}")
+        reason = self.limits.reached(self.usage, upcoming, self.spent_before, block=self.name or "block")
+        if reason is not None:
+            raise BudgetExhausted(reason)
 
     def start_calls(self, upcoming: int = 1) -> None:
         """Before ``upcoming`` requests that may reach a model: check the caps, counting the requests other
@@ -235,18 +271,43 @@ class Block(UsageMeter):
             used = self.usage.model_calls
             if self.spend is None:
                 if self.spent_before.model_calls + used + self._in_flight + upcoming > cap:
-                    raise BudgetExhausted(f"{self.name or 'block'}: cap of {cap} LM calls that reach a model reached")
+                    raise BudgetExhausted(self.limits._reason(self.name or "block", "max_model_calls",
+                                                              f"cap of {cap} LM calls that reach a model reached"))
             else:
                 need = used + self._in_flight + upcoming - self._reserved
                 if need > 0:
                     granted = self.spend.reserve(max(need, self.reserve_batch), cap, used)
                     self._reserved += granted
                     if granted < need:
-                        raise BudgetExhausted(
-                            f"{self.name or 'block'}: cap of {cap} LM calls that reach a model reached "
-                            "(counted over every process of the run)"
-                        )
+                        raise BudgetExhausted(self.limits._reason(
+                            self.name or "block", "max_model_calls",
+                            f"cap of {cap} LM calls that reach a model reached (counted over every process of the run)",
+                        ))
             self._in_flight += upcoming
+
+    def room(self, *, model_calls: bool = True) -> Room:
+        """What the caps leave this process: requests under ``max_calls``, and model calls under
+        ``max_model_calls`` counted as :meth:`start_calls` counts them (the calls under way in other
+        threads; in a run shared by several processes, the run's count, where other processes'
+        reservations are spent, plus this process's reservations not used yet). ``model_calls=False``
+        leaves the model calls out (no read of the run's shared count).
+
+        Example:
+            >>> Block("run", Limits(max_calls=10)).room()
+            Room(requests=10, model_calls=None)
+        """
+        cap = self.limits.max_calls
+        requests = None if cap is None else max(0, cap - self.usage.calls)
+        cap = self.limits.max_model_calls
+        if cap is None or not model_calls:
+            return Room(requests, None)
+        with self._spend_lock:
+            used = self.usage.model_calls
+            if self.spend is None:
+                left = cap - self.spent_before.model_calls - used - self._in_flight
+            else:
+                left = cap - self.spend.run_reserved() + self._reserved - used - self._in_flight
+        return Room(requests, max(0, left))
 
     def end_calls(self, upcoming: int = 1) -> None:
         """The requests of :meth:`start_calls` are over (their use is recorded)."""

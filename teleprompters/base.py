@@ -55,7 +55,6 @@ from cuecard.program import apply_instructions, check_examples, get_instructions
 from cuecard.redact import redact_url
 from cuecard.report import CandidateSummary, CompileReport, ProcessStats
 from cuecard.saving import keep_block
-from cuecard.stopping import StopKind
 from cuecard.study import Engine, check_run_name
 from cuecard.usage import BUDGETS, Limits
 from dspy.teleprompt import Teleprompter as DSPyTeleprompter
@@ -389,7 +388,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
             try:
                 final = self.search(ctx)
             except BudgetExhausted as exc:
-                ctx.stop(StopKind.CAP, f"{exc}; the best candidate scored so far wins")
+                ctx.stop(exc.reason)  # the best candidate scored so far wins
                 final = ctx.ranking_so_far()
             except MetricBlind:  # said at once (a warning, the stop reason); every candidate ties, so the seed stays
                 final = ctx.ranking_so_far()
@@ -407,9 +406,10 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
             else:
                 engine.status("checking the winner against the seed on the same dev examples")
                 acceptance = engine.compare(final.best.arm, seed_arm, self.acceptance)
-            if acceptance.cut_short:
-                ctx.stop(StopKind.CAP, f"while checking the winner against the seed: {acceptance.cut_short}")
-        engine.finish(sorted(ctx.pruned), stopped=ctx.capped)
+            if acceptance.cut_short is not None:
+                ctx.stop(acceptance.cut_short)
+                ctx.note("the cap was reached while checking the winner against the seed")
+        engine.finish(sorted(ctx.pruned), capped=ctx.capped)
         report = self.build_report(ctx, final, seed_instructions, train, dev, identity, acceptance)
         compiled = apply_instructions(student, report.best.instructions)
         compiled.cuecard_report = report

@@ -47,7 +47,8 @@ class SearchContext:
         self.failures: dict[str, int] = {}
         self.notes: list[str] = []
         self.pruned: set[int] = set()
-        self.capped: str | None = None
+        self.capped: StopReason | None = None
+        """The first cap reached (the stop reason made where it was met): the run stays open for a larger cap."""
         self.stop_reason: StopReason | None = None
         self.readings: dict[str, list[str]] = {}
         self.sample_counter = 0
@@ -57,8 +58,7 @@ class SearchContext:
 
     def room(self) -> int | None:
         """LM requests left under the run's cap on requests (None: no such cap)."""
-        cap = self.engine.block.limits.max_calls
-        return None if cap is None else cap - self.engine.block.usage.calls
+        return self.engine.block.room(model_calls=False).requests
 
     def fail(self, reason: str) -> None:
         """Count a failed LM call that the search went on without (e.g. a proposal)."""
@@ -77,12 +77,14 @@ class SearchContext:
         (``until_cap``) "step 4 (past the 3 planned)"."""
         self.engine.phase = f"{unit} {number}/{planned}" if number <= planned else f"{unit} {number} (past the {planned} planned)"
 
-    def stop(self, kind: StopKind, detail: str = "") -> None:
-        """Say why the search stops (the first reason given stands); a cap also leaves the run open to continue."""
+    def stop(self, kind: StopKind | StopReason, detail: str = "") -> None:
+        """Say why the search stops (the first reason given stands); a cap also leaves the run open to continue.
+        A cap's reason is passed on as it came (``ctx.stop(exc.reason)`` for a :class:`BudgetExhausted`)."""
+        reason = kind if isinstance(kind, StopReason) else StopReason(kind=kind, detail=detail)
         if self.stop_reason is None:
-            self.stop_reason = StopReason(kind=kind, detail=detail)
-        if kind == StopKind.CAP:
-            self.capped = self.capped or detail
+            self.stop_reason = reason
+        if reason.kind == StopKind.CAP and self.capped is None:
+            self.capped = reason
 
     def train_answers(self) -> set[str]:
         """Every output value of the train examples, normalised (a proposal that is one of them is an answer)."""
@@ -107,10 +109,10 @@ class SearchContext:
         """Score ``arms`` (default: every candidate) with the search's policy, or ``policy`` when given."""
         allocation = self.engine.allocate(policy or self.policy, arms, budget)
         self.pruned.update(e.arm for e in allocation.ranking if e.pruned)
-        if allocation.capped:
-            self.stop(StopKind.CAP, allocation.stopped or "")
-        elif allocation.stopped:
-            self.note(f"scoring stopped early: {allocation.stopped}")
+        if allocation.capped is not None:
+            self.stop(allocation.capped)
+        elif allocation.budget_reached is not None:
+            self.note(f"scoring stopped early: evaluation budget of {allocation.budget_reached} reached")
         first_stage, self._stages = self._stages == 0, self._stages + 1
         blind = metric_blindness(self.engine, [e.arm for e in allocation.ranking]) if first_stage else None
         if blind is not None:

@@ -220,7 +220,8 @@ class OPRO(Teleprompter):
                     read=lambda reply: [extract_instruction(reply)],
                 )
             except BudgetExhausted as exc:
-                ctx.stop(StopKind.CAP, f"while proposing at step {step}: {exc}")
+                ctx.stop(exc.reason)
+                ctx.note(f"the cap was reached while proposing at step {step}")
                 break
             new_arms = self.add_proposals(ctx, name, base, replies, exemplars, step, best.arm)
             scored = ctx.allocate(new_arms) if new_arms else None
@@ -239,7 +240,7 @@ class OPRO(Teleprompter):
                     "best": engine.candidates[best.arm].instructions,
                 }
             )
-            if scored is not None and scored.stopped:
+            if scored is not None and scored.capped is not None:
                 break
             if best.mean > previous.mean:
                 stale = 0

@@ -162,7 +162,8 @@ class PE2(Teleprompter):
                 for parent in parents:
                     children += self.expand(ctx, parent, step, proposals)
             except BudgetExhausted as exc:
-                ctx.stop(StopKind.CAP, f"while proposing at step {step}: {exc}")
+                ctx.stop(exc.reason)
+                ctx.note(f"the cap was reached while proposing at step {step}")
                 if children:
                     ctx.allocate(children)
                 break
@@ -180,7 +181,7 @@ class PE2(Teleprompter):
             if not children:
                 ctx.stop(StopKind.NOTHING_NEW, f"step {step} gave no usable new prompt; the best so far wins")
                 break
-            if scored is not None and scored.stopped:
+            if scored is not None and scored.capped is not None:
                 break
         return ctx.ranking_so_far()
 

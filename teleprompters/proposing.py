@@ -20,7 +20,6 @@ from cuecard.evaluate import describe_error, failure_reason
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.program import apply_instructions, get_instructions, predictors
 from cuecard.stopping import StopKind
-from cuecard.study import Engine
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from .proposals import STRUCTURED_REQUEST, clean_instruction, parse_items, read_structured, structured_options
@@ -264,7 +263,8 @@ class Proposing:
         threads = 1 if getattr(self.prompt_lm, "is_local", False) else max(1, self.num_threads)
         outcomes: list[tuple[str | None, str | None]] = []
         while len(outcomes) < len(calls):
-            group = calls[len(outcomes): len(outcomes) + min(threads, _requests_room(ctx.engine, len(calls) - len(outcomes)))]
+            room = max(1, ctx.engine.block.room().allows(len(calls) - len(outcomes)))  # one over a cap raises as alone
+            group = calls[len(outcomes): len(outcomes) + min(threads, room)]
             if len(group) == 1:
                 outcomes.append(group[0]())
             else:
@@ -382,18 +382,6 @@ def meta_ngrams(template: str, n: int = META_NGRAM) -> set[tuple[str, ...]]:
         words = _WORD.findall(piece.lower())
         grams.update(tuple(words[i : i + n]) for i in range(len(words) - n + 1))
     return grams
-
-
-def _requests_room(engine: Engine, wanted: int) -> int:
-    """How many of ``wanted`` requests may go out together under the run's caps on requests and model
-    calls (at least one: a request over a cap raises as it would alone)."""
-    block = engine.block
-    room = wanted
-    if block.limits.max_calls is not None:
-        room = min(room, block.limits.max_calls - block.usage.calls)
-    if block.limits.max_model_calls is not None:
-        room = min(room, block.limits.max_model_calls - (block.usage + block.spent_before).model_calls)
-    return max(1, room)
 
 
 def _supports_json_schema(lm: Any) -> bool:

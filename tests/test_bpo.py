@@ -166,7 +166,7 @@ def test_the_cap_met_inside_the_judge_stops_the_search_and_fails_no_example():
     for cap in range(24, 64, 3):
         report = bpo(preferences=[{"prompt": "Tell me about topic 1."}], limits=Limits(max_calls=cap)).compile(
             Respond(), trainset=prompts()).cuecard_report
-        assert report.usage.calls <= cap and report.stopped, cap
+        assert report.usage.calls <= cap and report.capped, cap
         assert report.failures == {}, f"cap {cap}: the cap was stored as a failure: {report.failures}"
 
 

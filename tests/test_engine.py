@@ -224,7 +224,8 @@ def test_the_lm_call_cap_is_never_exceeded_and_the_run_stops_cleanly():
     engine = make_engine(task, limits=Limits(max_model_calls=37))
     allocation = engine.allocate(UCB(), budget=400)
     assert task.lm.meter.usage.model_calls == 37
-    assert "cap of 37 LM calls that reach a model" in allocation.stopped
+    assert "cap of 37 LM calls that reach a model" in allocation.capped.detail
+    assert (allocation.capped.limit, allocation.capped.limit_value) == ("max_model_calls", 37)
     assert allocation.ranking  # best result so far
     with pytest.raises(BudgetExhausted), engine.session():
         task.lm("one more")
@@ -234,7 +235,7 @@ def test_evaluation_cap_is_honoured():
     task = BernoulliTask([0.8] + [0.5] * 7, pool_size=50, seed=3)
     engine = make_engine(task, max_evaluations=25)
     allocation = engine.allocate(FullEvaluation(n_examples=10))
-    assert engine.evaluations == 25 and allocation.stopped
+    assert engine.evaluations == 25 and allocation.capped.limit == "max_evaluations"
 
 
 def test_dry_run_estimate_bounds_the_real_cost():

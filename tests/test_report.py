@@ -139,12 +139,12 @@ def test_the_winner_is_shown_as_a_word_diff_against_its_parent(replaced, tmp_pat
 def test_a_kept_seed_shows_the_searchs_own_winner_and_an_unscored_candidate_is_not_scored(kept, tmp_path):
     report = kept
     page = write_report(report, tmp_path)[1].read_text()
-    assert report.search_best is not None and not report.acceptance.accepted and report.stopped
+    assert report.search_best is not None and not report.acceptance.accepted and report.capped
     headline = re.search(r'<section class="headline kept">(.*?)</section>', page, re.S).group(1)
     assert "not distinguishable" in headline and text(report.acceptance.reason) in headline
     for candidate in (report.best, report.search_best):
         assert f"{candidate.dev_score:.3f}" in headline and ci(candidate) in headline
-    assert text(report.stopped) in headline
+    assert text(report.capped.detail) in headline
     unscored = [c for c in report.candidates if c.dev_examples == 0]
     assert unscored, "the cap left a proposal unscored"
     by_arm = {row[0]: row for row in rows(table(page, "candidates"))}

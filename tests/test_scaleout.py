@@ -228,7 +228,7 @@ def test_a_cap_on_requests_holds_for_all_workers_together(postgres_url, tmp_path
     uncapped = run_alone(tmp_path, "large")
     assert uncapped["task_requests"] + uncapped["prompt_requests"] > 1.3 * CAP, "the compile must need clearly more"
     capped_alone = run_alone(tmp_path, "large", CAP)
-    assert capped_alone["outcome"]["stopped"], "the cap did not stop the compile"
+    assert capped_alone["outcome"]["capped"], "the cap did not stop the compile"
     storage = fresh_database(postgres_url, "capped")
     workers = Workers(storage, tmp_path, 3, "large", cap=CAP)
     results = workers.wait()
@@ -248,7 +248,7 @@ def check_model_cap(storage: str, tmp_path: Path, count: int = 3) -> None:
     results = workers.wait()
     made = sum(r["task_requests"] + r["prompt_requests"] for r in results)
     assert made <= MODEL_CAP + count, f"{made} calls reached the models, over the shared cap of {MODEL_CAP} + {count}"
-    assert all(r["outcome"]["stopped"] for r in results), "the cap did not stop every worker"
+    assert all(r["outcome"]["capped"] for r in results), "the cap did not stop every worker"
     reported = [r["usage"] for r in results]
     assert all(usage == reported[0] for usage in reported), f"the workers report different run-wide usage: {reported}"
     assert all(r["saved_usage"] == r["usage"] for r in results), "a saved file holds another usage than its report"

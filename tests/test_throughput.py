@@ -56,7 +56,7 @@ def bernoulli_engine(tmp_path, name, threads, limits=None, n_arms=9, pool=24):
 def outcome(engine, allocation):
     return (
         [(e.arm, e.mean, e.n, e.pruned) for e in allocation.ranking],
-        allocation.stopped,
+        allocation.capped,
         [engine.scores(arm) for arm in range(len(engine.arms))],
         engine.evaluations,
     )
@@ -83,7 +83,7 @@ def test_a_cap_cuts_a_pooled_stage_where_the_serial_order_stops_and_a_rerun_take
     pooled, counter, _ = bernoulli_engine(tmp_path, "pooled.db", threads=16, limits=limits)
     expected = outcome(serial, serial.allocate(FullEvaluation(n_examples=4)))
     got = outcome(pooled, pooled.allocate(FullEvaluation(n_examples=4)))
-    assert got == expected and "cap of" in (got[1] or "")
+    assert got == expected and "cap of" in got[1].detail
     assert pooled.block.usage.calls == cap and counter.most > 4
     rerun, rerun_calls, lm = bernoulli_engine(tmp_path, "pooled.db", threads=16, limits=limits)
     assert outcome(rerun, rerun.allocate(FullEvaluation(n_examples=4))) == expected
