@@ -98,3 +98,49 @@ def test_server_scores_agree_with_the_exact_local_scores(remote_lm, local_lm):
     remote = cuecard.score_logprob(remote_lm, prompt, " Paris", cache=False)
     local = cuecard.score_logprob(local_lm, prompt, " Paris", cache=False)
     assert remote.total == pytest.approx(local.total, abs=0.05)
+
+
+def test_sync_and_async_calls_to_the_server_are_recorded_metered_and_replayed_alike(server):
+    """The same request through ``lm(...)`` and ``await lm.acall(...)``: the same reply under the same record
+    key and the same use metered; each path replays what the other recorded; a refused connection is
+    counted as one error on either path and recorded on neither."""
+    import asyncio
+
+    from cuecard.record import MemoryRecord, recording
+
+    messages = [{"role": "user", "content": "Review: The soup was cold.\n\nIs the review positive or negative?"}]
+
+    def lm(api_base: str = server) -> cuecard.CuecardLM:
+        return cuecard.LM("openai/smollm2", api_base=api_base, api_key="local", cache=False, num_retries=0)
+
+    def sync_ask(model):
+        return model(messages=messages, max_tokens=16)
+
+    def async_ask(model):
+        return asyncio.run(model.acall(messages=messages, max_tokens=16))
+
+    sync_lm, async_lm = lm(), lm()
+    sync_record, async_record = MemoryRecord(), MemoryRecord()
+    with recording(sync_record):
+        sync_reply = sync_ask(sync_lm)
+    with recording(async_record):
+        async_reply = async_ask(async_lm)
+    assert async_reply == sync_reply and sync_reply[0].strip()
+    assert async_record.replies == sync_record.replies and len(sync_record.replies) == 1
+    counted = ("calls", "model_calls", "prompt_tokens", "completion_tokens", "truncated", "errors")
+    assert [getattr(async_lm.meter.usage, what) for what in counted] == [getattr(sync_lm.meter.usage, what) for what in counted]
+    with recording(async_record):
+        assert sync_ask(sync_lm) == sync_reply
+    with recording(sync_record):
+        assert async_ask(async_lm) == sync_reply
+    for model in (sync_lm, async_lm):
+        assert (model.meter.usage.model_calls, model.meter.usage.replayed) == (1, 1)
+
+    refused = [free_port() for _ in range(2)]  # nothing listens there
+    failures = []
+    for ask, port in zip((sync_ask, async_ask), refused, strict=True):
+        model, record = lm(f"http://127.0.0.1:{port}/v1"), MemoryRecord()
+        with recording(record), pytest.raises(Exception) as raised:
+            ask(model)
+        failures.append((type(raised.value).__name__, model.meter.usage.errors, model.meter.usage.model_calls, record.replies))
+    assert failures[0] == failures[1] == (failures[0][0], 1, 0, {})
