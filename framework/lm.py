@@ -17,11 +17,12 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import inspect
 import logging
 import math
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -74,10 +75,30 @@ class CuecardLM(dspy.LM):
     @with_callbacks
     def __call__(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
         from dspy.clients._deprecation import warn_openai_messages
-        from dspy.clients.execution import execute, finalize, prepare
+        from dspy.clients.execution import execute, prepare
 
         call = prepare(self, prompt, messages, kwargs)
         warn_openai_messages(self, messages)
+        return _at_once(self._ask(call, execute))
+
+    @with_callbacks
+    async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
+        import asyncio
+
+        from dspy.clients._deprecation import warn_openai_messages
+        from dspy.clients.execution import aexecute, prepare
+
+        call = await asyncio.to_thread(prepare, self, prompt, messages, kwargs, asynchronous=True)
+        warn_openai_messages(self, messages)
+        return await self._ask(call, aexecute)
+
+    async def _ask(self, call: Any, execute: Callable[[Any, Any], Any]) -> Any:
+        """One prepared call, the same steps for ``__call__`` and ``acall``: replayed from the run's record,
+        else sent under the caps (a claimed request is given back and an error counted when it fails),
+        metered, and kept in the record. ``execute`` is DSPy's ``execute`` (the sync path: nothing is
+        awaited, see :func:`_at_once`) or ``aexecute``."""
+        from dspy.clients.execution import finalize
+
         record, key = self._recorded(call)
         if record is not None:
             replayed = record.get(key)
@@ -88,43 +109,20 @@ class CuecardLM(dspy.LM):
             with model_call(_completions(call)):  # the call's use is recorded before its reservation ends
                 self._before_call(_completions(call))
                 result = execute(self, call)
+                if inspect.isawaitable(result):
+                    result = await result
                 self._record(result, time.perf_counter() - start, _completions(call), _cap(self, call))
-        except BaseException as exc:  # Ctrl-C too: a claimed request is given back
-            self._abandon(record, key)
+        except BaseException as exc:  # Ctrl-C and cancellation too: a claimed request is given back
+            abandon = getattr(record, "abandon", None)  # a record shared by processes claims its requests
+            if abandon is not None:
+                abandon(key)
             if isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted):
                 record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
             raise
         outputs = finalize(self, call, result)
-        self._keep(record, key, outputs, call)
-        return outputs
-
-    @with_callbacks
-    async def acall(self, prompt: Any = None, *, messages: Any = None, **kwargs: Any) -> Any:
-        import asyncio
-
-        from dspy.clients._deprecation import warn_openai_messages
-        from dspy.clients.execution import aexecute, finalize, prepare
-
-        call = await asyncio.to_thread(prepare, self, prompt, messages, kwargs, asynchronous=True)
-        warn_openai_messages(self, messages)
-        record, key = self._recorded(call)
-        if record is not None:
-            replayed = record.get(key)
-            if replayed is not None:
-                return self._replay(replayed)
-        start = time.perf_counter()
-        try:
-            with model_call(_completions(call)):  # the call's use is recorded before its reservation ends
-                self._before_call(_completions(call))
-                result = await aexecute(self, call)
-                self._record(result, time.perf_counter() - start, _completions(call), _cap(self, call))
-        except BaseException as exc:  # Ctrl-C too: a claimed request is given back
-            self._abandon(record, key)
-            if isinstance(exc, Exception) and not isinstance(exc, BudgetExhausted):
-                record_usage(self.meter, CallRecord(model=self.model, error=True, seconds=time.perf_counter() - start))
-            raise
-        outputs = finalize(self, call, result)
-        self._keep(record, key, outputs, call)
+        stored = storable(outputs) if record is not None else None
+        if stored is not None:
+            record.put(key, StoredReply(outputs=stored, requests=_completions(call)))
         return outputs
 
     # ---- the run's record (see cuecard.record) -----------------------------------------------------
@@ -144,20 +142,6 @@ class CuecardLM(dspy.LM):
         check_limits(reply.requests)
         record_usage(self.meter, CallRecord(model=self.model, requests=reply.requests, replayed=True))
         return list(reply.outputs)
-
-    @staticmethod
-    def _abandon(record: Any, key: str) -> None:
-        abandon = getattr(record, "abandon", None)
-        if abandon is not None:
-            abandon(key)
-
-    @staticmethod
-    def _keep(record: Any, key: str, outputs: Any, call: Any) -> None:
-        if record is None:
-            return
-        stored = storable(outputs)
-        if stored is not None:
-            record.put(key, StoredReply(outputs=stored, requests=_completions(call)))
 
     def supports_json_schema(self) -> bool:
         """Whether the model can be held to a JSON schema (``response_format``): local GGUF models through
@@ -236,6 +220,17 @@ def _cap(lm: Any, call: Any) -> int | None:
         or lm.kwargs.get("max_tokens")
     )
     return int(cap) if cap else None
+
+
+def _at_once(steps: Coroutine[Any, Any, Any]) -> Any:
+    """The value of a coroutine that awaits nothing, without an event loop: the sync path through
+    :meth:`CuecardLM._ask`, whose ``execute`` returns its result."""
+    try:
+        steps.send(None)
+    except StopIteration as done:
+        return done.value
+    steps.close()
+    raise RuntimeError("a sync LM call awaited something; only acall may")  # DSPy's execute never does
 
 
 def _truncated(result: Any) -> int:
