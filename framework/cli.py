@@ -577,11 +577,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
             state = status.get("state", "running")
             best = f"{max(means):.3f}" if means else "-"
             print(f"{summary.study_name:28} {len(trials):>10} {len(means):>7} {best:>6}  {state:10} {url}")
-            reason = status.get("reason")
-            if state == "finished":  # the failures its trials hold now (another process may have retried some)
+            reasons = [status.get("reason")]
+            if state == "finished":  # why it stopped early, and the failures its trials hold now (maybe retried since)
                 pending = open_failures(trial.user_attrs for trial in trials)
-                reason = f"{pending} failed evaluation(s) left open: the next run retries them" if pending else None
-            if reason:
+                reasons = [status.get("stop"), f"{pending} failed evaluation(s) left open: the next run retries them"
+                           if pending else None]
+            for reason in filter(None, reasons):
                 print(f"{'':28} {state}: {reason}")
             explained[state] = RUN_STATES.get(state, state)
     print()

@@ -406,7 +406,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
                 acceptance = engine.compare(final.best.arm, seed_arm, self.acceptance)
             if acceptance.cut_short:
                 ctx.stop(StopKind.CAP, f"while checking the winner against the seed: {acceptance.cut_short}")
-        engine.finish(sorted(ctx.pruned), stopped=ctx.capped)
+        engine.finish(sorted(ctx.pruned), stopped=ctx.capped, stop_reason=ctx.stop_reason)
         report = self.build_report(ctx, final, seed_instructions, train, dev, identity, acceptance)
         compiled = apply_instructions(student, report.best.instructions)
         compiled.cuecard_report = report

@@ -100,6 +100,21 @@ def test_a_cap_is_the_stop_reason_and_a_search_that_ran_out_of_ideas_says_so(mod
     assert "search stopped: the best score stopped improving: " in out and "(patience 2)" in out
 
 
+def test_cuecard_runs_gives_each_run_the_stop_reason_its_compile_printed(models, capsys):
+    code, out, _ = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), *OPRO_LIGHT, "--quiet", "--out", "p.json"], capsys)
+    no_room = saved_report().stop_reason
+    assert code == 0 and no_room.kind == "no room" and "larger cap continues" in out
+    code, _, _ = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", "opro", "--set", "steps=6",
+                           "--set", "patience=2", "--quiet", "--out", "q.json"], capsys)
+    no_better = saved_report("q.json").stop_reason
+    assert code == 0 and no_better.kind == "no improvement"
+    code, listing, _ = run_main(["runs"], capsys)
+    assert code == 0
+    assert f" stopped: {no_room.text}" in listing, listing  # the cap left no room: a larger cap continues it
+    assert f" finished: {no_better.text}" in listing, listing
+    assert "stopped: stopped at its cap: the same command with a larger cap continues it" in listing
+
+
 def test_notes_are_one_line_each(models, capsys):
     models.proposal = "Say whether the review\nis positive\nor negative"
     code, out, _ = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), *OPRO_LIGHT, "--quiet", "--out", "p.json"], capsys)
