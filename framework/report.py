@@ -99,6 +99,9 @@ class CompileReport(BaseModel):
     proposal_token_caps: list[int] = Field(
         default_factory=list, description="the token caps at which prompt-model replies were cut (prompt_usage.truncated counts them)"
     )
+    task_token_caps: list[int] = Field(
+        default_factory=list, description="the token caps at which task-model answers were cut (task_usage.truncated counts them)"
+    )
     stopped: str | None = Field(None, description="the cap that stopped the search, if one did")
     stop_reason: StopReason = Field(default_factory=StopReason, description="why the search stopped, said once")
     evaluations: int = 0
@@ -129,7 +132,8 @@ class CompileReport(BaseModel):
         the same compile, one of them killed and resumed, have equal outcomes. The token caps at which
         replies were cut go with the usage: a rerun that replays the replies sees none cut."""
         return self.model_dump(
-            mode="json", exclude={"storage", "usage", "task_usage", "prompt_usage", "process", "proposal_token_caps"}
+            mode="json", exclude={"storage", "usage", "task_usage", "prompt_usage", "process", "proposal_token_caps",
+                                  "task_token_caps"}
         )
 
 
