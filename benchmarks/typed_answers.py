@@ -8,7 +8,7 @@ freely and the adapter reads the label out of its sentence. For each setting thi
   (``cuecard.datasets.SENTIMENT_INSTRUCTION``, asking for one word) and under the quickstart's generic
   one ("Classify the sentiment.", ``examples/quickstart.py``);
 - an APE compile (seeded with "Classify the sentiment." and two human wordings to select among,
-  ``exact_match``) on 20 reviews: the seed's and the compiled program's accuracy on the 20 held-out
+  ``exact_match``) on 20 reviews: the seed's and the compiled program's accuracy on the held-out
   reviews of ``examples/data/reviews_heldout.jsonl``, and the LM calls it made.
 
     CUECARD_THREADS=1 .venv/bin/python benchmarks/typed_answers.py [--task-model local] [--no-compile]

@@ -75,7 +75,8 @@ class PlainAdapter(dspy.Adapter):
         multiline_fields: output fields kept whole; any other output field keeps only its first
             non-empty line (small models ramble after the answer).
         short_answer_tokens: cap on generated tokens when the only output is a short field (its
-            first line is all that is read); ``None`` keeps the LM's own cap.
+            first line is all that is read), unless the LM's own cap (``--max-tokens``) is lower;
+            ``None`` keeps the LM's own cap.
         typed_answers: when the only output is typed (``Literal``/enum labels, ``bool``, ``int``,
             ``float``) and the model can decode under a grammar (local GGUF models), the model can
             write nothing but a valid value, as the adapter reads it (``positive``, ``True``, ``12``).
@@ -259,8 +260,9 @@ class PlainAdapter(dspy.Adapter):
         if len(outputs) == 1 and outputs[0] not in self.multiline_fields:
             # only the first line is read: stop paying for the rest
             lm_kwargs.setdefault("stop", ["\n"])
-            if self.short_answer_tokens:
-                lm_kwargs.setdefault("max_tokens", self.short_answer_tokens)
+            if self.short_answer_tokens and "max_tokens" not in lm_kwargs:  # the smaller of this cap and the LM's
+                own = (getattr(lm, "kwargs", None) or {}).get("max_tokens")
+                lm_kwargs["max_tokens"] = min(self.short_answer_tokens, own) if own else self.short_answer_tokens
             schema = answer_schema(signature.output_fields[outputs[0]].annotation)
             if self.typed_answers and schema is not None and _decodes_under_grammar(lm):
                 lm_kwargs.setdefault(

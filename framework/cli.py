@@ -267,7 +267,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
               f"used: {usage.calls} requests, {usage.total_tokens:,} tokens")
     if usage.parse_failures:
         print(f"parse failures: {parse_failures(report)}")
-    for line in truncations(report):
+    for line in truncations(report, task_lm.kwargs.get("max_tokens")):
         print(line)
     if report.failures:
         from cuecard.evaluate import describe_failures
@@ -287,15 +287,24 @@ def parse_failures(report: Any) -> str:
             f"as the output fields{example}; the metric scored their raw text")
 
 
-def truncations(report: Any) -> list[str]:
-    """One line each for prompt-model replies and task-model answers cut at their token cap (DSPy's own
-    warnings are left out during a compile: they came in the middle of the progress bars)."""
+def truncations(report: Any, task_cap: int | None = None) -> list[str]:
+    """One line each for prompt-model replies and task-model answers cut at their token cap, with what raises
+    it (DSPy's own warnings are left out during a compile: they came in the middle of the progress bars).
+    ``task_cap`` is the task model's own cap (``--max-tokens``); a lower cap is the plain adapter's on
+    one-line answers."""
     lines = []
     if report.prompt_usage.truncated:
         caps = "/".join(map(str, report.proposal_token_caps)) or "their cap of"
         lines.append(f"{report.prompt_usage.truncated} proposals were cut at {caps} tokens; raise --prompt-max-tokens")
     if report.task_usage.truncated:
-        lines.append(f"{report.task_usage.truncated} task-model answers were cut at their token cap")
+        caps = getattr(report, "task_token_caps", [])
+        adapters = [cap for cap in caps if task_cap is not None and cap < task_cap]
+        advice = ["raise --max-tokens"] if len(adapters) < len(caps) or not caps else []
+        if adapters:
+            advice.append(f"one-line answers stop at the plain adapter's cap of {'/'.join(map(str, adapters))} tokens, "
+                          f"below --max-tokens {task_cap} (PlainAdapter(short_answer_tokens=N) as the adapter raises it)")
+        where = "/".join(map(str, caps)) if caps else "their cap of"
+        lines.append(f"{report.task_usage.truncated} task-model answers were cut at {where} tokens; {'; '.join(advice)}")
     return lines
 
 
@@ -577,11 +586,12 @@ def cmd_runs(args: argparse.Namespace) -> int:
             state = status.get("state", "running")
             best = f"{max(means):.3f}" if means else "-"
             print(f"{summary.study_name:28} {len(trials):>10} {len(means):>7} {best:>6}  {state:10} {url}")
-            reason = status.get("reason")
-            if state == "finished":  # the failures its trials hold now (another process may have retried some)
+            reasons = [status.get("reason")]
+            if state == "finished":  # why it stopped early, and the failures its trials hold now (maybe retried since)
                 pending = open_failures(trial.user_attrs for trial in trials)
-                reason = f"{pending} failed evaluation(s) left open: the next run retries them" if pending else None
-            if reason:
+                reasons = [status.get("stop"), f"{pending} failed evaluation(s) left open: the next run retries them"
+                           if pending else None]
+            for reason in filter(None, reasons):
                 print(f"{'':28} {state}: {reason}")
             explained[state] = RUN_STATES.get(state, state)
     print()

@@ -36,10 +36,20 @@ from pydantic import BaseModel, Field
 
 from .redact import redact_url
 
-IDENTITY_VERSION = 2
+IDENTITY_VERSION = 3  # 3: token caps (max_tokens, the adapter's short_answer_tokens) are part of it
 
 _SECRET = re.compile(r"key|token|secret|password|passwd|auth|credential|cookie|header", re.IGNORECASE)
 _NOT_ANSWER_CHANGING = frozenset({"num_retries", "max_retries", "timeout", "request_timeout", "cache", "callbacks"})
+_TOKEN_CAP = re.compile(r"^(max|max_completion|short_answer)_tokens$")  # "token" in the name, but caps on answers
+
+
+def _not_secret(name: str) -> bool:
+    return bool(_TOKEN_CAP.match(name)) or not _SECRET.search(name)
+
+
+def _answer_setting(name: str) -> bool:
+    """Whether a model setting goes into an identity: not a secret, and one that can change an answer."""
+    return name not in _NOT_ANSWER_CHANGING and _not_secret(name)
 
 
 def digest(value: Any, length: int = 16) -> str:
@@ -59,7 +69,7 @@ def lm_identity(lm: Any) -> dict[str, Any] | None:
     kwargs = {
         name: _describe(value)
         for name, value in sorted((getattr(lm, "kwargs", None) or {}).items())
-        if not _SECRET.search(name) and name not in _NOT_ANSWER_CHANGING
+        if _answer_setting(name)
     }
     identity: dict[str, Any] = {"model": str(getattr(lm, "model", type(lm).__name__)), "settings": kwargs}
     engine = getattr(lm, "engine", None)
@@ -224,7 +234,7 @@ def _type_name(annotation: Any) -> str:
 
 def _public_state(obj: Any) -> dict[str, Any]:
     state = getattr(obj, "__dict__", None) or {}
-    return {k: v for k, v in state.items() if not k.startswith("_") and not _SECRET.search(k)}
+    return {k: v for k, v in state.items() if not k.startswith("_") and _not_secret(k)}
 
 
 def _source(obj: Any) -> str:

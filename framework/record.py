@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from .identity import _NOT_ANSWER_CHANGING, _SECRET, digest
+from .identity import _answer_setting, digest
 
 
 class StoredReply(BaseModel):
@@ -86,7 +86,7 @@ def active_record() -> Record | None:
 
 def request_key(model: str, request: dict[str, Any]) -> str:
     """The record key of a request: the model and every setting that changes its reply, never a key."""
-    kept = {k: v for k, v in request.items() if not _SECRET.search(k) and k not in _NOT_ANSWER_CHANGING}
+    kept = {k: v for k, v in request.items() if _answer_setting(k)}
     return digest({"model": model, "request": kept}, length=32)
 
 

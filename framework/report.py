@@ -103,6 +103,9 @@ class CompileReport(BaseModel):
         None, description="the cap reached, if one was (the run stays open: a larger cap continues it); the stop reason "
         "made where the cap was met"
     )
+    task_token_caps: list[int] = Field(
+        default_factory=list, description="the token caps at which task-model answers were cut (task_usage.truncated counts them)"
+    )
     stop_reason: StopReason = Field(default_factory=StopReason, description="why the search stopped, said once")
     evaluations: int = 0
     usage: Usage = Field(default_factory=Usage)
@@ -138,7 +141,8 @@ class CompileReport(BaseModel):
         the same compile, one of them killed and resumed, have equal outcomes. The token caps at which
         replies were cut go with the usage: a rerun that replays the replies sees none cut."""
         return self.model_dump(
-            mode="json", exclude={"storage", "usage", "task_usage", "prompt_usage", "process", "proposal_token_caps"}
+            mode="json", exclude={"storage", "usage", "task_usage", "prompt_usage", "process", "proposal_token_caps",
+                                  "task_token_caps"}
         )
 
 

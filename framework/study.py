@@ -69,7 +69,7 @@ from .record import StoredReply, not_recorded, recording
 from .redact import redact_text, redact_url
 from .rescoring import check_stored_scores
 from .sharing import CREATE, open_claims
-from .stopping import StopReason
+from .stopping import StopKind, StopReason
 from .store import RunStore, StoredTrial
 from .usage import Block, CallRecord, Limits, Usage, activate, record
 
@@ -176,6 +176,7 @@ class RunStatus(BaseModel):
 
     state: str = Field(description="running, finished, stopped (a cap) or failed")
     reason: str | None = None
+    stop: str | None = Field(None, description="why a finished search stopped before its end, if it did (one line)")
     failures: dict[str, int] = Field(default_factory=dict)
     updated: str = ""
 
@@ -976,8 +977,8 @@ class Engine:
         return decision.model_copy(update={"cut_short": cut_short})
 
     # ---- the end of a run ---------------------------------------------------------------------
-    def set_status(self, state: str, reason: str | None = None) -> None:
-        status = RunStatus(state=state, reason=reason, failures=dict(self.failures), updated=_now())
+    def set_status(self, state: str, reason: str | None = None, stop: str | None = None) -> None:
+        status = RunStatus(state=state, reason=reason, stop=stop, failures=dict(self.failures), updated=_now())
         self.store.set_study_attr(STATUS, status.model_dump())
 
     def ranking(self, arms: Sequence[int] | None = None, *, pruned: frozenset[int] = frozenset()) -> list[Any]:
@@ -985,23 +986,32 @@ class Engine:
         view = _ArmsView(self, chosen, None)
         return [e.model_copy(update={"arm": chosen[e.arm]}) for e in rank(view, frozenset(chosen.index(a) for a in pruned if a in chosen))]
 
-    def finish(self, pruned: Sequence[int] = (), *, capped: StopReason | None = None, failed: str | None = None) -> None:
+    def finish(
+        self,
+        pruned: Sequence[int] = (),
+        *,
+        capped: StopReason | None = None,
+        failed: str | None = None,
+        stop_reason: StopReason | None = None,
+    ) -> None:
         """Record how the search ended.
 
         A search that ran to its end closes its trials: ``COMPLETE`` with the mean score the search
         saw, ``PRUNED`` when eliminated or never scored (user attribute ``cuecard.status`` says
         which). Trials with failed evaluations stay open, so the next run can retry them and store
-        the scores. A search stopped by a cap (``capped``, the cap's stop reason) or by failures
-        (``failed``) closes nothing: the same command with a larger cap continues and stores into the
-        same trials.
+        the scores. A search stopped by a cap (``capped``, the cap's stop reason, or a ``stop_reason`` a
+        larger cap lifts: a cap, or no room left under it) or by failures (``failed``) closes nothing:
+        the same command with a larger cap continues and stores into the same trials. The run's status
+        keeps the stop reason's one line (``cuecard runs`` shows it).
         """
         self.save_spending(force=True)
         if failed is not None:
             self.set_status("failed", failed)
             return
         self._wait_for_others()
-        if capped is not None:
-            self.set_status("stopped", capped.detail)
+        by_cap = stop_reason if stop_reason is not None and stop_reason.by_cap else capped
+        if by_cap is not None:
+            self.set_status("stopped", by_cap.text)
             return
         for number, state in enumerate(self.arms):
             if not state.open or state.failed:
@@ -1018,7 +1028,8 @@ class Engine:
             state.open = False
         pending = open_failures(trial.attrs for trial in self.store.trials())  # every process's, as stored now
         reason = f"{pending} failed evaluation(s) left open: the next run retries them" if pending else None
-        self.set_status("finished", reason)
+        early = stop_reason is not None and stop_reason.kind != StopKind.FINISHED
+        self.set_status("finished", reason, stop_reason.text if early else None)
         self.store.checkpoint()
 
     @property

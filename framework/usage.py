@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import threading
+from collections import Counter
 from collections.abc import Iterator
 from typing import NamedTuple, Protocol
 
@@ -105,6 +106,8 @@ class UsageMeter:
         """The first answer that could not be parsed (one line, shortened), to show the user what went wrong."""
         self.truncated_caps: set[int] = set()
         """The token caps at which answers were cut (``usage.truncated`` counts them)."""
+        self.truncated_at: Counter[int] = Counter()
+        """How many answers were cut at each token cap (one meter's count less another's: who was cut where)."""
 
     def __deepcopy__(self, memo: dict) -> UsageMeter:
         return self
@@ -114,6 +117,7 @@ class UsageMeter:
         if record.truncated and record.max_tokens:
             with self._lock:
                 self.truncated_caps.add(record.max_tokens)
+                self.truncated_at[record.max_tokens] += record.truncated
 
     def add_parse_failure(self, model: str, example: str | None = None) -> None:
         self._add(model, Usage(parse_failures=1))
@@ -140,6 +144,7 @@ class UsageMeter:
             self._by_model.clear()
             self.parse_failure_example = None
             self.truncated_caps = set()
+            self.truncated_at = Counter()
 
 
 BUDGETS = {"light": 150, "medium": 600, "heavy": 2400}

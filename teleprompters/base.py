@@ -409,7 +409,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
             if acceptance.cut_short is not None:
                 ctx.stop(acceptance.cut_short)
                 ctx.note("the cap was reached while checking the winner against the seed")
-        engine.finish(sorted(ctx.pruned), capped=ctx.capped)
+        engine.finish(sorted(ctx.pruned), capped=ctx.capped, stop_reason=ctx.stop_reason)
         report = self.build_report(ctx, final, seed_instructions, train, dev, identity, acceptance)
         compiled = apply_instructions(student, report.best.instructions)
         compiled.cuecard_report = report

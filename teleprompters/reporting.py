@@ -110,6 +110,7 @@ class Reporting:
             failures=failures,
             parse_failure_example=engine.block.parse_failure_example,
             proposal_token_caps=sorted(engine.prompt_block.truncated_caps),
+            task_token_caps=sorted(engine.block.truncated_at - engine.prompt_block.truncated_at),
             capped=ctx.capped,
             stop_reason=ctx.stop_reason or StopReason(),
             evaluations=engine.evaluations,

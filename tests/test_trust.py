@@ -418,6 +418,20 @@ def test_an_input_longer_than_the_model_context_is_refused_before_any_call(tmp_p
     assert local_lm.meter.usage.calls == before
 
 
+def test_the_run_identity_and_the_record_keep_token_caps_though_their_names_say_token():
+    from cuecard.record import request_key
+
+    def identity(**settings):
+        return cuecard.identity.lm_identity(cuecard.LM("openai/gpt-4o-mini", api_key="sk-secret-value", **settings))
+
+    assert identity(max_tokens=10) != identity(max_tokens=256) and identity(max_tokens=10)["settings"]["max_tokens"] == 10
+    assert "sk-secret-value" not in json.dumps(identity(max_tokens=10))
+    adapter = cuecard.identity.adapter_identity
+    assert adapter(cuecard.PlainAdapter(short_answer_tokens=100)) != adapter(cuecard.PlainAdapter())
+    assert request_key("m", {"max_tokens": 10, "api_key": "a"}) != request_key("m", {"max_tokens": 48, "api_key": "a"})
+    assert request_key("m", {"max_tokens": 10, "api_key": "a"}) == request_key("m", {"max_tokens": 10, "api_key": "b"})
+
+
 def test_the_run_identity_leaves_out_keys():
     lm = cuecard.LM("openai/gpt-4o-mini", api_key="sk-secret-value", api_base="http://127.0.0.1:1/v1")
     identity = cuecard.identity.lm_identity(lm)

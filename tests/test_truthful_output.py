@@ -20,6 +20,7 @@ class Models:
 
     def __init__(self, monkeypatch, proposal="Say whether the review is positive or negative", unreadable=()):
         self.truncate = False  # cut replies at the request's max_tokens, as a model does
+        self.ramble = 0  # words the task model adds after its label, on the same line
         self.built = []
         self.proposal = proposal
         self.unreadable = unreadable
@@ -33,7 +34,8 @@ class Models:
         review = text.split("Review:")[-1].split("\n")[0]
         if any(word in review for word in self.unreadable):
             return "I would rather not say."
-        return "negative" if any(w in review for w in ("cold", "bad", "awful", "boring")) else "positive"
+        label = "negative" if any(w in review for w in ("cold", "bad", "awful", "boring")) else "positive"
+        return label + " indeed" * self.ramble
 
     def make(self, spec, **kwargs):
         lm = scripted_lm(self.reply, name=f"scripted/{spec}", truncate=self.truncate)
@@ -98,6 +100,21 @@ def test_a_cap_is_the_stop_reason_and_a_search_that_ran_out_of_ideas_says_so(mod
                              "--set", "patience=2", "--quiet", "--out", "q.json"], capsys)
     assert saved_report("q.json").stop_reason.kind == "no improvement"
     assert "search stopped: the best score stopped improving: " in out and "(patience 2)" in out
+
+
+def test_cuecard_runs_gives_each_run_the_stop_reason_its_compile_printed(models, capsys):
+    code, out, _ = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), *OPRO_LIGHT, "--quiet", "--out", "p.json"], capsys)
+    no_room = saved_report().stop_reason
+    assert code == 0 and no_room.kind == "no room" and "larger cap continues" in out
+    code, _, _ = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", "opro", "--set", "steps=6",
+                           "--set", "patience=2", "--quiet", "--out", "q.json"], capsys)
+    no_better = saved_report("q.json").stop_reason
+    assert code == 0 and no_better.kind == "no improvement"
+    code, listing, _ = run_main(["runs"], capsys)
+    assert code == 0
+    assert f" stopped: {no_room.text}" in listing, listing  # the cap left no room: a larger cap continues it
+    assert f" finished: {no_better.text}" in listing, listing
+    assert "stopped: stopped at its cap: the same command with a larger cap continues it" in listing
 
 
 def test_notes_are_one_line_each(models, capsys):
@@ -224,6 +241,24 @@ def test_cut_proposals_are_counted_into_one_line_not_warned_mid_bar(models, caps
     code, out, err = run_main([*argv, "--prompt-max-tokens", "400", "--out", "q.json"], capsys)
     assert code == 0, err
     assert "were cut" not in out and saved_report("q.json").prompt_usage.truncated == 0
+
+
+def test_cut_task_answers_are_cut_at_the_smaller_cap_and_the_line_says_what_raises_it(models, capsys):
+    models.truncate, models.ramble = True, 60
+    argv = ["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", "opro", "--set", "steps=1", "--quiet"]
+    code, out, err = run_main([*argv, "--max-tokens", "10", "--out", "p.json"], capsys)
+    assert code == 0, err
+    report = saved_report()
+    cut = report.task_usage.truncated
+    assert cut > 0 and report.task_token_caps == [10]  # --max-tokens below the adapter's cap on one-line answers
+    assert f"{cut} task-model answers were cut at 10 tokens; raise --max-tokens\n" in out
+    code, out, err = run_main([*argv, "--out", "q.json"], capsys)
+    assert code == 0, err
+    report = saved_report("q.json")
+    cut = report.task_usage.truncated
+    assert cut > 0 and report.task_token_caps == [48]  # the LM's own cap is 256: the adapter's 48 is the smaller
+    assert (f"{cut} task-model answers were cut at 48 tokens; one-line answers stop at the plain adapter's cap of 48 "
+            "tokens, below --max-tokens 256 (PlainAdapter(short_answer_tokens=N) as the adapter raises it)") in out
 
 
 def final_bars(err):
