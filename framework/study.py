@@ -611,6 +611,8 @@ class Engine:
             won = self.claims.claim_many(keys)
             for pair, key in zip(chunk, keys, strict=True):
                 decided[pair] = key in won
+            with lock:  # held from now on: given back at the end unless stored, even if no thread reaches it
+                claimed.update((arms[j], i) for (j, i), key in zip(chunk, keys, strict=True) if key in won)
 
         def claim(job: int, index: int) -> bool:
             arm = arms[job]
