@@ -44,24 +44,45 @@ TOTAL = "*"
 
 class Claims(Protocol):
     shared: bool
+    channel: str | None
 
     def claim(self, key: str, index: int) -> bool:
         """True when this process now owns the work ``(key, index)`` (free, its own, or its owner gone)."""
         ...
 
+    def claim_many(self, work: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        """The pieces of ``work`` this process now owns, claimed together."""
+        ...
+
     def release(self, key: str, indices: list[int]) -> None:
         """Give back claims on work left undone."""
+
+    def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for another process to store something of the run (or just sleep)."""
+
+    def notify(self) -> None:
+        """Wake the processes waiting on the run."""
 
 
 class NoClaims:
     """One process owns everything (in-memory and file-journal storages)."""
 
     shared = False
+    channel: str | None = None
 
     def claim(self, key: str, index: int) -> bool:
         return True
 
+    def claim_many(self, work: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        return set(work)
+
     def release(self, key: str, indices: list[int]) -> None:
+        pass
+
+    def wait(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+    def notify(self) -> None:
         pass
 
 
@@ -126,6 +147,10 @@ class SQLClaims:
             with attempt:  # processes starting together race to create the table
                 metadata.create_all(self.engine, checkfirst=True)
         self._upsert = self._insert()
+        self.channel = _channel(run) if self.engine.dialect.name == "postgresql" else None
+        """PostgreSQL's notification channel of the run: a process storing scores or replies notifies it."""
+        self._listener: Any = None
+        self._listener_lock = threading.Lock()
         self.taken: set[tuple[str, int]] = set()
         """Claims this process took over from a dead or stalled one (their work may be stored already)."""
         self._stop = threading.Event()
@@ -161,23 +186,62 @@ class SQLClaims:
         return insert(self.table).on_conflict_do_nothing()
 
     def claim(self, key: str, index: int) -> bool:
+        return (key, index) in self.claim_many([(key, index)])
+
+    def claim_many(self, work: list[tuple[str, int]]) -> set[tuple[str, int]]:
+        """Claim every piece of ``work`` in one transaction: one ``INSERT ... ON CONFLICT DO NOTHING
+        RETURNING`` where the database has it; the owners of the pieces found claimed are read in one
+        statement, and a piece whose owner is gone is taken over."""
         import sqlalchemy as sa
 
+        work = list(dict.fromkeys(work))
+        if not work:
+            return set()
         now = time.time()
-        row = {"run": self.run, "candidate": key, "example": index, "owner": self.owner, "claimed_at": now}
-        if self._upsert is not None:  # one transaction: the insert, and when it finds a claim, its owner
-            with self.engine.begin() as connection:
-                if connection.execute(self._upsert.values(**row)).rowcount == 1:
-                    return True
-                return self._take_over(connection, key, index, now)
-        try:
-            with self.engine.begin() as connection:
-                connection.execute(self.table.insert().values(**row))
-            return True
-        except sa.exc.IntegrityError:
-            pass
+        rows = [{"run": self.run, "candidate": key, "example": index, "owner": self.owner, "claimed_at": now} for key, index in work]
+        won: set[tuple[str, int]] = set()
         with self.engine.begin() as connection:
-            return self._take_over(connection, key, index, now)
+            if self._upsert is not None:
+                returned = connection.execute(
+                    self._upsert.values(rows).returning(self.table.c.candidate, self.table.c.example)
+                )
+                won = {(row.candidate, row.example) for row in returned}
+            else:
+                for row in rows:
+                    try:
+                        with connection.begin_nested():
+                            connection.execute(self.table.insert().values(**row))
+                        won.add((row["candidate"], row["example"]))
+                    except sa.exc.IntegrityError:
+                        pass
+            held = [piece for piece in work if piece not in won]
+            if held:
+                won |= self._take_over_many(connection, held, now)
+        return won
+
+    def _take_over_many(self, connection: Any, held: list[tuple[str, int]], now: float) -> set[tuple[str, int]]:
+        """The pieces of ``held`` (found claimed) that are this process's, or whose owner is gone and are taken over."""
+        import sqlalchemy as sa
+
+        table = self.table.c
+        owners = {
+            (row.candidate, row.example): row
+            for row in connection.execute(
+                sa.select(table.candidate, table.example, table.owner, table.claimed_at).where(
+                    table.run == self.run, sa.tuple_(table.candidate, table.example).in_(held)
+                )
+            )
+        }
+        mine: set[tuple[str, int]] = set()
+        for key, index in held:
+            row = owners.get((key, index))
+            if row is None:
+                continue  # released between the insert and the read: claimed next time round
+            if row.owner == self.owner:
+                mine.add((key, index))
+            elif self._abandoned(row.owner, row.claimed_at, now) and self._take_over(connection, key, index, now):
+                mine.add((key, index))
+        return mine
 
     def _take_over(self, connection: Any, key: str, index: int, now: float) -> bool:
         """True when the claim on ``(key, index)`` is this process's, or its owner is gone and it is taken over."""
@@ -219,6 +283,48 @@ class SQLClaims:
                     self.table.c.owner == self.owner,
                 )
             )
+
+    # ---- waiting for other processes ---------------------------------------------------------
+    def wait(self, seconds: float) -> None:
+        """Wait up to ``seconds`` for another process to store something of the run: on PostgreSQL until
+        a notification on the run's channel (``LISTEN``; one queued since the last wait returns at once),
+        elsewhere a plain sleep."""
+        if self.channel is None:
+            time.sleep(seconds)
+            return
+        with self._listener_lock:
+            try:
+                if self._listener is None:
+                    import psycopg
+
+                    url = self.engine.url.set(drivername="postgresql").render_as_string(hide_password=False)
+                    self._listener = psycopg.connect(url, autocommit=True)
+                    self._listener.execute(f'LISTEN "{self.channel}"')
+                for _ in self._listener.notifies(timeout=seconds, stop_after=1):
+                    pass
+                for _ in self._listener.notifies(timeout=0.0):  # the rest of the queue: one wake-up is enough
+                    pass
+                return
+            except Exception:  # no notifications: poll instead
+                self._close_listener()
+        time.sleep(seconds)
+
+    def notify(self) -> None:
+        """Wake the processes waiting on the run (PostgreSQL; elsewhere they poll)."""
+        if self.channel is None:
+            return
+        import sqlalchemy as sa
+
+        with self.engine.begin() as connection:
+            connection.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": self.channel})
+
+    def _close_listener(self) -> None:
+        listener, self._listener = self._listener, None
+        if listener is not None:
+            try:
+                listener.close()
+            except Exception:
+                pass
 
     # ---- the run's shared spending -------------------------------------------------------------
     def join_spend(self, spent: int, *, working: bool = True) -> None:
@@ -356,7 +462,16 @@ class SQLClaims:
 
     def close(self) -> None:
         self._stop.set()
+        with self._listener_lock:
+            self._close_listener()
         self.engine.dispose()
+
+
+def _channel(run: str) -> str:
+    """A notification channel name for a run (a plain identifier, whatever the run's name)."""
+    import hashlib
+
+    return "cuecard_" + hashlib.sha256(run.encode()).hexdigest()[:20]
 
 
 def open_claims(storage_url: str, run: str, *, stale_after: float = 60.0) -> Claims:

@@ -218,6 +218,109 @@ class RunStore:
                 write(session, models.TrialUserAttributeModel, trial_id, key, value)
         return True
 
+    def write_trials(self, writes: dict[int, tuple[dict[str, Any], dict[int, float]]], *, notify: str | None = None) -> set[int]:
+        """Store, for each trial id, user attributes and running values (intermediate values at the given
+        steps, skipping steps already reported), every trial in one transaction: a chunk of scores is
+        stored whole or not at all. Trials found closed (by another process) get nothing. With
+        ``notify`` (a PostgreSQL channel), the same transaction wakes the processes listening on it.
+        Returns the ids of the closed trials.
+
+        Example:
+            >>> store = RunStore(":memory:", "demo")
+            >>> trial = store.new_trial({})
+            >>> store.write_trials({trial: ({"s.0": 1.0}, {1: 1.0})})
+            set()
+        """
+        if not writes:
+            return set()
+        storage = self.storage
+        if not hasattr(storage, "scoped_session") or not hasattr(storage, "_set_trial_attr_without_commit"):
+            return {trial_id for trial_id, (attrs, values) in writes.items() if not self._write_one(trial_id, attrs, values)}
+        import json
+
+        import sqlalchemy as sa
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        dialect = storage.engine.dialect.name
+        if dialect not in ("postgresql", "sqlite"):
+            return {trial_id for trial_id, (attrs, values) in writes.items() if not self._write_one(trial_id, attrs, values)}
+        insert = __import__(f"sqlalchemy.dialects.{dialect}", fromlist=["insert"]).insert
+        attributes, steps = models.TrialUserAttributeModel, models.TrialIntermediateValueModel
+        with _create_scoped_session(storage.scoped_session, True) as session:
+            states = session.execute(  # locked: a process closing one of these trials waits for this write
+                sa.select(models.TrialModel.trial_id, models.TrialModel.state)
+                .where(models.TrialModel.trial_id.in_(list(writes)))
+                .order_by(models.TrialModel.trial_id).with_for_update()
+            ).all()
+            open_ids = {trial_id for trial_id, state in states if not state.is_finished()}
+            rows = [
+                {"trial_id": trial_id, "key": key, "value_json": json.dumps(value)}
+                for trial_id, (attrs, _) in writes.items() if trial_id in open_ids for key, value in attrs.items()
+            ]
+            if rows:
+                statement = insert(attributes).values(rows)
+                session.execute(statement.on_conflict_do_update(
+                    index_elements=[attributes.trial_id, attributes.key], set_={"value_json": statement.excluded.value_json}
+                ))
+            values = []
+            for trial_id, (_, running) in writes.items():
+                for step, value in sorted(running.items()) if trial_id in open_ids else ():
+                    stored, kind = steps.intermediate_value_to_stored_repr(float(value))
+                    values.append({"trial_id": trial_id, "step": step, "intermediate_value": stored, "intermediate_value_type": kind})
+            if values:  # a step another process reported first keeps its value
+                session.execute(insert(steps).values(values).on_conflict_do_nothing(index_elements=[steps.trial_id, steps.step]))
+            if notify is not None and dialect == "postgresql":
+                session.execute(sa.text("SELECT pg_notify(:channel, '')"), {"channel": notify})
+        return set(writes) - open_ids
+
+    def _write_one(self, trial_id: int, attrs: dict[str, Any], values: dict[int, float]) -> bool:
+        if attrs and not self.set_trial_attrs(trial_id, attrs):
+            return False
+        self.report(trial_id, values)
+        return True
+
+    def score_attrs(self, trial_ids: list[int], prefixes: tuple[str, ...]) -> dict[int, StoredTrial]:
+        """The trials with only their user attributes whose name starts with one of ``prefixes`` (and their
+        state), read in one transaction: what a process waiting for others' scores needs, without each
+        trial's whole record.
+
+        Example:
+            >>> store = RunStore(":memory:", "demo")
+            >>> trial = store.new_trial({"big": "x", "s.0": 1.0})
+            >>> store.score_attrs([trial], ("s.",))[trial].attrs
+            {'s.0': 1.0}
+        """
+        if not trial_ids:
+            return {}
+        storage = self.storage
+        if not hasattr(storage, "scoped_session"):
+            found = {trial_id: self.trial(trial_id) for trial_id in trial_ids}
+            for trial in found.values():
+                trial.attrs = {key: value for key, value in trial.attrs.items() if key.startswith(prefixes)}
+            return found
+        import json
+
+        import sqlalchemy as sa
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        attributes, trials = models.TrialUserAttributeModel, models.TrialModel
+        with _create_scoped_session(storage.scoped_session) as session:
+            found = {
+                trial_id: StoredTrial(trial_id=trial_id, number=number, attrs={}, finished=state.is_finished(), state=state.name)
+                for trial_id, number, state in session.execute(
+                    sa.select(trials.trial_id, trials.number, trials.state).where(trials.trial_id.in_(trial_ids))
+                )
+            }
+            for trial_id, key, value in session.execute(
+                sa.select(attributes.trial_id, attributes.key, attributes.value_json).where(
+                    attributes.trial_id.in_(trial_ids), sa.or_(*(attributes.key.startswith(prefix, autoescape=True) for prefix in prefixes))
+                )
+            ):
+                found[trial_id].attrs[key] = json.loads(value)
+        return found
+
     def report(self, trial_id: int, values: dict[int, float]) -> None:
         """Intermediate values (running scores) at the given steps, skipping steps already reported."""
         reported = set(self.storage.get_trial(trial_id).intermediate_values)

@@ -85,6 +85,12 @@ REPLY_CLAIM = "reply:"
 SCORE = "s."
 DETAIL = "x."
 FAILURE = "f."
+STORE_BATCH = 4
+"""Scores stored in one transaction at most (or one per thread, with more threads)..."""
+STORE_EVERY = 1.0
+"""... unless this many seconds have passed since the last store."""
+CLAIM_SHARE = 6
+"""A claim takes at most this fraction (1/6) of the pairs of a pool still unclaimed."""
 
 
 class Scorer(Protocol):
@@ -192,6 +198,8 @@ class Arm:
     seen: dict[int, float] = field(default_factory=dict)
     errors: dict[int, str] = field(default_factory=dict)
     open: bool = True
+    reported: int = 0
+    """Running scores this process stored (steps 1..reported)."""
 
 
 def default_storage(run_dir: str | os.PathLike[str]) -> str:
@@ -240,11 +248,13 @@ class _StoreRecord:
                 return self.replies[key]
             if claims.claim(claim, CREATE):
                 return None  # this process asks the LM; put() stores the reply for the others
-            time.sleep(self.engine.claim_poll)
+            claims.wait(self.engine.claim_poll)
 
     def put(self, key: str, reply: StoredReply) -> None:
         self.replies[key] = reply
         self.engine.store.set_study_attr(REPLY + key, reply.model_dump())
+        if self.engine.claims.shared:
+            self.engine.notify()
         self.engine.save_spending()
 
     def abandon(self, key: str) -> None:
@@ -444,6 +454,8 @@ class Engine:
             readable = {("instruction" if len(texts) == 1 else f"instruction.{name}"): text for name, text in texts.items()}
             arm = Arm(record=record, trial_id=self.store.new_trial({CANDIDATE: record.model_dump(), **readable}))
             self._trials[key] = self.store.trial(arm.trial_id)
+            if self.claims.shared:
+                self.notify()
         self.arms.append(arm)
         self._by_key[key] = len(self.arms) - 1
         return len(self.arms) - 1
@@ -451,7 +463,7 @@ class Engine:
     def _wait_for_trial(self, key: str) -> None:
         """Another process is creating this candidate's trial: wait until it is there."""
         while key not in self._trials:
-            time.sleep(self.claim_poll)
+            self.claims.wait(self.claim_poll)
             self._load_trials()
             if key not in self._trials and self.claims.claim(key, CREATE):
                 return  # its creator died: this process creates it
@@ -509,8 +521,7 @@ class Engine:
         plan, cut, stop = self._plan(requests, budget)
         if plan:
             if self.claims.shared:
-                for arm in dict.fromkeys(a for a, i in plan if i not in self.arms[a].stored):
-                    self._refresh(arm)
+                self._refresh_many(list(dict.fromkeys(a for a, i in plan if i not in self.arms[a].stored)))
             for arm, index in plan:
                 if index in self.arms[arm].stored:
                     self._read_back(arm, index)
@@ -595,14 +606,14 @@ class Engine:
         on it (so workers sharing the run split a stage pair by pair, whatever their threads); then wait
         for the scores of the pairs other processes hold."""
         wait = self.claim_poll
+        longest = 2.0 if self.claims.channel is not None else 0.8  # notified (PostgreSQL), else polled
         while missing:
             computed = self._compute(missing)
             missing = [(arm, index) for arm, index in missing if index not in self.arms[arm].seen]
             if missing and not computed:  # other live processes hold these claims: use what they store
-                time.sleep(wait)
-                wait = min(2 * wait, 2.0)  # back off while they work; a score read resets it
-                for arm in dict.fromkeys(a for a, _ in missing):
-                    self._refresh(arm)
+                self.claims.wait(wait)  # on PostgreSQL, until a process stores scores
+                wait = min(2 * wait, longest)  # back off while they work; a score read resets it
+                self._refresh_many(list(dict.fromkeys(a for a, _ in missing)))
                 for arm, index in missing:
                     state = self.arms[arm]
                     if index in state.stored and index not in state.seen:
@@ -613,8 +624,13 @@ class Engine:
                 missing = [(arm, index) for arm, index in missing if index not in self.arms[arm].seen]
 
     def _compute(self, pairs: list[tuple[int, int]]) -> int:
-        """Run the pairs this process can claim together; store their scores as they come (a few at a
-        time); give back claims on what was not done. Returns how many pairs this process computed."""
+        """Run the pairs this process can claim together; store their scores as they come (a chunk at a
+        time); give back claims on what was not done. Returns how many pairs this process computed.
+
+        With other processes on the run, a thread about to score a pair not yet claimed claims it with
+        the next pairs of the pool in one statement: at most one per thread, and at most a
+        ``CLAIM_SHARE``-th of the pairs still unclaimed, so workers arriving together split even a
+        small stage."""
         by_arm: dict[int, list[int]] = {}
         for arm, index in pairs:
             by_arm.setdefault(arm, []).append(index)
@@ -622,23 +638,41 @@ class Engine:
         jobs = [(self.arms[arm].record.instructions, [(i, self.examples[i]) for i in by_arm[arm]]) for arm in arms]
         claimed: set[tuple[int, int]] = set()
         pending: list[tuple[int, ExampleScore]] = []
-        lock = threading.Lock()
-        batch = max(1, self.scorer.num_threads)
+        lock, claiming = threading.Lock(), threading.Lock()
+        threads = max(1, self.scorer.num_threads)
+        batch = max(STORE_BATCH, threads)
         flushed = [time.monotonic(), False]  # last flush, pool over
+        order = [(job, index) for job, arm in enumerate(arms) for index in by_arm[arm]]
+        position = {pair: number for number, pair in enumerate(order)}
+        decided: dict[tuple[int, int], bool] = {}
 
         def flush() -> None:
             grouped: dict[int, list[ExampleScore]] = {}
             for arm, result in pending:
                 grouped.setdefault(arm, []).append(result)
             pending.clear()
-            for arm, results in grouped.items():
-                self._store(arm, results)
+            if grouped:
+                self._store_many(grouped)
             flushed[0] = time.monotonic()
+
+        def claim_chunk(job: int, index: int) -> None:
+            undecided = [pair for pair in order[position[(job, index)]:] if pair not in decided]
+            size = max(1, min(threads, -(-len(undecided) // CLAIM_SHARE)))
+            chunk = undecided[:size]
+            keys = [(self.arms[arms[j]].record.key, i) for j, i in chunk]
+            won = self.claims.claim_many(keys)
+            for pair, key in zip(chunk, keys, strict=True):
+                decided[pair] = key in won
+            with lock:  # held from now on: given back at the end unless stored, even if no thread reaches it
+                claimed.update((arms[j], i) for (j, i), key in zip(chunk, keys, strict=True) if key in won)
 
         def claim(job: int, index: int) -> bool:
             arm = arms[job]
-            if not self.claims.claim(self.arms[arm].record.key, index):
-                return False
+            with claiming:
+                if (job, index) not in decided:
+                    claim_chunk(job, index)
+                if not decided[(job, index)]:
+                    return False
             if (self.arms[arm].record.key, index) in getattr(self.claims, "taken", ()):  # from a dead process: its
                 with lock:  # score may be stored already
                     self._refresh(arm)
@@ -653,7 +687,7 @@ class Engine:
                 if flushed[1]:
                     return
                 pending.append((arms[job], result))
-                if len(pending) >= batch or time.monotonic() - flushed[0] > 1.0:
+                if len(pending) >= batch or time.monotonic() - flushed[0] > STORE_EVERY:
                     flush()
 
         claim_each = claim if self.claims.shared else None
@@ -663,24 +697,34 @@ class Engine:
         except BaseException:
             with lock:
                 flushed[1] = True
-            for arm in arms:
-                self.claims.release(self.arms[arm].record.key, [i for a, i in claimed if a == arm and i not in self.arms[arm].stored])
+            self._release({arm: [i for a, i in claimed if a == arm and i not in self.arms[arm].stored] for arm in arms})
             raise
         with lock:
             flushed[1] = True
             flush()
+            late = {}
             for arm, scored in zip(arms, results, strict=True):
-                late = [r for r in scored if r.index not in self.arms[arm].seen]  # timed out: returned only
-                if late:
-                    self._store(arm, late)
+                late_here = [r for r in scored if r.index not in self.arms[arm].seen]  # timed out: returned only
+                if late_here:
+                    late[arm] = late_here
+            if late:
+                self._store_many(late)
+        undone = {}
         for arm in arms:
             state = self.arms[arm]
             mine = [i for i in by_arm[arm] if (arm, i) in claimed or claim_each is None]
-            self.claims.release(state.record.key, [i for i in mine if i not in state.stored])  # failed or not reached: free to retry
+            undone[arm] = [i for i in mine if i not in state.stored]  # failed or not reached: free to retry
+        self._release(undone)
         if stop is not None:
             raise stop
         self.scorer.check_failures()
         return sum(len(scored) for scored in results)
+
+    def _release(self, undone: Mapping[int, list[int]]) -> None:
+        """Give back this process's claims on the arms' pairs it did not store."""
+        for arm, indices in undone.items():
+            if indices:
+                self.claims.release(self.arms[arm].record.key, indices)
 
     def _run_many(
         self,
@@ -705,43 +749,65 @@ class Engine:
 
     def _refresh(self, arm: int) -> None:
         """Read scores other processes stored for this arm."""
-        state = self.arms[arm]
-        trial = self.store.trial(state.trial_id)
-        _read_scores(state, trial)
-        if trial.finished:
-            state.open = False
+        self._refresh_many([arm])
+
+    def _refresh_many(self, arms: Sequence[int]) -> None:
+        """Read scores other processes stored for these arms (their scores only, in one read)."""
+        if not arms:
+            return
+        trials = self.store.score_attrs([self.arms[arm].trial_id for arm in arms], (SCORE, DETAIL, FAILURE))
+        for arm in arms:
+            state = self.arms[arm]
+            trial = trials.get(state.trial_id)
+            if trial is None:
+                continue
+            _read_scores(state, trial)
+            if trial.finished:
+                state.open = False
 
     def _store(self, arm: int, results: Sequence[ExampleScore]) -> None:
-        state = self.arms[arm]
-        attrs: dict[str, Any] = {}
-        for result in results:
-            self.computed += 1
-            if result.failed:
-                reason = failure_reason(result.error or "")
-                self.failures[reason] += 1
-                state.failed[result.index] = result.error or ""
-                attrs[FAILURE + str(result.index)] = result.error
-            else:
-                stored = _stored_score(result)
-                state.stored[result.index] = stored
-                state.failed.pop(result.index, None)
-                attrs[DETAIL + str(result.index)] = stored.model_dump(exclude={"score"}, exclude_defaults=True)  # first: a score is read
-                attrs[SCORE + str(result.index)] = result.score  # only once its detail is there
-            self._see(arm, result.index, result.score, result.error)
-        if state.open and attrs:
-            state.open = self.store.set_trial_attrs(state.trial_id, attrs)
-            if state.open:
-                self._report_running(arm)
+        self._store_many({arm: list(results)})
+
+    def _store_many(self, grouped: Mapping[int, Sequence[ExampleScore]]) -> None:
+        """Store the arms' results (scores, details, failures) and their running scores in one transaction."""
+        writes: dict[int, tuple[dict[str, Any], dict[int, float]]] = {}
+        for arm, results in grouped.items():
+            state = self.arms[arm]
+            attrs: dict[str, Any] = {}
+            for result in results:
+                self.computed += 1
+                if result.failed:
+                    reason = failure_reason(result.error or "")
+                    self.failures[reason] += 1
+                    state.failed[result.index] = result.error or ""
+                    attrs[FAILURE + str(result.index)] = result.error
+                else:
+                    stored = _stored_score(result)
+                    state.stored[result.index] = stored
+                    state.failed.pop(result.index, None)
+                    attrs[DETAIL + str(result.index)] = stored.model_dump(exclude={"score"}, exclude_defaults=True)  # first: a score is read
+                    attrs[SCORE + str(result.index)] = result.score  # only once its detail is there
+                self._see(arm, result.index, result.score, result.error)
+            if state.open and attrs:
+                writes[state.trial_id] = (attrs, self._running(arm))
+        if writes:
+            closed = self.store.write_trials(writes, notify=self.claims.channel)
+            for arm in grouped:
+                if self.arms[arm].trial_id in closed:
+                    self.arms[arm].open = False
         self.save_spending()
 
-    def _report_running(self, arm: int) -> None:
-        """The running mean after k stored examples, at step k (what Optuna's pruners and dashboard read)."""
+    def _running(self, arm: int) -> dict[int, float]:
+        """The running mean after k stored examples, at step k (what Optuna's pruners and dashboard read),
+        for the steps not reported yet by this process."""
         state = self.arms[arm]
         total, values = 0.0, {}
         for step, index in enumerate(sorted(state.stored), start=1):
             total += state.stored[index].score
-            values[step] = total / step
-        self.store.report(state.trial_id, values)
+            if step > state.reported:
+                values[step] = total / step
+        state.reported = max(state.reported, len(state.stored))
+        return values
 
     def trace(self, instructions: Mapping[str, str], example: dspy.Example) -> Any:
         """A traced run of one example (see :meth:`cuecard.evaluate.Evaluator.trace`), under the run's caps."""
@@ -908,6 +974,13 @@ class Engine:
                 self.refresh_run()
         except Exception as exc:  # never lose a compile over its accounting
             logger.warning("could not save the run's spending: %s", redact_text(str(exc)))
+
+    def notify(self) -> None:
+        """Wake the run's other processes waiting for something this one stored (PostgreSQL; they poll elsewhere)."""
+        try:
+            self.claims.notify()
+        except Exception as exc:  # they find it on their next poll
+            logger.info("could not notify the run's other processes: %s", redact_text(str(exc)))
 
     def refresh_run(self) -> None:
         """Read what other processes stored in the run's study: LM replies, and what they spent."""

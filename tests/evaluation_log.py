@@ -12,15 +12,17 @@ from cuecard import study
 @contextmanager
 def logged_evaluations(log: Path) -> Iterator[None]:
     """Append every evaluation this process stores to ``log`` (candidate key and example index)."""
-    original = study.Engine._store
+    original = study.Engine._store_many
 
-    def store(engine, arm, results):
-        original(engine, arm, results)
+    def store(engine, grouped):
+        original(engine, grouped)
         with log.open("a") as handle:
-            handle.writelines(f"{engine.arms[arm].record.key} {r.index}\n" for r in results if not r.failed)
+            handle.writelines(
+                f"{engine.arms[arm].record.key} {r.index}\n" for arm, results in grouped.items() for r in results if not r.failed
+            )
 
-    study.Engine._store = store
+    study.Engine._store_many = store
     try:
         yield
     finally:
-        study.Engine._store = original
+        study.Engine._store_many = original

@@ -6,6 +6,7 @@ threads are used); the engine stores into a real SQLite file. Speed figures are 
 ``benchmarks/compile_throughput.py``, not here: these tests check order, results and concurrency.
 """
 
+import os
 import threading
 import time
 
@@ -162,3 +163,101 @@ def test_a_claim_held_by_another_worker_is_no_database_error(postgres_url):
     won, lost = two_workers("contended", True)
     assert all(won) and not any(lost)
     assert rollbacks() - start == baseline
+
+
+def fresh_postgres(postgres_url, name):
+    import psycopg
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+    return postgres_url.rsplit("/", 1)[0] + "/" + name
+
+
+class Statements:
+    """Counts the SQL statements and commits SQLAlchemy sends while it is entered (every engine of the process)."""
+
+    def __enter__(self):
+        import sqlalchemy as sa
+
+        self.statements, self.commits = [], 0
+        self._hooks = [(sa.engine.Engine, "before_cursor_execute", self._statement), (sa.engine.Engine, "commit", self._commit)]
+        for target, name, hook in self._hooks:
+            sa.event.listen(target, name, hook)
+        return self
+
+    def _statement(self, conn, cursor, statement, *args):
+        self.statements.append(" ".join(statement.split()[:3]))
+
+    def _commit(self, conn):
+        self.commits += 1
+
+    def __exit__(self, *exc):
+        import sqlalchemy as sa
+
+        for target, name, hook in self._hooks:
+            sa.event.remove(target, name, hook)
+
+
+def test_a_chunk_of_work_is_claimed_in_one_statement_and_a_dead_owners_share_is_taken_over(postgres_url):
+    """Eight pairs claimed in one INSERT; the second worker wins none of them in one INSERT and one read of
+    their owners; a pair whose owner is gone (a dead process of this host) is taken over."""
+    from cuecard.sharing import SQLClaims
+
+    url = fresh_postgres(postgres_url, "claim_chunks")
+    first, second = SQLClaims(url, "chunks"), SQLClaims(url, "chunks")
+    try:
+        work = [("key", i) for i in range(8)]
+        with Statements() as sql:
+            assert first.claim_many(work) == set(work)
+        assert [text.split()[0] for text in sql.statements] == ["INSERT"] and sql.commits == 1
+        with Statements() as sql:
+            assert second.claim_many(work + [("key", 8)]) == {("key", 8)}
+        assert [text.split()[0] for text in sql.statements] == ["INSERT", "SELECT"] and sql.commits == 1
+        first.owner = first.owner.replace(f":{os.getpid()}:", ":999999999:")  # as if its process had died
+        assert first.claim_many([("other", 0)]) == {("other", 0)}
+        assert second.claim_many([("other", 0), ("key", 0)]) == {("other", 0)}, "a dead owner's claim was not taken over"
+        assert ("other", 0) in second.taken
+    finally:
+        first.close()
+        second.close()
+
+
+def test_a_waiting_worker_wakes_when_another_stores_scores(postgres_url):
+    """A worker waiting for others' scores on PostgreSQL wakes on their notification, well before its timeout
+    (before, it slept its whole back-off, up to 2 s, at every wait)."""
+    from cuecard.sharing import SQLClaims
+
+    url = fresh_postgres(postgres_url, "wake_up")
+    waiting, storing = SQLClaims(url, "wake"), SQLClaims(url, "wake")
+    try:
+        waiting.wait(0.01)  # listening from now on
+        timer = threading.Timer(0.3, storing.notify)
+        start = time.monotonic()
+        timer.start()
+        waiting.wait(30.0)
+        assert time.monotonic() - start < 20.0, "the wait ran to its timeout: no notification arrived"
+        timer.join()
+    finally:
+        waiting.close()
+        storing.close()
+
+
+def test_one_worker_claims_and_stores_a_stage_by_chunks(tmp_path, monkeypatch):
+    """A shared run (a SQLite file other processes could join) scored on 4 threads: pairs are claimed a chunk
+    per statement and a chunk's scores, details and running scores are written in one statement each (before:
+    an INSERT per claim and per attribute, and a read of the whole trial per chunk to report running scores)."""
+    from cuecard import study
+
+    monkeypatch.setattr(study, "STORE_EVERY", 600.0)  # chunks by size only, however slow the machine
+    engine, _, _ = bernoulli_engine(tmp_path, "shared.db", threads=4, n_arms=6, pool=24)
+    assert engine.claims.shared
+    with Statements() as sql:
+        allocation = engine.allocate(FullEvaluation(n_examples=24))
+    assert engine.computed == 6 * 24 and allocation.best is not None
+    claims = sum(1 for statement in sql.statements if statement.startswith("INSERT INTO cuecard_claims"))
+    scores = sum(1 for statement in sql.statements if statement.startswith("INSERT INTO trial_user_attributes"))
+    assert 0 < claims <= engine.computed / 2, f"{claims} claim statements for {engine.computed} evaluations"
+    assert 0 < scores <= engine.computed / 2, f"{scores} score statements for {engine.computed} evaluations"
+    steps = [engine.store.storage.get_trial(arm.trial_id).intermediate_values for arm in engine.arms]
+    assert all(sorted(values) == list(range(1, 25)) for values in steps), "a running score was not stored"
+    assert steps[0][24] == pytest.approx(engine.mean(0))
