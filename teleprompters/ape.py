@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import dspy
+from cuecard.engine.policies import Allocation
+from cuecard.engine.stopping import StopKind
 from cuecard.errors import TeleprompterConfigError
-from cuecard.policies import Allocation
 from cuecard.program import get_instructions
-from cuecard.stopping import StopKind
 from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -93,7 +93,7 @@ class APE(Teleprompter):
             >>> APE.plan(100, n_train=20, n_dev=15)["num_prompts_per_subsample"]
             3
         """
-        from cuecard.policies import MultiStage
+        from cuecard.engine.policies import MultiStage
 
         policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=2)
 

@@ -8,11 +8,11 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 import dspy
+from cuecard.engine.policies import Allocation
+from cuecard.engine.stopping import StopKind, StopReason
+from cuecard.engine.study import Engine
 from cuecard.errors import MetricBlindWarning
 from cuecard.metrics import normalize_instruction_induction
-from cuecard.policies import Allocation
-from cuecard.stopping import StopKind, StopReason
-from cuecard.study import Engine
 
 if TYPE_CHECKING:
     from .base import Teleprompter

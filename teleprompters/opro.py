@@ -27,12 +27,12 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import dspy
-from cuecard.adapter import PlainAdapter, field_label
+from cuecard.clients.adapter import PlainAdapter, field_label
+from cuecard.engine.policies import Allocation, ArmEstimate, FullEvaluation
+from cuecard.engine.stopping import StopKind
 from cuecard.errors import BudgetExhausted, TeleprompterConfigError
 from cuecard.metrics import normalize_instruction_induction
-from cuecard.policies import Allocation, ArmEstimate, FullEvaluation
 from cuecard.program import get_instructions, predictors
-from cuecard.stopping import StopKind
 from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -169,7 +169,7 @@ class OPRO(Teleprompter):
             >>> OPRO.plan(100, n_train=20, n_dev=15)["steps"]
             1
         """
-        from cuecard.policies import MultiStage
+        from cuecard.engine.policies import MultiStage
 
         policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=1)
 

@@ -22,12 +22,12 @@ import re
 from typing import Any, Literal
 
 import dspy
-from cuecard.adapter import field_label
+from cuecard.clients.adapter import field_label
+from cuecard.engine.evaluate import ExampleScore
+from cuecard.engine.policies import Allocation, FullEvaluation
+from cuecard.engine.stopping import StopKind
 from cuecard.errors import BudgetExhausted
-from cuecard.evaluate import ExampleScore
-from cuecard.policies import Allocation, FullEvaluation
 from cuecard.program import get_instructions, predictors
-from cuecard.stopping import StopKind
 from pydantic import Field
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -128,7 +128,7 @@ class PE2(Teleprompter):
             >>> PE2.plan(100, n_train=20, n_dev=15)["steps"]
             1
         """
-        from cuecard.policies import MultiStage
+        from cuecard.engine.policies import MultiStage
 
         policy = MultiStage(min_examples=min(3, n_dev), reduction=3, survivors=1)
 

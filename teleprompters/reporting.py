@@ -6,15 +6,15 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import dspy
-from cuecard.acceptance import Acceptance
+from cuecard.engine.acceptance import Acceptance
+from cuecard.engine.policies import Allocation
+from cuecard.engine.stopping import StopReason
 from cuecard.identity import (
     RunIdentity,
     data_fingerprint,
 )
-from cuecard.policies import Allocation
 from cuecard.redact import redact_url
-from cuecard.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
-from cuecard.stopping import StopReason
+from cuecard.reporting.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
 
 if TYPE_CHECKING:
     from .context import SearchContext

@@ -19,10 +19,10 @@ from pathlib import Path
 import dspy
 import optuna
 import pytest
+from cuecard.clients.testing import scripted_lm
+from cuecard.clients.usage import Limits, track
 from cuecard.errors import BudgetExhausted
 from cuecard.metrics import exact_match
-from cuecard.testing import scripted_lm
-from cuecard.usage import Limits, track
 from sentiment_cases import GOLD, REVIEWS
 
 from benchmarks.harness import HarnessConfig, markdown_table, run, summarize
@@ -224,9 +224,9 @@ def test_fingerprints_follow_the_modules_a_method_imports(monkeypatch):
     shown = {name: {str(path.relative_to(root)) for path in _files(name)} for name in ("pe2", "opro", "ape")}
     assert {"teleprompters/pe2.py", "teleprompters/induction.py", "teleprompters/base.py", "teleprompters/proposals.py",
             "teleprompters/context.py", "teleprompters/proposing.py", "teleprompters/planning.py",
-            "teleprompters/reporting.py", "framework/study.py", "framework/evaluate.py", "benchmarks/harness/methods/pe2.py"} <= shown["pe2"]
+            "teleprompters/reporting.py", "framework/engine/study.py", "framework/engine/evaluate.py", "benchmarks/harness/methods/pe2.py"} <= shown["pe2"]
     assert not {"teleprompters/ape.py", "teleprompters/pe2.py", "teleprompters/induction.py"} & shown["opro"]
-    assert "framework/cli.py" not in shown["ape"]  # the command line runs no method
+    assert "framework/command/cli.py" not in shown["ape"]  # the command line runs no method
     before = {name: method_code_hash(name) for name in ("pe2", "ape", "opro", "copro")}
     original = Path.read_bytes
     for edited, stale in (("induction.py", {"pe2", "ape"}), ("base.py", {"pe2", "ape", "opro"})):
@@ -396,7 +396,7 @@ def test_ctrl_c_stops_the_command_with_exit_130_and_keeps_the_finished_cells(tmp
 # ---- the real command on the embedded model ---------------------------------------------------------
 @pytest.mark.model
 def test_harness_command_runs_on_the_embedded_model_given_as_a_gguf_path(tmp_path):
-    from cuecard.local import embedded_model_path
+    from cuecard.clients.local import embedded_model_path
 
     out = tmp_path / "bench"
     command = [

@@ -11,12 +11,12 @@ import time
 
 import cuecard
 import pytest
-from cuecard.evaluate import Evaluator
+from cuecard.clients.testing import BernoulliTask, scripted_lm
+from cuecard.engine.evaluate import Evaluator
+from cuecard.engine.policies import FullEvaluation, MultiStage
+from cuecard.engine.study import Engine
 from cuecard.metrics import exact_match
-from cuecard.policies import FullEvaluation, MultiStage
-from cuecard.study import Engine
 from cuecard.teleprompters import APE
-from cuecard.testing import BernoulliTask, scripted_lm
 from sentiment_cases import REVIEWS, sentiment_program
 
 
@@ -132,7 +132,7 @@ def test_a_claim_held_by_another_worker_is_no_database_error(postgres_url):
     duplicate-key error, so the server rolls back no more transactions than when nobody loses a claim
     (before, each lost claim was a rolled-back INSERT and an ERROR line in the server's log)."""
     import psycopg
-    from cuecard.sharing import SQLClaims
+    from cuecard.engine.sharing import SQLClaims
 
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute('CREATE DATABASE "claims_no_error"')

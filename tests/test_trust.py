@@ -18,12 +18,12 @@ import cuecard
 import dspy
 import optuna
 import pytest
-from cuecard.cli import main
+from cuecard.clients.testing import StubServer, scripted_lm
+from cuecard.command.cli import main
+from cuecard.engine.evaluate import Evaluator
 from cuecard.errors import SavedFileWarning, SavedProgramError
-from cuecard.evaluate import Evaluator
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
-from cuecard.testing import StubServer, scripted_lm
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent

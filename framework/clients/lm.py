@@ -28,7 +28,7 @@ from typing import Any
 import dspy
 from dspy.utils.callback import with_callbacks
 
-from .errors import (
+from ..errors import (
     BudgetExhausted,
     ConfigError,
     MissingCredentialsError,

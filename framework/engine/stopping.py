@@ -1,7 +1,7 @@
 """Why a search stopped, said once: set where the search stops, shown by the command line and the report.
 
 Example:
-    >>> from cuecard.stopping import StopReason
+    >>> from cuecard.engine.stopping import StopReason
     >>> StopReason.cap("cap of 150 LM requests reached").text
     'a cap was reached: cap of 150 LM requests reached'
     >>> StopReason().text

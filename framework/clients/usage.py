@@ -6,7 +6,7 @@ block (in this thread, or in threads started with the block's context) is added 
 teleprompter can ask "what did the proposal step cost" without knowing which LMs were used.
 
 Example:
-    >>> from cuecard.usage import track
+    >>> from cuecard.clients.usage import track
     >>> with track("demo") as block:
     ...     pass  # run programs, compile, ...
     >>> block.usage.calls
@@ -23,7 +23,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from .errors import BudgetExhausted
+from ..errors import BudgetExhausted
 
 
 class Usage(BaseModel):

@@ -1,7 +1,7 @@
 """Plots of a compile: every candidate's dev score in the order proposed, coloured by round or step.
 
 Example:
-    >>> from cuecard.plots import plot_search  # doctest: +SKIP
+    >>> from cuecard.reporting.plots import plot_search  # doctest: +SKIP
     >>> plot_search(compiled.cuecard_report, "search.png")  # doctest: +SKIP
 """
 

@@ -37,7 +37,7 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 
 class Acceptance(BaseModel):

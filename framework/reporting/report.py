@@ -1,7 +1,7 @@
 """A compile report a person can look at: a PNG of the search and a self-contained HTML page.
 
 Example:
-    >>> from cuecard.report import write_report  # doctest: +SKIP
+    >>> from cuecard.reporting.report import write_report  # doctest: +SKIP
     >>> write_report(compiled.cuecard_report, "report/")  # doctest: +SKIP
     (PosixPath('report/report.png'), PosixPath('report/report.html'))
 """
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from .acceptance import Acceptance
+from ..clients.usage import Usage
+from ..engine.acceptance import Acceptance
+from ..engine.stopping import StopKind, StopReason
 from .plots import plot_search
-from .stopping import StopKind, StopReason
-from .usage import Usage
 
 if TYPE_CHECKING:
     import jinja2

@@ -18,9 +18,9 @@ the decision in progress, and is retried by the next run.
 
 Example:
     >>> import dspy
-    >>> from cuecard.testing import scripted_lm
-    >>> from cuecard.evaluate import Evaluator
-    >>> from cuecard.policies import FullEvaluation
+    >>> from cuecard.clients.testing import scripted_lm
+    >>> from cuecard.engine.evaluate import Evaluator
+    >>> from cuecard.engine.policies import FullEvaluation
     >>> program = dspy.Predict(dspy.Signature("q -> a", "Answer."))
     >>> lm = scripted_lm(lambda messages: "yes")
     >>> data = [dspy.Example(q=str(i), a="yes").with_inputs("q") for i in range(4)]
@@ -52,10 +52,10 @@ import dspy
 import optuna
 from pydantic import BaseModel, Field
 
-from .acceptance import Acceptance, AcceptanceRule
-from .errors import BudgetExhausted, ConfigError, RunConfigMismatch, StorageError
-from .evaluate import ExampleScore, describe_failures, failure_reason
-from .identity import (
+from ..clients.record import StoredReply, not_recorded, recording
+from ..clients.usage import Block, CallRecord, Limits, Usage, activate, record
+from ..errors import BudgetExhausted, ConfigError, RunConfigMismatch, StorageError
+from ..identity import (
     RunIdentity,
     adapter_identity,
     data_fingerprint,
@@ -63,14 +63,14 @@ from .identity import (
     metric_identity,
     program_structure,
 )
+from ..program import candidate_key
+from ..redact import redact_text, redact_url
+from .acceptance import Acceptance, AcceptanceRule
+from .evaluate import ExampleScore, describe_failures, failure_reason
 from .policies import Allocation, EvaluationBudgetSpent, Policy, rank
-from .program import candidate_key
-from .record import StoredReply, not_recorded, recording
-from .redact import redact_text, redact_url
 from .rescoring import check_stored_scores
 from .sharing import CREATE, open_claims
 from .store import RunStore, StoredTrial
-from .usage import Block, CallRecord, Limits, Usage, activate, record
 
 logger = logging.getLogger(__name__)
 
