@@ -253,6 +253,20 @@ def test_module_files_reads_imports_from_the_source(tmp_path, monkeypatch):
         sys.modules.pop(module, None)
 
 
+def test_a_short_module_path_is_followed_like_the_module_it_names():
+    """A method importing a module path kept for users (``cuecard._SHORT_PATHS``) depends on the same files
+    as one importing the path where the module lives: its relative imports resolve from there."""
+    from cuecard import _SHORT_PATHS
+
+    from benchmarks.harness.sources import module_files
+
+    for short, real in _SHORT_PATHS.items():
+        sys.modules.pop(short, None)  # not imported under its short name yet: the finder answers
+        assert module_files([short], within=["cuecard"]) == module_files([real], within=["cuecard"]), short
+    engine = {path.name for path in module_files(["cuecard.engine.study"], within=["cuecard"])}
+    assert {"study.py", "store.py", "sharing.py", "evaluate.py"} <= engine
+
+
 def test_cost_is_reported_as_if_cold_beside_the_calls_that_reached_a_model(tmp_path, fresh_cache):
     models = scripted_models()
     first = json.loads(run(config(tmp_path, methods=["ape"], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=models)["json"].read_text())

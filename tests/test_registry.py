@@ -352,3 +352,36 @@ def test_no_teleprompter_imports_another_and_programs_stand_below_them():
     for path in sorted((ROOT / "programs").rglob("*.py")):
         assert not [m for m, _ in _imports(path, "cuecard.programs") if m.startswith("cuecard.teleprompters")], path
 
+
+LAYERS = {"clients": 1, "engine": 2, "reporting": 3, "command": 4, "teleprompters": 5, "programs": 5}
+"""framework/'s folders from the bottom up; its top-level modules (errors, program, identity, redact,
+registry, datasets, metrics, judge) are layer 0. ``cuecard/__init__.py`` and ``__main__.py`` are the
+package's public face and may import from any layer."""
+
+
+def _layer(module: str) -> tuple[int, str | None]:
+    """A ``cuecard.*`` module's layer, and what is wrong with naming it so (a path that is not its file)."""
+    parts = module.split(".")[1:]
+    if parts and parts[0] in LAYERS:
+        return LAYERS[parts[0]], None
+    if not parts or (ROOT / "framework" / f"{parts[0]}.py").exists():
+        return 0, None
+    return 0, f"{module} is not where that module lives (a short path kept for users)"
+
+
+def test_each_layer_of_framework_imports_only_from_the_layers_below_it():
+    """The model layer imports no engine, the engine no reporting, nothing but the command the command line."""
+    offending = []
+    for path in sorted((ROOT / "framework").rglob("*.py")):
+        parts = path.relative_to(ROOT / "framework").parts
+        if parts in (("__init__.py",), ("__main__.py",)):
+            continue
+        own = LAYERS[parts[0]] if len(parts) > 1 else 0
+        for module, names in _imports(path, ".".join(["cuecard", *parts[:-1]])):
+            if module.split(".")[0] != "cuecard":
+                continue
+            for imported in [f"{module}.{name}" for name in names] if module == "cuecard" else [module]:
+                layer, wrong = _layer(imported)
+                if wrong or layer > own:
+                    offending.append(f"{'/'.join(parts)} imports {imported}" + (f": {wrong}" if wrong else ""))
+    assert not offending, offending
