@@ -21,7 +21,7 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from cuecard.acceptance import (
+from cuecard.engine.acceptance import (
     Acceptance,
     AcceptanceRule,
     AlwaysAccept,

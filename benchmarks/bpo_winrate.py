@@ -27,7 +27,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import cuecard  # noqa: E402
 import dspy  # noqa: E402
-from cuecard.adapter import adapter_for  # noqa: E402
+from cuecard.clients.adapter import adapter_for  # noqa: E402
 from cuecard.judge import PairwiseJudge, Verdict, WinRate, agreed  # noqa: E402
 from cuecard.programs import Respond  # noqa: E402
 from cuecard.teleprompters import BPO  # noqa: E402

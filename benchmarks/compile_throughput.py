@@ -1,7 +1,7 @@
 """Does a compile keep a remote model busy? Wall time against the chain of dependent LM calls.
 
 Every teleprompter compiles a small sentiment task against an OpenAI-compatible stub server
-(``cuecard.testing.StubServer``, in a process of its own) that answers every request after
+(``cuecard.clients.testing.StubServer``, in a process of its own) that answers every request after
 ``--latency`` seconds (500 ms by default): the task model's answers (right or wrong by a hash of
 the instruction and the review, so candidates differ), and the prompt model's proposals (chosen by
 the request's sampling seed). Each method is compiled three times on the same reviews, each time on
@@ -83,7 +83,7 @@ def reply(messages: list[dict[str, Any]], seed: int) -> str:
 
 def _serve(connection: Any, latency: float) -> None:
     """A stub server whose log keeps the start and end of every request (the latency is applied here)."""
-    from cuecard.testing import StubServer
+    from cuecard.clients.testing import StubServer
 
     log: list[tuple[float, float]] = []
     lock = threading.Lock()

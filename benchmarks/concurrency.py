@@ -1,6 +1,6 @@
 """Scoring on a remote model: throughput against thread count, and behaviour under a provider's rate limit.
 
-An OpenAI-compatible stub server (``cuecard.testing.StubServer``) on 127.0.0.1 answers every
+An OpenAI-compatible stub server (``cuecard.clients.testing.StubServer``) on 127.0.0.1 answers every
 chat completion after ``--latency`` seconds (150 ms by default). It runs in a process of its own, as a
 provider would, so its request handling does not compete for this process's interpreter lock.
 cuecard reaches it through litellm (``cuecard.LM("openai/stub", api_base=..., api_key=...)``) with
@@ -56,7 +56,7 @@ def chat_reply(messages: list[dict[str, Any]]) -> str:
 
 
 def _serve(connection: Any, latency: float, rate_limit: float | None) -> None:
-    from cuecard.testing import StubServer
+    from cuecard.clients.testing import StubServer
 
     server = StubServer(chat_reply, latency=latency, rate_limit=rate_limit).start()
     connection.send(server.url)
@@ -71,7 +71,7 @@ def _serve(connection: Any, latency: float, rate_limit: float | None) -> None:
 
 
 class Server:
-    """A :class:`~cuecard.testing.StubServer` in a child process; ``stats()`` reads its counters."""
+    """A :class:`~cuecard.clients.testing.StubServer` in a child process; ``stats()`` reads its counters."""
 
     def __init__(self, latency: float, rate_limit: float | None = None) -> None:
         context = multiprocessing.get_context("spawn")
@@ -116,7 +116,7 @@ def make_lm(url: str, **kwargs: Any) -> Any:
 
 def make_evaluator(lm: Any, threads: int) -> Any:
     import dspy
-    from cuecard.evaluate import Evaluator
+    from cuecard.engine.evaluate import Evaluator
     from cuecard.metrics import exact_match
 
     program = dspy.Predict(dspy.Signature("review -> sentiment", "Classify the review as positive or negative."))
@@ -135,9 +135,9 @@ def score_with_evaluator(lm: Any, threads: int, data: list[Any]) -> tuple[float,
 
 def score_with_engine(lm: Any, threads: int, data: list[Any], folder: Path, name: str) -> tuple[float, list[Any]]:
     """``Engine.allocate(FullEvaluation())`` of one candidate on a fresh SQLite run; the per-example results."""
-    from cuecard.evaluate import ExampleScore
-    from cuecard.policies import FullEvaluation
-    from cuecard.study import Engine
+    from cuecard.engine.evaluate import ExampleScore
+    from cuecard.engine.policies import FullEvaluation
+    from cuecard.engine.study import Engine
 
     engine = Engine(make_evaluator(lm, threads), data, name=name, storage=f"sqlite:///{folder / (name + '.db')}",
                     identity={"benchmark": name}, progress=False)
@@ -184,7 +184,7 @@ def rate_limited(args: argparse.Namespace, folder: Path, per_minute: int | None)
         elapsed, results = score_with_engine(lm, args.rate_threads, data, folder, f"rate-{per_minute or 'none'}")
         after = server.stats()
     answered = after["requests"] - before["requests"]
-    from cuecard.evaluate import failure_reason
+    from cuecard.engine.evaluate import failure_reason
 
     indices = Counter(r.index for r in results)
     failures = Counter(failure_reason(r.error) for r in results if r.failed)

@@ -18,8 +18,8 @@ import time
 
 import cuecard
 import dspy
+from cuecard.clients.local import load_model
 from cuecard.datasets import SENTIMENT_INSTRUCTION, reviews
-from cuecard.local import load_model
 
 OPENERS = ["", "Honestly, ", "In short: ", "My verdict: ", "Update: "]
 

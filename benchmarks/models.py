@@ -1,6 +1,6 @@
 """The benchmarks' names for the models cuecard can fetch (``cuecard models``): a thin wrapper.
 
-The fetcher lives in the package (``cuecard.models``, ``cuecard models pull NAME``); this file keeps
+The fetcher lives in the package (``cuecard.clients.models``, ``cuecard models pull NAME``); this file keeps
 the benchmarks' short names (``qwen1.5b``, ``qwen0.5b``, aliases of ``qwen2.5-coder-1.5b`` and
 ``qwen2.5-coder-0.5b``) and its old command line working:
 
@@ -15,7 +15,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from cuecard.models import (  # noqa: F401 - re-exported for the benchmarks
+from cuecard.clients.models import (  # noqa: F401 - re-exported for the benchmarks
     MODELS,
     ModelFetchError,
     ModelNotFetchedError,
@@ -40,7 +40,7 @@ def resolve_model_spec(spec: str) -> str:
 
 
 def fetch(name: str) -> Path:
-    """Pull model ``name`` (a name or an alias) into the cache; see :func:`cuecard.models.pull`."""
+    """Pull model ``name`` (a name or an alias) into the cache; see :func:`cuecard.clients.models.pull`."""
     return pull(name)
 
 

@@ -18,8 +18,9 @@ import logging
 import time
 import warnings
 
-from cuecard.evaluate import Evaluator
-from cuecard.policies import (
+from cuecard.clients.testing import BernoulliTask
+from cuecard.engine.evaluate import Evaluator
+from cuecard.engine.policies import (
     UCB,
     UCBE,
     FullEvaluation,
@@ -29,8 +30,7 @@ from cuecard.policies import (
     SuccessiveRejects,
     Wilcoxon,
 )
-from cuecard.study import Engine
-from cuecard.testing import BernoulliTask
+from cuecard.engine.study import Engine
 
 
 def run(task: BernoulliTask, policy: Policy, budget: int | None = None) -> tuple[int, int]:

@@ -19,8 +19,8 @@ from pathlib import Path
 
 import cuecard
 import dspy
+from cuecard.engine.policies import UCB
 from cuecard.metrics import exact_match
-from cuecard.policies import UCB
 from cuecard.teleprompters import APE, OPRO, PE2, ProTeGi
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "instruction_induction"

@@ -50,7 +50,7 @@ class SoakEngine:
         return self
 
     def complete(self, request: Any) -> Any:
-        from cuecard.local import request_messages
+        from cuecard.clients.local import request_messages
         from dspy.lm15 import Message, Response, TextPart, Usage
 
         messages = request_messages(request)
@@ -99,7 +99,7 @@ class SoakEngine:
 
 
 def _scripted_models() -> tuple[Any, Any]:
-    from cuecard.lm import CuecardLM
+    from cuecard.clients.lm import CuecardLM
 
     def lm(role: str) -> Any:
         return CuecardLM(f"soak/{role}", spec=f"soak/{role}", is_local=False, engine=SoakEngine(role),
@@ -124,7 +124,7 @@ def compile_once(run_dir: str, log: str, out: str, embedded: bool) -> None:
     """One compile (resuming whatever ``run_dir`` holds); logs every stored evaluation; writes the outcome."""
     import cuecard
     import dspy
-    from cuecard import study
+    from cuecard.engine import study
     from cuecard.metrics import exact_match
     from cuecard.teleprompters import APE
 

@@ -54,7 +54,7 @@ def worker(storage: str, out: Path, go: Path, delay: float, threads: int, size: 
     """One worker: the scale-out compile, with a remote-style task model when ``threads`` > 1."""
     sys.path.insert(0, str(TESTS))
     import scaleout_worker
-    from cuecard import testing
+    from cuecard.clients import testing
 
     if threads > 1:  # the same compile on a remote-style model: threads, DSPy's ChatAdapter
         original, task_reply = testing.scripted_lm, scaleout_worker.task_reply

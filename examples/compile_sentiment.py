@@ -18,7 +18,7 @@ import dspy
 from cuecard.datasets import reviews
 from cuecard.metrics import exact_match
 from cuecard.programs import Classify
-from cuecard.report import write_report
+from cuecard.reporting.report import write_report
 from cuecard.teleprompters import APE, OPRO, PE2, ProTeGi
 
 HUMAN_SEEDS = ["Is this review positive or negative? Answer with one word.", "Answer positive or negative."]

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import cuecard
 import dspy
-from cuecard.acceptance import sign_test_p
+from cuecard.clients.models import find_model, is_fetched
 from cuecard.datasets import load_examples
+from cuecard.engine.acceptance import sign_test_p
 from cuecard.metrics import exact_match
-from cuecard.models import find_model, is_fetched
 from cuecard.programs import Classify
-from cuecard.report import interval, write_report
+from cuecard.reporting.report import interval, write_report
 from cuecard.teleprompters import APE
 
 DATA = Path(__file__).resolve().parent / "data"

@@ -11,7 +11,7 @@ Secrets never enter an identity: LM settings whose names look like credentials a
 
 Example:
     >>> import dspy
-    >>> from cuecard.testing import scripted_lm
+    >>> from cuecard.clients.testing import scripted_lm
     >>> lm = scripted_lm(lambda messages: "yes", name="scripted/a")
     >>> lm_identity(lm)["model"]
     'scripted/a'

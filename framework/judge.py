@@ -9,7 +9,7 @@ The judge is also a metric for label-free optimisation: :class:`PairwiseMetric` 
 of ``2 s - 1``.
 
 Example:
-    >>> from cuecard.testing import scripted_lm
+    >>> from cuecard.clients.testing import scripted_lm
     >>> judge = PairwiseJudge(scripted_lm(lambda m: "[[A]]"), seed=0)
     >>> judge.compare("Say hi", "Hello!", "hi", item="q1").outcome in ("win", "lose")
     True

@@ -10,9 +10,9 @@ The class subclasses :class:`cuecard.teleprompters.Teleprompter` and declares ``
 (its settings), ``default_policy``, ``needs_labels`` and a one-line ``summary``. Programs are found
 the same way in the group ``cuecard.programs``; a program class builds itself from the command's
 options with ``from_options(**options)``, and :func:`cuecard.load` rebuilds only registered programs.
-Allocation policies (``--policy``, :func:`cuecard.policies.make_policy`) are found in the group
+Allocation policies (``--policy``, :func:`cuecard.engine.policies.make_policy`) are found in the group
 ``cuecard.policies``, each under its class's ``name``. A teleprompter's own command-line inputs are
-declared in its ``cli_inputs`` (see :mod:`cuecard.cli_inputs`).
+declared in its ``cli_inputs`` (see :mod:`cuecard.command.cli_inputs`).
 
 ``framework/`` (this package) imports nothing from ``cuecard.teleprompters`` or ``cuecard.programs``:
 they stand on it, and it finds them only through these entry points.

@@ -1,4 +1,4 @@
-"""Teleprompters: one file per paper, all on the shared evaluation engine (``cuecard.study``)."""
+"""Teleprompters: one file per paper, all on the shared evaluation engine (``cuecard.engine.study``)."""
 
 from .ape import APE, APEConfig
 from .base import CompileReport, Teleprompter, TeleprompterConfig

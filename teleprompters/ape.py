@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import dspy
+from cuecard.engine.policies import Allocation
 from cuecard.errors import TeleprompterConfigError
-from cuecard.policies import Allocation
 from cuecard.program import get_instructions
 from cuecard.stopping import StopKind
 from pydantic import Field, model_validator

@@ -27,9 +27,14 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import dspy
-from cuecard.acceptance import AcceptanceRule, SignTest, untested
-from cuecard.cli_inputs import CLIInput
+from cuecard.clients.lm import truncation_counted
+from cuecard.clients.usage import BUDGETS, Limits
+from cuecard.command.cli_inputs import CLIInput
 from cuecard.datasets import distinct, example_key
+from cuecard.engine.acceptance import AcceptanceRule, SignTest, untested
+from cuecard.engine.evaluate import Evaluator, Objective, check_context
+from cuecard.engine.policies import Allocation, MultiStage, Policy
+from cuecard.engine.study import Engine, check_run_name
 from cuecard.errors import (
     BudgetExhausted,
     ConfigError,
@@ -38,7 +43,6 @@ from cuecard.errors import (
     ScoringUnsupportedError,
     TeleprompterConfigError,
 )
-from cuecard.evaluate import Evaluator, Objective, check_context
 from cuecard.identity import (
     RunIdentity,
     adapter_identity,
@@ -49,14 +53,10 @@ from cuecard.identity import (
     policy_identity,
     program_structure,
 )
-from cuecard.lm import truncation_counted
-from cuecard.policies import Allocation, MultiStage, Policy
 from cuecard.program import apply_instructions, check_examples, get_instructions, predictors
 from cuecard.redact import redact_url
-from cuecard.report import CandidateSummary, CompileReport, ProcessStats
-from cuecard.saving import keep_block
-from cuecard.study import Engine, check_run_name
-from cuecard.usage import BUDGETS, Limits
+from cuecard.reporting.report import CandidateSummary, CompileReport, ProcessStats
+from cuecard.reporting.saving import keep_block
 from dspy.teleprompt import Teleprompter as DSPyTeleprompter
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -125,7 +125,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
         fresh: start a new run (``<run name>-<UTC time>``) instead of continuing the stored one, which
             is kept; to resume the new run later, pass its name as ``run_name``.
         acceptance: the rule a winner must pass against the seed on the same dev examples to replace
-            it (default :class:`~cuecard.acceptance.SignTest`, one-sided at 0.1); ``AlwaysAccept()``
+            it (default :class:`~cuecard.engine.acceptance.SignTest`, one-sided at 0.1); ``AlwaysAccept()``
             returns the search's winner unchecked.
         auto: ``"light"``, ``"medium"`` or ``"heavy"``, as DSPy's optimizers take it: the method's knobs are
             planned for that many LM requests (150, 600, 2400: ``--budget``'s presets) and the compile is capped
@@ -143,7 +143,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
     summary: ClassVar[str] = ""
     """One line on what the method does, for ``cuecard teleprompters``."""
     cli_inputs: ClassVar[tuple[CLIInput, ...]] = ()
-    """The method's own ``cuecard compile`` flags (files, models, switches): see :mod:`cuecard.cli_inputs`."""
+    """The method's own ``cuecard compile`` flags (files, models, switches): see :mod:`cuecard.command.cli_inputs`."""
     meta_prompts: ClassVar[tuple[str, ...]] = ()
     """The method's own meta-prompt templates: a proposal repeating a long run of their words is dropped (see :meth:`screen`)."""
 
@@ -273,7 +273,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
 
     def task_adapter(self) -> dspy.Adapter:
         """The adapter the program runs with while compiling."""
-        from cuecard.adapter import adapter_for
+        from cuecard.clients.adapter import adapter_for
 
         return self.adapter or adapter_for(self.task_lm)
 

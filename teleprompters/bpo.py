@@ -31,11 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from cuecard.cli_inputs import CLIInput
+from cuecard.command.cli_inputs import CLIInput
+from cuecard.engine.policies import Allocation, FullEvaluation
 from cuecard.errors import DataFileError, TeleprompterConfigError
 from cuecard.identity import digest, lm_identity
 from cuecard.judge import JUDGE_SYSTEM, JUDGE_USER, PairwiseJudge, PairwiseMetric, WinRate
-from cuecard.policies import Allocation, FullEvaluation
 from cuecard.program import demos_key, encode_demos, get_instructions, predictors, required_inputs
 from cuecard.programs import Rewritten
 from pydantic import Field, model_validator
@@ -306,7 +306,7 @@ class BPO(Teleprompter):
 def win_rate(program: dspy.Module, baseline: dspy.Module, examples: Sequence[dspy.Example], judge: PairwiseJudge, *,
              question: str, answer: str, lm: dspy.LM, adapter: dspy.Adapter | None = None) -> WinRate:
     """Win / tie / lose of ``program``'s answers against ``baseline``'s on ``examples`` (the BPO evaluation)."""
-    from cuecard.adapter import adapter_for
+    from cuecard.clients.adapter import adapter_for
 
     verdicts = []
     with dspy.context(lm=lm, adapter=adapter or adapter_for(lm)):

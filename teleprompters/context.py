@@ -8,11 +8,11 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import dspy
+from cuecard.engine.policies import Allocation, Policy
+from cuecard.engine.study import Engine
 from cuecard.errors import MetricBlindWarning
 from cuecard.metrics import normalize_instruction_induction
-from cuecard.policies import Allocation, Policy
 from cuecard.stopping import StopKind, StopReason
-from cuecard.study import Engine
 
 
 class SearchContext:

@@ -27,10 +27,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import dspy
-from cuecard.adapter import PlainAdapter, field_label
+from cuecard.clients.adapter import PlainAdapter, field_label
+from cuecard.engine.policies import Allocation, ArmEstimate, FullEvaluation
 from cuecard.errors import BudgetExhausted, TeleprompterConfigError
 from cuecard.metrics import normalize_instruction_induction
-from cuecard.policies import Allocation, ArmEstimate, FullEvaluation
 from cuecard.program import get_instructions, predictors
 from cuecard.stopping import StopKind
 from pydantic import Field, model_validator

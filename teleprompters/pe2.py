@@ -22,10 +22,10 @@ import re
 from typing import Any, Literal
 
 import dspy
-from cuecard.adapter import field_label
+from cuecard.clients.adapter import field_label
+from cuecard.engine.evaluate import ExampleScore
+from cuecard.engine.policies import Allocation, FullEvaluation
 from cuecard.errors import BudgetExhausted
-from cuecard.evaluate import ExampleScore
-from cuecard.policies import Allocation, FullEvaluation
 from cuecard.program import get_instructions, predictors
 from cuecard.stopping import StopKind
 from pydantic import Field

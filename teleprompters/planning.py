@@ -8,13 +8,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import dspy
+from cuecard.clients.usage import BUDGETS, Limits
+from cuecard.engine.policies import MultiStage
 from cuecard.errors import (
     DataWarning,
     TeleprompterConfigError,
 )
-from cuecard.policies import MultiStage
 from cuecard.program import check_examples, predictors
-from cuecard.usage import BUDGETS, Limits
 from pydantic import BaseModel, Field
 
 from .proposing import RULE_REQUEST
@@ -76,7 +76,7 @@ class Planning:
 
     def apply_auto(self, student: dspy.Module, trainset: Sequence[dspy.Example], valset: Sequence[dspy.Example] | None) -> None:
         """With ``auto="light"|"medium"|"heavy"`` (as DSPy's optimizers take it), plan the method's knobs for the
-        preset's LM requests (:data:`~cuecard.usage.BUDGETS`, the same as ``--budget``) on this data and cap the
+        preset's LM requests (:data:`~cuecard.clients.usage.BUDGETS`, the same as ``--budget``) on this data and cap the
         compile there; settings given explicitly, a policy given and a cap on requests given win."""
         if self.auto is None:
             return

@@ -12,11 +12,11 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import dspy
-from cuecard.deadlines import TIMED_OUT, call_with_deadline, run_with_deadlines
+from cuecard.engine.deadlines import TIMED_OUT, call_with_deadline, run_with_deadlines
+from cuecard.engine.evaluate import describe_error, failure_reason
 from cuecard.errors import (
     CuecardError,
 )
-from cuecard.evaluate import describe_error, failure_reason
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.program import apply_instructions, get_instructions, predictors
 from cuecard.stopping import StopKind
@@ -280,7 +280,7 @@ class Proposing:
         self, ctx: SearchContext, messages: list[dict[str, str]], index: int, temperature: float, max_tokens: int, extra: dict[str, Any]
     ) -> tuple[str | None, str | None]:
         """One request with its retries: (reply, None), or (None, the failure's reason)."""
-        from cuecard.lm import sampling_kwargs
+        from cuecard.clients.lm import sampling_kwargs
 
         options = sampling_kwargs(self.config.seed, index, temperature) if temperature > 0 else {"temperature": 0.0}
         max_tokens = self.prompt_max_tokens or max_tokens
@@ -334,7 +334,7 @@ class Proposing:
 
     def format_demos(self, student: dspy.Module, examples: Sequence[dspy.Example], predictor_name: str | None = None) -> str:
         """Examples as ``Field: value`` blocks showing every input and output field by name."""
-        from cuecard.adapter import field_label
+        from cuecard.clients.adapter import field_label
 
         named = dict(predictors(student))
         predictor = named[predictor_name] if predictor_name else next(iter(named.values()))

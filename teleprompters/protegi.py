@@ -9,7 +9,7 @@ on dev. The search stops when the beam's best dev score stops improving; dev pic
 
 Example:
     >>> from cuecard.teleprompters import ProTeGi
-    >>> from cuecard.policies import UCB
+    >>> from cuecard.engine.policies import UCB
     >>> protegi = ProTeGi(metric=my_metric, task_lm=task_lm, prompt_lm=prompt_lm, policy=UCB(), rounds=3)  # doctest: +SKIP
     >>> compiled = protegi.compile(program, trainset=train)  # doctest: +SKIP
 """
@@ -20,10 +20,10 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import dspy
-from cuecard.adapter import field_label
+from cuecard.clients.adapter import field_label
+from cuecard.engine.evaluate import ExampleScore
+from cuecard.engine.policies import UCB, Allocation, FullEvaluation
 from cuecard.errors import TeleprompterConfigError
-from cuecard.evaluate import ExampleScore
-from cuecard.policies import UCB, Allocation, FullEvaluation
 from cuecard.program import predictors
 from cuecard.stopping import StopKind
 from pydantic import Field

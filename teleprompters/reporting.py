@@ -6,14 +6,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 import dspy
-from cuecard.acceptance import Acceptance
+from cuecard.engine.acceptance import Acceptance
+from cuecard.engine.policies import Allocation
 from cuecard.identity import (
     RunIdentity,
     data_fingerprint,
 )
-from cuecard.policies import Allocation
 from cuecard.redact import redact_url
-from cuecard.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
+from cuecard.reporting.report import CandidateSummary, CompileReport, ExampleEvidence, ProcessStats, interval
 from cuecard.stopping import StopReason
 
 if TYPE_CHECKING:

@@ -1,6 +1,6 @@
 """Running the real ``cuecard`` command in the test's process: its exit code and what it printed."""
 
-from cuecard.cli import main
+from cuecard.command.cli import main
 
 
 def run_main(argv, capsys):

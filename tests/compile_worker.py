@@ -12,9 +12,9 @@ from pathlib import Path
 
 import cuecard
 import dspy
+from cuecard.clients.testing import scripted_lm
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
-from cuecard.testing import scripted_lm
 from evaluation_log import logged_evaluations
 
 

@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from cuecard import study
+from cuecard.engine import study
 
 
 @contextmanager

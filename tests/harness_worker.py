@@ -10,7 +10,7 @@ import sys
 import time
 
 import cuecard
-from cuecard.testing import scripted_lm
+from cuecard.clients.testing import scripted_lm
 from test_harness import level_reply, proposer_reply, scripted_task
 
 from benchmarks.harness import __main__ as command

@@ -9,10 +9,10 @@ import json
 import sys
 import time
 
-from cuecard.evaluate import Evaluator
-from cuecard.policies import SuccessiveHalving
-from cuecard.study import Engine
-from cuecard.testing import BernoulliTask
+from cuecard.clients.testing import BernoulliTask
+from cuecard.engine.evaluate import Evaluator
+from cuecard.engine.policies import SuccessiveHalving
+from cuecard.engine.study import Engine
 
 ACCURACIES = [0.8] + [0.5 + 0.15 * i / 14 for i in range(15)]
 

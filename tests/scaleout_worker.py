@@ -27,10 +27,10 @@ from pathlib import Path
 
 import cuecard
 import dspy
-from cuecard.lm import CuecardLM
+from cuecard.clients.lm import CuecardLM
+from cuecard.clients.testing import ScriptedEngine, scripted_lm
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
-from cuecard.testing import ScriptedEngine, scripted_lm
 from evaluation_log import logged_evaluations
 
 RUN_NAME = "scaleout"

@@ -11,10 +11,10 @@ import sys
 import time
 from pathlib import Path
 
-from cuecard.evaluate import Evaluator
-from cuecard.policies import FullEvaluation
-from cuecard.study import Engine
-from cuecard.testing import BernoulliTask
+from cuecard.clients.testing import BernoulliTask
+from cuecard.engine.evaluate import Evaluator
+from cuecard.engine.policies import FullEvaluation
+from cuecard.engine.study import Engine
 
 ACCURACIES = [0.3, 0.9, 0.5, 0.7, 0.4, 0.6]
 

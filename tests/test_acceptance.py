@@ -1,11 +1,11 @@
 """Do no harm: a winner replaces the seed only with paired evidence on the same dev examples."""
 
 import pytest
-from cuecard.acceptance import AlwaysAccept, NonInferiority, SignTest, sign_test_p
+from cuecard.clients.testing import BernoulliTask, scripted_lm
+from cuecard.engine.acceptance import AlwaysAccept, NonInferiority, SignTest, sign_test_p
 from cuecard.errors import CuecardError
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
-from cuecard.testing import BernoulliTask, scripted_lm
 
 
 def test_the_sign_test_counts_wins_and_losses_and_leaves_ties_out():
@@ -114,8 +114,8 @@ def test_a_search_going_on_to_its_cap_keeps_room_for_the_seeds_check():
     examples it lacks still fits under the cap afterwards (else the do-no-harm check is cut short)."""
     from types import SimpleNamespace
 
-    from cuecard.evaluate import Evaluator
-    from cuecard.study import Engine
+    from cuecard.engine.evaluate import Evaluator
+    from cuecard.engine.study import Engine
 
     notes = []
     task = BernoulliTask([0.5], pool_size=15, seed=0)

@@ -1,6 +1,6 @@
 """The acceptance replay: stored harness cells decided again under other rules, with no LM call."""
 
-from cuecard.acceptance import NonInferiority, SignTest
+from cuecard.engine.acceptance import NonInferiority, SignTest
 
 from benchmarks.acceptance_replay import choose_default, load_cases, main, replay
 from benchmarks.harness.results import CellResult, CellStore

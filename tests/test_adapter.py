@@ -5,7 +5,7 @@ from typing import Literal
 import dspy
 import pytest
 from cuecard import PlainAdapter, SignatureError
-from cuecard.testing import scripted_lm
+from cuecard.clients.testing import scripted_lm
 
 
 def sentiment_signature():

@@ -5,11 +5,11 @@ import json
 import cuecard
 import dspy
 import pytest
+from cuecard.clients.testing import scripted_lm
+from cuecard.engine.policies import FullEvaluation
 from cuecard.metrics import exact_match
-from cuecard.policies import FullEvaluation
 from cuecard.teleprompters import APE
 from cuecard.teleprompters.ape import BLANK, DEMOS
-from cuecard.testing import scripted_lm
 from sentiment_cases import REVIEWS, Pipeline, level_task, load_ii, sentiment_program
 
 

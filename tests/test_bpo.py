@@ -9,11 +9,11 @@ import sys
 import cuecard
 import dspy
 import pytest
+from cuecard.clients.testing import scripted_lm
 from cuecard.judge import PairwiseJudge, WinRate, parse_verdict
 from cuecard.programs import Respond, Rewritten
 from cuecard.teleprompters import BPO
 from cuecard.teleprompters.bpo import parse_construction, win_rate
-from cuecard.testing import scripted_lm
 
 PROMPTS = [f"Tell me about topic {i}." for i in range(12)]
 
@@ -161,7 +161,7 @@ def test_bpo_constructs_pairs_and_picks_the_rewriter_that_wins(tmp_path):
 
 
 def test_the_cap_met_inside_the_judge_stops_the_search_and_fails_no_example():
-    from cuecard.study import Limits
+    from cuecard.engine.study import Limits
 
     for cap in range(24, 64, 3):
         report = bpo(preferences=[{"prompt": "Tell me about topic 1."}], limits=Limits(max_calls=cap)).compile(

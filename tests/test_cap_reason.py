@@ -10,16 +10,16 @@ import threading
 import time
 
 import pytest
+from cuecard.clients.testing import BernoulliTask, scripted_lm
+from cuecard.clients.usage import Limits
+from cuecard.engine.evaluate import Evaluator
+from cuecard.engine.policies import Policy
+from cuecard.engine.study import Engine
 from cuecard.errors import BudgetExhausted
-from cuecard.evaluate import Evaluator
 from cuecard.metrics import exact_match
-from cuecard.policies import Policy
-from cuecard.report import CompileReport
+from cuecard.reporting.report import CompileReport
 from cuecard.stopping import StopKind
-from cuecard.study import Engine
 from cuecard.teleprompters import APE
-from cuecard.testing import BernoulliTask, scripted_lm
-from cuecard.usage import Limits
 from sentiment_cases import REVIEWS, level_task, sentiment_program
 
 

@@ -3,11 +3,11 @@
 import random
 
 import pytest
+from cuecard.clients.testing import scripted_lm
+from cuecard.clients.usage import Limits
 from cuecard.metrics import exact_match
 from cuecard.stopping import StopKind
 from cuecard.teleprompters import APE, OPRO, PE2
-from cuecard.testing import scripted_lm
-from cuecard.usage import Limits
 from sentiment_cases import REVIEWS, level_task, sentiment_program
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import cuecard
 import pytest
-from cuecard.cli import main
-from cuecard.testing import scripted_lm
+from cuecard.clients.testing import scripted_lm
+from cuecard.command.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = ROOT / "examples" / "data" / "reviews.jsonl"

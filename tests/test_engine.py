@@ -12,11 +12,11 @@ import dspy
 import optuna
 import pytest
 from cuecard import BudgetExhausted, Limits
-from cuecard.evaluate import EvaluationFailed, Evaluator
-from cuecard.policies import UCB, FullEvaluation, MultiStage, SuccessiveHalving
+from cuecard.clients.testing import BernoulliTask, scripted_lm
+from cuecard.engine.evaluate import EvaluationFailed, Evaluator
+from cuecard.engine.policies import UCB, FullEvaluation, MultiStage, SuccessiveHalving
+from cuecard.engine.study import Engine, RunConfigMismatch, StorageError
 from cuecard.program import apply_instructions, check_examples, get_instructions
-from cuecard.study import Engine, RunConfigMismatch, StorageError
-from cuecard.testing import BernoulliTask, scripted_lm
 
 HERE = Path(__file__).parent
 
@@ -154,9 +154,9 @@ def test_a_scorer_of_your_own_needs_only_run_and_one_lacking_members_is_named():
     """The engine scores through the Scorer protocol: a scorer that subclasses it writes only ``run`` (the rest
     keep their defaults), the engine calls its failure check after a stage, and one that implements part of it
     is refused at once, naming what it lacks."""
+    from cuecard.engine.evaluate import ExampleScore
+    from cuecard.engine.study import Scorer
     from cuecard.errors import ConfigError, EvaluationFailed
-    from cuecard.evaluate import ExampleScore
-    from cuecard.study import Scorer
 
     class Parity(Scorer):
         """Scores 1 where the example index and the instruction's length have the same parity."""
@@ -342,11 +342,11 @@ def test_two_processes_on_one_storage_share_the_work_without_evaluating_twice(tm
 
 
 def test_optuna_is_a_version_the_storage_module_was_written_against():
-    """framework/store.py is the one module that touches Optuna's storage objects (their private
+    """framework/engine/store.py is the one module that touches Optuna's storage objects (their private
     ``_study_id``/``_trial_id`` included); it names the major versions it was checked against."""
-    from cuecard.store import TESTED_OPTUNA
+    from cuecard.engine.store import TESTED_OPTUNA
 
     major = int(optuna.__version__.split(".")[0])
     assert TESTED_OPTUNA[0] <= major < TESTED_OPTUNA[1], (
-        f"optuna {optuna.__version__} is outside {TESTED_OPTUNA}: check framework/store.py against it"
+        f"optuna {optuna.__version__} is outside {TESTED_OPTUNA}: check framework/engine/store.py against it"
     )

@@ -4,12 +4,12 @@ and the teleprompters find theirs before any LM call."""
 import cuecard
 import dspy
 import pytest
+from cuecard.clients.testing import scripted_lm
+from cuecard.engine.policies import MultiStage
 from cuecard.errors import ConfigError, CuecardError, MetricError, TeleprompterConfigError
 from cuecard.metrics import exact_match, one_of_labels
-from cuecard.policies import MultiStage
 from cuecard.programs import Classify
 from cuecard.teleprompters import APE, BPO, OPRO, ProTeGi
-from cuecard.testing import scripted_lm
 
 MISTAKES = {
     "labels given as one string": (lambda: one_of_labels("positive,negative"), MetricError, "sequence of labels"),

@@ -19,10 +19,10 @@ from pathlib import Path
 import dspy
 import optuna
 import pytest
+from cuecard.clients.testing import scripted_lm
+from cuecard.clients.usage import Limits, track
 from cuecard.errors import BudgetExhausted
 from cuecard.metrics import exact_match
-from cuecard.testing import scripted_lm
-from cuecard.usage import Limits, track
 from sentiment_cases import GOLD, REVIEWS
 
 from benchmarks.harness import HarnessConfig, markdown_table, run, summarize
@@ -224,9 +224,9 @@ def test_fingerprints_follow_the_modules_a_method_imports(monkeypatch):
     shown = {name: {str(path.relative_to(root)) for path in _files(name)} for name in ("pe2", "opro", "ape")}
     assert {"teleprompters/pe2.py", "teleprompters/induction.py", "teleprompters/base.py", "teleprompters/proposals.py",
             "teleprompters/context.py", "teleprompters/proposing.py", "teleprompters/planning.py",
-            "teleprompters/reporting.py", "framework/study.py", "framework/evaluate.py", "benchmarks/harness/methods/pe2.py"} <= shown["pe2"]
+            "teleprompters/reporting.py", "framework/engine/study.py", "framework/engine/evaluate.py", "benchmarks/harness/methods/pe2.py"} <= shown["pe2"]
     assert not {"teleprompters/ape.py", "teleprompters/pe2.py", "teleprompters/induction.py"} & shown["opro"]
-    assert "framework/cli.py" not in shown["ape"]  # the command line runs no method
+    assert "framework/command/cli.py" not in shown["ape"]  # the command line runs no method
     before = {name: method_code_hash(name) for name in ("pe2", "ape", "opro", "copro")}
     original = Path.read_bytes
     for edited, stale in (("induction.py", {"pe2", "ape"}), ("base.py", {"pe2", "ape", "opro"})):
@@ -251,6 +251,20 @@ def test_module_files_reads_imports_from_the_source(tmp_path, monkeypatch):
     assert names == ["deeper.py", "lazy.py", "method.py", "shared.py"]
     for module in ("meth", "meth.method", "meth.shared", "meth.deeper", "meth.lazy", "meth.other"):
         sys.modules.pop(module, None)
+
+
+def test_a_short_module_path_is_followed_like_the_module_it_names():
+    """A method importing a module path kept for users (``cuecard._SHORT_PATHS``) depends on the same files
+    as one importing the path where the module lives: its relative imports resolve from there."""
+    from cuecard import _SHORT_PATHS
+
+    from benchmarks.harness.sources import module_files
+
+    for short, real in _SHORT_PATHS.items():
+        sys.modules.pop(short, None)  # not imported under its short name yet: the finder answers
+        assert module_files([short], within=["cuecard"]) == module_files([real], within=["cuecard"]), short
+    engine = {path.name for path in module_files(["cuecard.engine.study"], within=["cuecard"])}
+    assert {"study.py", "store.py", "sharing.py", "evaluate.py"} <= engine
 
 
 def test_cost_is_reported_as_if_cold_beside_the_calls_that_reached_a_model(tmp_path, fresh_cache):
@@ -396,7 +410,7 @@ def test_ctrl_c_stops_the_command_with_exit_130_and_keeps_the_finished_cells(tmp
 # ---- the real command on the embedded model ---------------------------------------------------------
 @pytest.mark.model
 def test_harness_command_runs_on_the_embedded_model_given_as_a_gguf_path(tmp_path):
-    from cuecard.local import embedded_model_path
+    from cuecard.clients.local import embedded_model_path
 
     out = tmp_path / "bench"
     command = [

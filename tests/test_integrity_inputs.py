@@ -20,12 +20,12 @@ import cuecard.programs
 import dspy
 import pytest
 from cli_run import run_main
+from cuecard.clients.testing import StubServer
 from cuecard.datasets import example_key, load_examples
 from cuecard.errors import DataWarning, SavedProgramError, TeleprompterConfigError
 from cuecard.identity import RunIdentity
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
-from cuecard.testing import StubServer
 from test_trust import CLASSIFY, REVIEWS, SMALL_APE, Models
 
 REPO = Path(__file__).resolve().parents[1]
@@ -118,7 +118,7 @@ def test_the_python_api_warns_of_duplicates_and_of_a_valset_shared_with_the_trai
                     "5 trainset example(s) are also in the valset (left out of train)")
     assert APE.duplicates_note(data, None) is None
     program = cuecard.programs.Classify("review -> sentiment", labels=["positive", "negative"])
-    estimate_from = APE(metric=exact_match("sentiment"), task_lm=cuecard.testing.scripted_lm(lambda m: "positive"),
+    estimate_from = APE(metric=exact_match("sentiment"), task_lm=cuecard.clients.testing.scripted_lm(lambda m: "positive"),
                         num_subsamples=1, num_prompts_per_subsample=1)
     with pytest.warns(DataWarning, match="3 exact duplicate"):
         estimate = estimate_from.estimate(program, data + data[:3])

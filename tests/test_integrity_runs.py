@@ -14,12 +14,12 @@ import cuecard
 import dspy
 import optuna
 import pytest
-from cuecard.cli import main
+from cuecard.clients.testing import scripted_lm
+from cuecard.command.cli import main
+from cuecard.engine.evaluate import ExampleScore
+from cuecard.engine.study import STATUS, Engine, Scorer
 from cuecard.errors import RunConfigMismatch
-from cuecard.evaluate import ExampleScore
-from cuecard.study import STATUS, Engine, Scorer
 from cuecard.teleprompters import APE
-from cuecard.testing import scripted_lm
 
 HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))
@@ -104,7 +104,7 @@ def test_a_metric_that_calls_a_model_is_not_rescored_and_its_rerun_makes_no_call
         return judge(f"Is {prediction.sentiment} right for {example.review}?")[0] == "yes"
 
     task = scripted_lm(keyword_sentiment, name="scripted/task")
-    scorer = cuecard.evaluate.Evaluator(program, judged, task_lm=task)
+    scorer = cuecard.engine.evaluate.Evaluator(program, judged, task_lm=task)
     engine = Engine(scorer, data, name="judged", storage=f"sqlite:///{tmp_path / 'j.db'}", progress=False)
     engine.evaluate(engine.add_candidate({"self": "Classify."}), range(len(data)))
     asked = len(judge.engine.requests)
@@ -114,7 +114,7 @@ def test_a_metric_that_calls_a_model_is_not_rescored_and_its_rerun_makes_no_call
 
 
 def test_stored_predictions_keep_what_rebuilds_them_exactly():
-    from cuecard.study import _stored_score
+    from cuecard.engine.study import _stored_score
 
     long = "x" * 5000
     kept = _stored_score(ExampleScore(index=0, score=1.0, output={"a": long}, prediction={"a": long}))
@@ -281,7 +281,7 @@ def test_credentials_in_the_api_base_never_reach_a_file_or_the_output(tmp_path, 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
     monkeypatch.setenv("DSPY_CACHEDIR", str(tmp_path / "cache"))
-    from cuecard.testing import StubServer
+    from cuecard.clients.testing import StubServer
 
     with StubServer(stub_reply) as server:
         base = server.url.replace("http://", f"http://bob:{API_PASSWORD}@") + f"?key={API_KEY}"

@@ -5,9 +5,9 @@ import asyncio
 
 import pytest
 from cuecard import Limits, track
-from cuecard.lm import CuecardLM
-from cuecard.record import MemoryRecord, StoredReply, recording
-from cuecard.testing import ScriptedEngine
+from cuecard.clients.lm import CuecardLM
+from cuecard.clients.record import MemoryRecord, StoredReply, recording
+from cuecard.clients.testing import ScriptedEngine
 
 
 class LoggedRecord(MemoryRecord):

@@ -72,7 +72,7 @@ def test_sampling_kwargs_give_distinct_reproducible_seeds():
 
 
 def test_a_bare_gguf_path_is_a_local_model(tmp_path):
-    from cuecard.local import embedded_model_path
+    from cuecard.clients.local import embedded_model_path
 
     lm = cuecard.LM(str(embedded_model_path()))
     assert lm.is_local and lm.spec == f"local:{embedded_model_path()}"

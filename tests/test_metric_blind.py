@@ -9,9 +9,9 @@ from pathlib import Path
 import cuecard
 import pytest
 from cli_run import run_main
+from cuecard.clients.testing import scripted_lm
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
-from cuecard.testing import scripted_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = ROOT / "examples" / "data" / "reviews.jsonl"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import cuecard
 import pytest
-from cuecard import models
-from cuecard.cli import main
+from cuecard.clients import models
+from cuecard.command.cli import main
 
 CONTENT = b"GGUF" + bytes(range(256)) * 40  # a GGUF header, then anything
 

@@ -6,10 +6,10 @@ import re
 import cuecard
 import dspy
 import pytest
+from cuecard.clients.testing import scripted_lm
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import OPRO
 from cuecard.teleprompters.opro import EXEMPLARS, HISTORY, bucket, extract_instruction
-from cuecard.testing import scripted_lm
 from sentiment_cases import GOLD, ORDER, REVIEWS, Pipeline, level_task, load_ii, sentiment_program
 
 
@@ -207,7 +207,7 @@ def test_opro_end_to_end_with_the_embedded_model(shared_data, local_lm, tmp_path
     """The whole path on the real model: proposals, scoring, the seed check, history plot, a rerun that
     makes no model call, save/load. What it is worth on held-out data is measured by the benchmark
     harness (issue 17's table), not asserted here."""
-    from cuecard.plots import plot_search
+    from cuecard.reporting.plots import plot_search
 
     train, test = load_ii(shared_data, "induce", 40), load_ii(shared_data, "execute")
     metric = exact_match("sentiment")

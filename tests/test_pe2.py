@@ -7,10 +7,10 @@ import re
 import cuecard
 import dspy
 import pytest
+from cuecard.clients.testing import scripted_lm
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import PE2
 from cuecard.teleprompters.pe2 import PROMPT_SLOT, words_changed
-from cuecard.testing import scripted_lm
 from sentiment_cases import GOLD, REVIEWS, Pipeline, level_task, load_ii, sentiment_program
 
 

@@ -1,8 +1,9 @@
 """Allocation policies on simulated candidates, through the real engine and a scripted LM."""
 
 import pytest
-from cuecard.evaluate import Evaluator
-from cuecard.policies import (
+from cuecard.clients.testing import BernoulliTask
+from cuecard.engine.evaluate import Evaluator
+from cuecard.engine.policies import (
     UCB,
     UCBE,
     FullEvaluation,
@@ -12,8 +13,7 @@ from cuecard.policies import (
     Wilcoxon,
     make_policy,
 )
-from cuecard.study import Engine
-from cuecard.testing import BernoulliTask
+from cuecard.engine.study import Engine
 
 CLEAR_WINNER = [0.80] + [0.50 + 0.15 * i / 14 for i in range(15)]
 SEEDS = range(12)

@@ -5,10 +5,10 @@ import json
 import re
 
 import pytest
+from cuecard.clients.testing import scripted_lm
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE, OPRO, PE2, ProTeGi
 from cuecard.teleprompters.proposals import clean_instruction, read_structured
-from cuecard.testing import scripted_lm
 from sentiment_cases import REVIEWS, level_task, sentiment_program
 
 SETTINGS = {

@@ -7,13 +7,13 @@ import re
 import cuecard
 import dspy
 import pytest
+from cuecard.clients.testing import scripted_lm
 from cuecard.datasets import reviews
+from cuecard.engine.policies import UCB, FullEvaluation, SuccessiveHalving
 from cuecard.metrics import exact_match
-from cuecard.policies import UCB, FullEvaluation, SuccessiveHalving
 from cuecard.teleprompters import ProTeGi
 from cuecard.teleprompters.base import READINGS
 from cuecard.teleprompters.proposals import parse_items
-from cuecard.testing import scripted_lm
 
 GOLD = {example.review: example.sentiment for example in reviews()}
 

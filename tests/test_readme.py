@@ -5,9 +5,9 @@ import re
 from pathlib import Path
 
 import pytest
+from cuecard.clients.testing import scripted_lm
 from cuecard.datasets import load_examples
 from cuecard.programs import Classify
-from cuecard.testing import scripted_lm
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 TEXT = README.read_text(encoding="utf-8")

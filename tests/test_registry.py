@@ -16,7 +16,7 @@ CUECARD = Path(sys.executable).parent / "cuecard"
 SIXTH = '''
 """A teleprompter from a third-party package: it tries "Answer in one word." against the seed."""
 
-from cuecard.policies import FullEvaluation
+from cuecard.engine.policies import FullEvaluation
 from cuecard.program import get_instructions
 from cuecard.teleprompters import Teleprompter, TeleprompterConfig
 from pydantic import Field
@@ -115,9 +115,9 @@ CRITIC = '''
 import json
 from pathlib import Path
 
-from cuecard.cli_inputs import CLIInput
+from cuecard.command.cli_inputs import CLIInput
 from cuecard.errors import DataFileError
-from cuecard.policies import FullEvaluation
+from cuecard.engine.policies import FullEvaluation
 from cuecard.program import get_instructions
 from cuecard.teleprompters import Teleprompter
 
@@ -176,8 +176,8 @@ def critic_installed(tmp_path, monkeypatch):
 def test_a_third_party_method_declares_its_own_command_line_inputs(critic_installed, tmp_path, monkeypatch, capsys):
     """Its file, model and switch reach its constructor through the real ``main``; the command names no method."""
     import cuecard
-    from cuecard.cli import main
-    from cuecard.testing import scripted_lm
+    from cuecard.clients.testing import scripted_lm
+    from cuecard.command.cli import main
 
     with pytest.raises(SystemExit):
         main(["compile", "--help"])
@@ -215,7 +215,7 @@ def test_the_command_line_names_no_method_but_its_default():
     """Methods' flags, readers and constructor checks live with the methods (their ``cli_inputs``)."""
     import re
 
-    text = (ROOT / "framework" / "cli.py").read_text(encoding="utf-8").lower()
+    text = (ROOT / "framework" / "command" / "cli.py").read_text(encoding="utf-8").lower()
     default = re.search(r'"--teleprompter".*?default="(\w+)"', text, re.DOTALL).group(1)
     named = [name for name in importlib.metadata.entry_points(group="cuecard.teleprompters").names
              if name != default and re.search(rf"\b{re.escape(name)}\b", text)]
@@ -225,7 +225,7 @@ def test_the_command_line_names_no_method_but_its_default():
 def test_method_inputs_that_clash_are_refused_with_one_line():
     import argparse
 
-    from cuecard.cli_inputs import CLIInput, add_method_options
+    from cuecard.command.cli_inputs import CLIInput, add_method_options
     from cuecard.registry import RegistryError
 
     class One:
@@ -250,7 +250,7 @@ def test_method_inputs_that_clash_are_refused_with_one_line():
 
 PLUGINS = '''
 import dspy
-from cuecard.policies import FullEvaluation
+from cuecard.engine.policies import FullEvaluation
 
 
 class Coin(FullEvaluation):
@@ -272,7 +272,7 @@ class Echo(dspy.Module):
 
 
 def test_policies_are_entry_points_named_as_their_classes():
-    from cuecard import policies
+    from cuecard.engine import policies
     from cuecard.registry import policies as registered
 
     found = registered()
@@ -283,8 +283,8 @@ def test_policies_are_entry_points_named_as_their_classes():
 
 
 def test_a_third_party_policy_is_found_by_make_policy_and_the_command_line(tmp_path, monkeypatch, capsys):
-    from cuecard.cli import main
-    from cuecard.policies import make_policy
+    from cuecard.command.cli import main
+    from cuecard.engine.policies import make_policy
 
     install_in_process(tmp_path, monkeypatch, "coin_policy", PLUGINS, "[cuecard.policies]\ncoin = coin_policy:Coin\n")
     assert make_policy("coin").name == "coin"
@@ -307,8 +307,8 @@ def test_one_program_registry_rebuilds_a_wrapped_program_by_its_entry_point(tmp_
 
 def test_whether_a_storage_is_a_database_is_decided_in_one_place(tmp_path):
     """``store.is_database`` decides; the claims follow it (no second copy of the test in sharing.py)."""
-    from cuecard.sharing import NoClaims, open_claims
-    from cuecard.store import is_database
+    from cuecard.engine.sharing import NoClaims, open_claims
+    from cuecard.engine.store import is_database
 
     for url in (":memory:", "sqlite:///:memory:", "runs/x.log"):
         assert not is_database(url) and isinstance(open_claims(url, "r"), NoClaims)
@@ -351,3 +351,37 @@ def test_no_teleprompter_imports_another_and_programs_stand_below_them():
     assert not offending, offending
     for path in sorted((ROOT / "programs").rglob("*.py")):
         assert not [m for m, _ in _imports(path, "cuecard.programs") if m.startswith("cuecard.teleprompters")], path
+
+
+LAYERS = {"clients": 1, "engine": 2, "reporting": 3, "command": 4, "teleprompters": 5, "programs": 5}
+"""framework/'s folders from the bottom up; its top-level modules (errors, program, identity, redact,
+registry, datasets, metrics, judge) are layer 0. ``cuecard/__init__.py`` and ``__main__.py`` are the
+package's public face and may import from any layer."""
+
+
+def _layer(module: str) -> tuple[int, str | None]:
+    """A ``cuecard.*`` module's layer, and what is wrong with naming it so (a path that is not its file)."""
+    parts = module.split(".")[1:]
+    if parts and parts[0] in LAYERS:
+        return LAYERS[parts[0]], None
+    if not parts or (ROOT / "framework" / f"{parts[0]}.py").exists():
+        return 0, None
+    return 0, f"{module} is not where that module lives (a short path kept for users)"
+
+
+def test_each_layer_of_framework_imports_only_from_the_layers_below_it():
+    """The model layer imports no engine, the engine no reporting, nothing but the command the command line."""
+    offending = []
+    for path in sorted((ROOT / "framework").rglob("*.py")):
+        parts = path.relative_to(ROOT / "framework").parts
+        if parts in (("__init__.py",), ("__main__.py",)):
+            continue
+        own = LAYERS[parts[0]] if len(parts) > 1 else 0
+        for module, names in _imports(path, ".".join(["cuecard", *parts[:-1]])):
+            if module.split(".")[0] != "cuecard":
+                continue
+            for imported in [f"{module}.{name}" for name in names] if module == "cuecard" else [module]:
+                layer, wrong = _layer(imported)
+                if wrong or layer > own:
+                    offending.append(f"{'/'.join(parts)} imports {imported}" + (f": {wrong}" if wrong else ""))
+    assert not offending, offending

@@ -8,12 +8,12 @@ import re
 import matplotlib.collections
 import matplotlib.figure
 import pytest
+from cuecard.clients.testing import scripted_lm
+from cuecard.engine.policies import SuccessiveHalving
 from cuecard.metrics import exact_match
-from cuecard.plots import plot_search
-from cuecard.policies import SuccessiveHalving
-from cuecard.report import lineage, word_diff, write_report
+from cuecard.reporting.plots import plot_search
+from cuecard.reporting.report import lineage, word_diff, write_report
 from cuecard.teleprompters import APE, ProTeGi
-from cuecard.testing import scripted_lm
 from sentiment_cases import REVIEWS, level_task, sentiment_program
 from test_protegi import ScriptedProposer, task_reply
 

@@ -9,12 +9,12 @@ import sys
 import cuecard
 import dspy
 import pytest
+from cuecard.clients.testing import scripted_lm
 from cuecard.datasets import reviews
 from cuecard.metrics import exact_match
 from cuecard.programs import AnswerWithReasoning, Classify, Extract, RewriteThenAnswer, SummarizeThenClassify
-from cuecard.saving import FORMAT_VERSION, SavedProgramError
+from cuecard.reporting.saving import FORMAT_VERSION, SavedProgramError
 from cuecard.teleprompters import APE, OPRO, PE2, ProTeGi
-from cuecard.testing import scripted_lm
 
 LABELS = ["positive", "negative"]
 

@@ -113,7 +113,7 @@ class Workers:
 
 def study_state(storage: str) -> tuple[set[tuple[str, int]], Counter]:
     """The run as stored: every (candidate key, example) with a score, and the trials' states."""
-    from cuecard.store import database_url
+    from cuecard.engine.store import database_url
 
     rdb = optuna.storages.RDBStorage(database_url(storage))
     try:
@@ -266,7 +266,7 @@ def test_a_cap_on_model_calls_holds_over_three_workers_on_sqlite(tmp_path):
 
 KILLED_RESERVER = """
 import os, signal, sys
-from cuecard.sharing import SQLClaims
+from cuecard.engine.sharing import SQLClaims
 claims = SQLClaims(sys.argv[1], "reserving")
 claims.join_spend(0)
 print(claims.reserve(5, 10, 0), flush=True)
@@ -277,7 +277,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 def check_killed_reservation(storage: str) -> None:
     """A process that reserved 5 of 10 model calls and was killed: the next process to need them gets all 10
     (the dead one's unused reservation is given back), and does not wait for the dead one to finish."""
-    from cuecard.sharing import SQLClaims
+    from cuecard.engine.sharing import SQLClaims
 
     done = subprocess.run([sys.executable, "-c", KILLED_RESERVER, storage], capture_output=True, text=True, timeout=120)
     assert done.returncode == -signal.SIGKILL, done.stderr[-1500:]

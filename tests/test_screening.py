@@ -1,9 +1,9 @@
 """Proposals every teleprompter refuses before scoring them (the shared ``Teleprompter.screen``)."""
 
 import pytest
+from cuecard.clients.testing import scripted_lm
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE, OPRO, PE2, ProTeGi
-from cuecard.testing import scripted_lm
 from sentiment_cases import REVIEWS, level_task, sentiment_program
 
 # each teleprompter with settings small enough for one short search

@@ -12,12 +12,12 @@ import time
 
 import cuecard
 import pytest
-from cuecard.evaluate import Evaluator
+from cuecard.clients.testing import BernoulliTask, scripted_lm
+from cuecard.engine.evaluate import Evaluator
+from cuecard.engine.policies import FullEvaluation, MultiStage
+from cuecard.engine.study import Engine
 from cuecard.metrics import exact_match
-from cuecard.policies import FullEvaluation, MultiStage
-from cuecard.study import Engine
 from cuecard.teleprompters import APE
-from cuecard.testing import BernoulliTask, scripted_lm
 from sentiment_cases import REVIEWS, sentiment_program
 
 
@@ -133,7 +133,7 @@ def test_a_claim_held_by_another_worker_is_no_database_error(postgres_url):
     duplicate-key error, so the server rolls back no more transactions than when nobody loses a claim
     (before, each lost claim was a rolled-back INSERT and an ERROR line in the server's log)."""
     import psycopg
-    from cuecard.sharing import SQLClaims
+    from cuecard.engine.sharing import SQLClaims
 
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute('CREATE DATABASE "claims_no_error"')
@@ -201,7 +201,7 @@ class Statements:
 def test_a_chunk_of_work_is_claimed_in_one_statement_and_a_dead_owners_share_is_taken_over(postgres_url):
     """Eight pairs claimed in one INSERT; the second worker wins none of them in one INSERT and one read of
     their owners; a pair whose owner is gone (a dead process of this host) is taken over."""
-    from cuecard.sharing import SQLClaims
+    from cuecard.engine.sharing import SQLClaims
 
     url = fresh_postgres(postgres_url, "claim_chunks")
     first, second = SQLClaims(url, "chunks"), SQLClaims(url, "chunks")
@@ -225,7 +225,7 @@ def test_a_chunk_of_work_is_claimed_in_one_statement_and_a_dead_owners_share_is_
 def test_a_waiting_worker_wakes_when_another_stores_scores(postgres_url):
     """A worker waiting for others' scores on PostgreSQL wakes on their notification, well before its timeout
     (before, it slept its whole back-off, up to 2 s, at every wait)."""
-    from cuecard.sharing import SQLClaims
+    from cuecard.engine.sharing import SQLClaims
 
     url = fresh_postgres(postgres_url, "wake_up")
     waiting, storing = SQLClaims(url, "wake"), SQLClaims(url, "wake")
@@ -246,7 +246,7 @@ def test_one_worker_claims_and_stores_a_stage_by_chunks(tmp_path, monkeypatch):
     """A shared run (a SQLite file other processes could join) scored on 4 threads: pairs are claimed a chunk
     per statement and a chunk's scores, details and running scores are written in one statement each (before:
     an INSERT per claim and per attribute, and a read of the whole trial per chunk to report running scores)."""
-    from cuecard import study
+    from cuecard.engine import study
 
     monkeypatch.setattr(study, "STORE_EVERY", 600.0)  # chunks by size only, however slow the machine
     engine, _, _ = bernoulli_engine(tmp_path, "shared.db", threads=4, n_arms=6, pool=24)

@@ -18,12 +18,12 @@ import cuecard
 import dspy
 import optuna
 import pytest
-from cuecard.cli import main
+from cuecard.clients.testing import StubServer, scripted_lm
+from cuecard.command.cli import main
+from cuecard.engine.evaluate import Evaluator
 from cuecard.errors import SavedFileWarning, SavedProgramError
-from cuecard.evaluate import Evaluator
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
-from cuecard.testing import StubServer, scripted_lm
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
@@ -419,7 +419,7 @@ def test_an_input_longer_than_the_model_context_is_refused_before_any_call(tmp_p
 
 
 def test_the_run_identity_and_the_record_keep_token_caps_though_their_names_say_token():
-    from cuecard.record import request_key
+    from cuecard.clients.record import request_key
 
     def identity(**settings):
         return cuecard.identity.lm_identity(cuecard.LM("openai/gpt-4o-mini", api_key="sk-secret-value", **settings))

@@ -7,7 +7,7 @@ from pathlib import Path
 import cuecard
 import pytest
 from cli_run import run_main
-from cuecard.testing import scripted_lm
+from cuecard.clients.testing import scripted_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = ROOT / "examples" / "data" / "reviews.jsonl"
@@ -148,9 +148,9 @@ def test_parse_failures_are_shown_with_one_unparsed_answer(models, capsys, tmp_p
 
 @pytest.mark.parametrize("name", ["ape", "opro", "protegi", "pe2"])
 def test_auto_plans_the_same_knobs_as_budget_and_caps_the_compile(models, capsys, name):
+    from cuecard.clients.usage import BUDGETS
     from cuecard.metrics import exact_match
     from cuecard.registry import teleprompter
-    from cuecard.usage import BUDGETS
 
     code, _, err = run_main(["compile", *CLASSIFY, "--train", str(REVIEWS), "--teleprompter", name, "--budget", "light",
                              "--quiet", "--out", "cli.json"], capsys)

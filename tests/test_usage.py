@@ -5,7 +5,7 @@ import threading
 import dspy
 import pytest
 from cuecard import BudgetExhausted, Limits, PlainAdapter, track
-from cuecard.testing import scripted_lm
+from cuecard.clients.testing import scripted_lm
 
 
 def test_meter_counts_calls_and_tokens():

@@ -11,9 +11,9 @@ import dspy
 import optuna
 import pytest
 from cli_run import run_main
+from cuecard.clients.testing import scripted_lm
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE
-from cuecard.testing import scripted_lm
 
 ROOT = Path(__file__).resolve().parents[1]
 REVIEWS = ROOT / "examples" / "data" / "reviews.jsonl"
@@ -72,7 +72,7 @@ def test_api_base_reaches_the_model_and_no_key_is_asked_for_a_local_server(model
     compiled_file(capsys, "--task-model", "ollama/llama3", "--api-base", "http://127.0.0.1:11434")
     spec, kwargs, _ = models.built[0]
     assert spec == "ollama/llama3" and kwargs["api_base"] == "http://127.0.0.1:11434"
-    from cuecard.lm import check_credentials
+    from cuecard.clients.lm import check_credentials
 
     check_credentials("ollama/llama3", {"api_base": "http://127.0.0.1:11434"})  # no key needed, no error
 
@@ -112,7 +112,7 @@ def test_report_of_a_user_program_file_asks_for_the_program_file(models, capsys,
 def test_every_flag_has_help_and_every_command_a_description():
     import argparse
 
-    from cuecard.cli import build_parser
+    from cuecard.command.cli import build_parser
 
     commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))  # noqa: SLF001
     for name, parser in commands.choices.items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from cuecard.cli import ctrl_c_interrupts
+from cuecard.command.cli import ctrl_c_interrupts
 from pydantic import ValidationError
 
 from .methods import DEFAULT_METHODS, METHOD_NAMES, PE2_ABLATIONS

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from cuecard.usage import Usage
+from cuecard.clients.usage import Usage
 from pydantic import BaseModel, Field
 
 

@@ -12,12 +12,12 @@ from typing import Any, Literal
 
 import cuecard
 import dspy
-from cuecard.adapter import adapter_for
+from cuecard.clients.adapter import adapter_for
+from cuecard.clients.usage import Limits, Usage, track
+from cuecard.engine.evaluate import Evaluator
 from cuecard.errors import BudgetExhausted
-from cuecard.evaluate import Evaluator
 from cuecard.identity import data_fingerprint, digest, lm_identity, metric_identity
 from cuecard.program import apply_instructions, get_instructions
-from cuecard.usage import Limits, Usage, track
 from pydantic import BaseModel, Field, field_validator
 
 from ..models import resolve_model_spec

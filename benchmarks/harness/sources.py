@@ -20,6 +20,7 @@ from __future__ import annotations
 import ast
 import functools
 import importlib
+import importlib.machinery
 import importlib.util
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -51,7 +52,9 @@ def imported_modules(module: str) -> Iterable[str]:
     spec = importlib.util.find_spec(module)
     if spec is None or spec.origin is None or not spec.origin.endswith(".py"):
         return
-    package = module if spec.submodule_search_locations is not None else module.rpartition(".")[0]
+    if not isinstance(spec.loader, importlib.machinery.SourceFileLoader):  # a short path cuecard keeps for
+        spec = importlib.import_module(module).__spec__  # users: read as the module it names
+    package = spec.name if spec.submodule_search_locations is not None else spec.name.rpartition(".")[0]
     for node in ast.walk(ast.parse(Path(spec.origin).read_text(encoding="utf-8"))):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)

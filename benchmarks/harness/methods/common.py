@@ -5,7 +5,7 @@ workdir) -> (compiled program, MethodRun)``. The harness runs it inside a usage 
 ``cap`` LM requests (cached or not), so a method that overspends is stopped, never trusted; each
 method also plans its own knobs from ``cap`` so that it finishes under it: DSPy's optimizers from
 cost formulas read off their source, cuecard's teleprompters from the engine's own estimate of what
-a policy will spend (:meth:`cuecard.policies.Policy.planned_evaluations`), the same way.
+a policy will spend (:meth:`cuecard.engine.policies.Policy.planned_evaluations`), the same way.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import dspy
-from cuecard.usage import Limits
+from cuecard.clients.usage import Limits
 from pydantic import BaseModel, Field
 
 

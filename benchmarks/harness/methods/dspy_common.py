@@ -42,8 +42,8 @@ from typing import Any
 
 import cuecard
 import dspy
+from cuecard.clients.usage import Block, Limits, Usage, activate
 from cuecard.errors import BudgetExhausted
-from cuecard.usage import Block, Limits, Usage, activate
 from dspy.utils.callback import BaseCallback
 
 from ..results import one_line

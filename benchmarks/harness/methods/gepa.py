@@ -9,7 +9,7 @@ from typing import Any
 
 import cuecard  # noqa: F401  (the doctests use it)
 import dspy
-from cuecard.usage import Block
+from cuecard.clients.usage import Block
 
 from ..results import one_line
 from .common import MethodRun

@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .registry import RegistryError
+from ..registry import RegistryError
 
 
 class CLIInput(BaseModel):

@@ -13,7 +13,7 @@ failure: it propagates as :class:`~cuecard.errors.BudgetExhausted`.
 
 Example:
     >>> import dspy
-    >>> from cuecard.testing import scripted_lm
+    >>> from cuecard.clients.testing import scripted_lm
     >>> program = dspy.Predict(dspy.Signature("review -> sentiment", "Say positive."))
     >>> evaluator = Evaluator(program, lambda ex, pred, trace=None: pred.sentiment == ex.sentiment,
     ...                       task_lm=scripted_lm(lambda messages: "positive"))
@@ -35,14 +35,14 @@ from typing import Any, Literal
 import dspy
 from pydantic import BaseModel, Field
 
-from .adapter import adapter_for
+from ..clients.adapter import adapter_for
+from ..clients.lm import score_logprob
+from ..clients.usage import track
+from ..errors import BudgetExhausted, ConfigError, ContextOverflowError, EvaluationFailed
+from ..metrics import score_to_float
+from ..program import apply_instructions, check_candidate, predictors
+from ..redact import redact_text
 from .deadlines import TIMED_OUT, run_with_deadlines
-from .errors import BudgetExhausted, ConfigError, ContextOverflowError, EvaluationFailed
-from .lm import score_logprob
-from .metrics import score_to_float
-from .program import apply_instructions, check_candidate, predictors
-from .redact import redact_text
-from .usage import track
 
 Objective = Literal["metric", "logprob"]
 Metric = Callable[..., Any]

@@ -13,14 +13,14 @@ by another process) is read back when the search reaches it, never before, so a 
 exactly the path of an uninterrupted one, spends no evaluation twice, and counts the read-back
 evaluations and their LM requests against its budgets as the first run did. Every other LM reply
 of the compile (proposals, minibatch runs, traces) is kept in the run's record and replayed
-(:mod:`cuecard.record`). A failed evaluation is stored as a failure with its reason, counts as 0 for
+(:mod:`cuecard.clients.record`). A failed evaluation is stored as a failure with its reason, counts as 0 for
 the decision in progress, and is retried by the next run.
 
 Example:
     >>> import dspy
-    >>> from cuecard.testing import scripted_lm
-    >>> from cuecard.evaluate import Evaluator
-    >>> from cuecard.policies import FullEvaluation
+    >>> from cuecard.clients.testing import scripted_lm
+    >>> from cuecard.engine.evaluate import Evaluator
+    >>> from cuecard.engine.policies import FullEvaluation
     >>> program = dspy.Predict(dspy.Signature("q -> a", "Answer."))
     >>> lm = scripted_lm(lambda messages: "yes")
     >>> data = [dspy.Example(q=str(i), a="yes").with_inputs("q") for i in range(4)]
@@ -52,10 +52,10 @@ import dspy
 import optuna
 from pydantic import BaseModel, Field
 
-from .acceptance import Acceptance, AcceptanceRule
-from .errors import BudgetExhausted, ConfigError, RunConfigMismatch, StorageError
-from .evaluate import ExampleScore, Metric, Objective, TracedRun, describe_failures, failure_reason
-from .identity import (
+from ..clients.record import StoredReply, not_recorded, recording
+from ..clients.usage import Block, CallRecord, Limits, Usage, activate, record
+from ..errors import BudgetExhausted, ConfigError, RunConfigMismatch, StorageError
+from ..identity import (
     RunIdentity,
     adapter_identity,
     data_fingerprint,
@@ -63,15 +63,15 @@ from .identity import (
     metric_identity,
     program_structure,
 )
+from ..program import candidate_key
+from ..redact import redact_text, redact_url
+from ..stopping import StopKind, StopReason
+from .acceptance import Acceptance, AcceptanceRule
+from .evaluate import ExampleScore, Metric, Objective, TracedRun, describe_failures, failure_reason
 from .policies import Allocation, EvaluationBudgetSpent, Policy, rank
-from .program import candidate_key
-from .record import StoredReply, not_recorded, recording
-from .redact import redact_text, redact_url
 from .rescoring import check_stored_scores
 from .sharing import CREATE, open_claims
-from .stopping import StopKind, StopReason
 from .store import RunStore, StoredTrial
-from .usage import Block, CallRecord, Limits, Usage, activate, record
 
 logger = logging.getLogger(__name__)
 
@@ -94,7 +94,7 @@ CLAIM_SHARE = 6
 
 
 class Scorer(Protocol):
-    """What the engine needs from an evaluator (:class:`~cuecard.evaluate.Evaluator` is one): score a candidate on
+    """What the engine needs from an evaluator (:class:`~cuecard.engine.evaluate.Evaluator` is one): score a candidate on
     ``(index, example)`` pairs, and what the run's identity and the caps read. A scorer of your own may subclass
     it and write only :meth:`run`: the other members then keep their defaults (no program, model or adapter to
     name, one thread, no failure check, no traced run). A scorer may also offer ``run_many`` (several candidates
@@ -129,7 +129,7 @@ class Scorer(Protocol):
         return self.run(candidate, examples), None
 
     def trace(self, candidate: Mapping[str, str], example: dspy.Example) -> TracedRun:
-        """One example run with every predictor's inputs and outputs kept (see :meth:`cuecard.evaluate.Evaluator.trace`)."""
+        """One example run with every predictor's inputs and outputs kept (see :meth:`cuecard.engine.evaluate.Evaluator.trace`)."""
         raise ConfigError(f"the scorer {type(self).__name__} cannot trace a run of the program")
 
     def check_failures(self) -> None:
@@ -209,7 +209,7 @@ def default_storage(run_dir: str | os.PathLike[str]) -> str:
 
 
 def evaluation_identity(scorer: Scorer, examples: Sequence[dspy.Example]) -> RunIdentity:
-    """The identity of scoring with ``scorer`` (an :class:`~cuecard.evaluate.Evaluator`) on ``examples``."""
+    """The identity of scoring with ``scorer`` (an :class:`~cuecard.engine.evaluate.Evaluator`) on ``examples``."""
     return RunIdentity(
         objective=scorer.objective,
         task_model=lm_identity(scorer.task_lm),
@@ -225,7 +225,7 @@ def _now() -> str:
 
 
 class _StoreRecord:
-    """The run's record of LM replies, kept in the study (see :mod:`cuecard.record`).
+    """The run's record of LM replies, kept in the study (see :mod:`cuecard.clients.record`).
 
     When several processes work on one run, the first to reach a request claims it and asks the LM;
     the others wait for its reply to appear in the study (a dead or stalled claimer is taken over),
@@ -281,7 +281,7 @@ class Engine:
     """Scores candidates through Optuna trials with a policy; shared by every teleprompter.
 
     Args:
-        scorer: the :class:`~cuecard.evaluate.Evaluator`, or any :class:`Scorer`.
+        scorer: the :class:`~cuecard.engine.evaluate.Evaluator`, or any :class:`Scorer`.
         examples: the example pool, in the order every arm walks through it.
         name: the study name (one run).
         storage: an Optuna storage URL; default a SQLite file ``study.db`` in ``run_dir``.
@@ -298,7 +298,7 @@ class Engine:
 
     Several processes may run the same study on one database storage (SQLite file, PostgreSQL):
     each candidate gets one trial and each example evaluation is done by one process, the others
-    read its score back (see :mod:`cuecard.sharing`).
+    read its score back (see :mod:`cuecard.engine.sharing`).
     """
 
     def __init__(
@@ -320,7 +320,7 @@ class Engine:
             raise ConfigError("The example pool is empty")
         missing = missing_scorer_members(scorer)
         if missing:
-            raise ConfigError(f"The scorer {type(scorer).__name__} lacks {', '.join(missing)}: see cuecard.study.Scorer (subclass it for the defaults)")
+            raise ConfigError(f"The scorer {type(scorer).__name__} lacks {', '.join(missing)}: see cuecard.engine.study.Scorer (subclass it for the defaults)")
         check_run_name(name)
         limits = limits or Limits()
         if max_evaluations is not None and max_evaluations < 1:
@@ -360,7 +360,7 @@ class Engine:
         self.failures: Counter[str] = Counter()
         self.claims = open_claims(self.storage_url, name, stale_after=claim_timeout)
         if self.claims.shared and limits.max_model_calls is not None:
-            # model calls are reserved in the run's shared count, a few at a time (see cuecard.sharing)
+            # model calls are reserved in the run's shared count, a few at a time (see cuecard.engine.sharing)
             self.claims.join_spend(self.spent_before["all"].model_calls, working=False)
             self.block.spend = self.claims
             self.block.reserve_batch = max(4, scorer.num_threads)
@@ -810,7 +810,7 @@ class Engine:
         return values
 
     def trace(self, instructions: Mapping[str, str], example: dspy.Example) -> Any:
-        """A traced run of one example (see :meth:`cuecard.evaluate.Evaluator.trace`), under the run's caps."""
+        """A traced run of one example (see :meth:`cuecard.engine.evaluate.Evaluator.trace`), under the run's caps."""
         self.block.check()
         with activate(self.block), recording(self.record):
             return self.scorer.trace(instructions, example)
@@ -1156,7 +1156,7 @@ def _read_scores(arm: Arm, trial: StoredTrial) -> None:
 
 
 class _ArmsView:
-    """The :class:`~cuecard.policies.Arms` a policy sees: a subset of the engine's candidates."""
+    """The :class:`~cuecard.engine.policies.Arms` a policy sees: a subset of the engine's candidates."""
 
     def __init__(self, engine: Engine, arms: list[int], budget: int | None) -> None:
         self.engine = engine

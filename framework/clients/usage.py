@@ -1,12 +1,12 @@
 """The usage meter: what every LM call cost, per LM and per block of work.
 
-Every :class:`cuecard.lm.CuecardLM` owns a :class:`UsageMeter` (``lm.meter``) that counts all its
+Every :class:`cuecard.clients.lm.CuecardLM` owns a :class:`UsageMeter` (``lm.meter``) that counts all its
 calls. A *block of work* is opened with :func:`track`; every call made by any cuecard LM inside the
 block (in this thread, or in threads started with the block's context) is added to it too, so a
 teleprompter can ask "what did the proposal step cost" without knowing which LMs were used.
 
 Example:
-    >>> from cuecard.usage import track
+    >>> from cuecard.clients.usage import track
     >>> with track("demo") as block:
     ...     pass  # run programs, compile, ...
     >>> block.usage.calls
@@ -24,8 +24,8 @@ from typing import NamedTuple, Protocol
 
 from pydantic import BaseModel, Field
 
-from .errors import BudgetExhausted
-from .stopping import StopReason
+from ..errors import BudgetExhausted
+from ..stopping import StopReason
 
 
 class Usage(BaseModel):
@@ -214,7 +214,7 @@ class Room(NamedTuple):
 
 class SharedSpend(Protocol):
     """A run's count of model calls shared by every process working on it (see
-    :class:`cuecard.sharing.SQLClaims`): calls are reserved in it before they go out."""
+    :class:`cuecard.engine.sharing.SQLClaims`): calls are reserved in it before they go out."""
 
     def reserve(self, wanted: int, cap: int, used: int) -> int:
         """Reserve up to ``wanted`` model calls without the run passing ``cap``; how many were granted.

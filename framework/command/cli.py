@@ -182,16 +182,16 @@ def _check_out(path: str) -> Path:
 
 def cmd_compile(args: argparse.Namespace) -> int:
     import cuecard
-    from cuecard.cli_inputs import foreign_flags, method_inputs
+    from cuecard.command.cli_inputs import foreign_flags, method_inputs
+    from cuecard.engine.evaluate import check_context
+    from cuecard.engine.policies import make_policy
     from cuecard.errors import ConfigError, DataWarning, TeleprompterConfigError
-    from cuecard.evaluate import check_context
-    from cuecard.policies import make_policy
     from cuecard.registry import teleprompter as registered
     from cuecard.registry import teleprompters
 
     out = _check_out(args.out)
     if args.run_name is not None:
-        from cuecard.study import check_run_name
+        from cuecard.engine.study import check_run_name
 
         try:
             check_run_name(args.run_name, what="--run-name")
@@ -270,7 +270,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     for line in truncations(report, task_lm.kwargs.get("max_tokens")):
         print(line)
     if report.failures:
-        from cuecard.evaluate import describe_failures
+        from cuecard.engine.evaluate import describe_failures
 
         print(f"failures: {describe_failures(report.failures, limit=10)} (failed evaluations are retried by the next run)")
     reason = report.stop_reason
@@ -308,7 +308,7 @@ def truncations(report: Any, task_cap: int | None = None) -> list[str]:
     return lines
 
 
-from cuecard.usage import BUDGETS  # noqa: E402 - the presets of --budget, the same as a teleprompter's auto=
+from cuecard.clients.usage import BUDGETS  # noqa: E402 - the presets of --budget, the same as a teleprompter's auto=
 
 
 def _score(summary: Any) -> str:
@@ -393,7 +393,7 @@ def _usable_recorded_model(spec: str) -> bool:
 def cmd_run(args: argparse.Namespace) -> int:
     import cuecard
     import dspy
-    from cuecard.evaluate import check_context, check_instructions
+    from cuecard.engine.evaluate import check_context, check_instructions
     from cuecard.program import required_inputs
 
     program = _load_compiled(args)
@@ -436,7 +436,7 @@ def _answer(program: Any, inputs: dict[str, Any]) -> tuple[Any, str | None]:
     """(the program's prediction, None), or (None, the reason it failed) for an answer that could not
     be had (a reply the adapter cannot parse, a model error); a deliberate cuecard error stops."""
     import cuecard
-    from cuecard.evaluate import describe_error
+    from cuecard.engine.evaluate import describe_error
 
     try:
         prediction = program(**inputs)
@@ -448,14 +448,14 @@ def _answer(program: Any, inputs: dict[str, Any]) -> tuple[Any, str | None]:
 
 
 def _count_failure(failures: dict[str, int], error: str) -> None:
-    from cuecard.evaluate import failure_reason
+    from cuecard.engine.evaluate import failure_reason
 
     reason = failure_reason(error)
     failures[reason] = failures.get(reason, 0) + 1
 
 
 def _reasons(failures: dict[str, int]) -> str:
-    from cuecard.evaluate import describe_failures
+    from cuecard.engine.evaluate import describe_failures
 
     return describe_failures(failures, limit=5)
 
@@ -469,7 +469,7 @@ def _jsonable(value: Any) -> Any:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     import cuecard
     import dspy
-    from cuecard.evaluate import check_instructions
+    from cuecard.engine.evaluate import check_instructions
 
     program = _load_compiled(args)
     data = load_data(args.data, program, args.columns, labelled=True)
@@ -519,7 +519,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     import cuecard
-    from cuecard.report import write_report
+    from cuecard.reporting.report import write_report
 
     program = _load_compiled(args)
     report = getattr(program, "cuecard_report", None)
@@ -542,7 +542,7 @@ RUN_STATES = {
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    from cuecard import models
+    from cuecard.clients import models
 
     if args.action is None:
         print("\n".join(models.listing()))
@@ -562,7 +562,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     import optuna
-    from cuecard.study import CANDIDATE, SCORE, STATUS, open_failures
+    from cuecard.engine.study import CANDIDATE, SCORE, STATUS, open_failures
 
     root = Path(args.run_dir)
     databases = sorted(root.glob("*/study.db")) if root.is_dir() else []
@@ -658,7 +658,7 @@ def cmd_teleprompters(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from cuecard.cli_inputs import add_method_options
+    from cuecard.command.cli_inputs import add_method_options
     from cuecard.registry import policies, programs, teleprompters
 
     parser = argparse.ArgumentParser(

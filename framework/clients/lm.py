@@ -29,7 +29,7 @@ from typing import Any
 import dspy
 from dspy.utils.callback import with_callbacks
 
-from .errors import (
+from ..errors import (
     BudgetExhausted,
     ConfigError,
     MissingCredentialsError,
@@ -47,7 +47,7 @@ DEFAULT_MAX_TOKENS = 256
 
 
 class CuecardLM(dspy.LM):
-    """A ``dspy.LM`` that reports every call to a :class:`~cuecard.usage.UsageMeter`.
+    """A ``dspy.LM`` that reports every call to a :class:`~cuecard.clients.usage.UsageMeter`.
 
     Built by :func:`LM`; usable anywhere DSPy takes an LM. ``lm.meter.usage`` holds its counters;
     ``lm.is_local`` tells whether it runs in-process.
@@ -125,7 +125,7 @@ class CuecardLM(dspy.LM):
             record.put(key, StoredReply(outputs=stored, requests=_completions(call)))
         return outputs
 
-    # ---- the run's record (see cuecard.record) -----------------------------------------------------
+    # ---- the run's record (see cuecard.clients.record) -----------------------------------------------------
     def _recorded(self, call: Any) -> tuple[Any, str]:
         record = active_record()
         if record is None:

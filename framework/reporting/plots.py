@@ -1,7 +1,7 @@
 """Plots of a compile: every candidate's dev score in the order proposed, coloured by round or step.
 
 Example:
-    >>> from cuecard.plots import plot_search  # doctest: +SKIP
+    >>> from cuecard.reporting.plots import plot_search  # doctest: +SKIP
     >>> plot_search(compiled.cuecard_report, "search.png")  # doctest: +SKIP
 """
 
@@ -20,7 +20,7 @@ def plot_search(report: Any, path: str | os.PathLike[str], *, title: str | None 
     kept). Candidates never scored are left out.
 
     Args:
-        report: a :class:`~cuecard.report.CompileReport`.
+        report: a :class:`~cuecard.reporting.report.CompileReport`.
         path: where the PNG goes (its folder is created).
         title: the plot title (default: the teleprompter and run name).
 

@@ -23,9 +23,9 @@ from typing import Any
 
 import dspy
 
-from .errors import RunConfigMismatch
-from .metrics import score_to_float
-from .usage import Block, activate
+from ..clients.usage import Block, activate
+from ..errors import RunConfigMismatch
+from ..metrics import score_to_float
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +73,8 @@ def sample_stored(per_candidate: Sequence[Mapping[int, Any]], limit: int = SAMPL
 def metric_calls_a_model(engine: Any) -> bool:
     """Whether the engine's metric is known to call a model: one evaluation takes more LM requests than
     the program has predictors (a method declared its judge), or the metric holds an LM."""
-    from .identity import _describe
-    from .program import predictors
+    from ..identity import _describe
+    from ..program import predictors
 
     program = engine.scorer.program
     if program is not None and engine.calls_per_example > len(predictors(program)):

@@ -29,9 +29,9 @@ from typing import Any
 import dspy
 from pydantic import BaseModel, Field, ValidationError
 
-from .errors import SavedFileWarning, SavedProgramError
-from .program import predictors
-from .usage import Usage
+from ..clients.usage import Usage
+from ..errors import SavedFileWarning, SavedProgramError
+from ..program import predictors
 
 FORMAT_VERSION = 1
 BLOCK = "cuecard"
@@ -168,7 +168,7 @@ def load(path: str | os.PathLike[str], program: dspy.Module | None = None) -> ds
     Raises :class:`SavedProgramError` naming what is wrong: an unreadable or truncated file, a newer
     format version, a user program not passed in, or predictors that do not match.
     """
-    from .registry import program_class, programs
+    from ..registry import program_class, programs
 
     path = Path(path)
     state = _read_state(path)

@@ -37,8 +37,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, field_validator
 
-from .errors import ConfigError
-from .stopping import StopReason
+from ..errors import ConfigError
+from ..stopping import StopReason
 
 
 class Acceptance(BaseModel):

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .errors import CuecardError, ModelFileError
+from ..errors import CuecardError, ModelFileError
 
 GGUF_MAGIC = b"GGUF"
 MODELS_DIR_ENV = "CUECARD_MODELS_DIR"

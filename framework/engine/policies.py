@@ -22,7 +22,7 @@ Policies:
   test (Optuna's ``WilcoxonPruner``, needs scipy) says it is worse than the best so far.
 
 Example:
-    >>> from cuecard.policies import SuccessiveHalving
+    >>> from cuecard.engine.policies import SuccessiveHalving
     >>> SuccessiveHalving().default_budget(n_arms=16, pool_size=100)
     320
 """
@@ -37,8 +37,8 @@ from typing import ClassVar, Protocol
 import optuna
 from pydantic import BaseModel
 
-from .errors import BudgetExhausted, ConfigError
-from .stopping import StopReason
+from ..errors import BudgetExhausted, ConfigError
+from ..stopping import StopReason
 
 
 class ArmEstimate(BaseModel):
@@ -412,7 +412,7 @@ def make_policy(name: str, **options: float | int | None) -> Policy:
         >>> make_policy("ucb").name
         'ucb'
     """
-    from .registry import policies
+    from ..registry import policies
 
     known = policies()
     if name not in known:

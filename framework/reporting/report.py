@@ -1,7 +1,7 @@
 """A compile report a person can look at: a PNG of the search and a self-contained HTML page.
 
 Example:
-    >>> from cuecard.report import write_report  # doctest: +SKIP
+    >>> from cuecard.reporting.report import write_report  # doctest: +SKIP
     >>> write_report(compiled.cuecard_report, "report/")  # doctest: +SKIP
     (PosixPath('report/report.png'), PosixPath('report/report.html'))
 """
@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field, model_validator
 
-from .acceptance import Acceptance
+from ..clients.usage import Usage
+from ..engine.acceptance import Acceptance
+from ..stopping import StopKind, StopReason
 from .plots import plot_search
-from .stopping import StopKind, StopReason
-from .usage import Usage
 
 if TYPE_CHECKING:
     import jinja2
@@ -353,7 +353,7 @@ def render_html(
 ) -> str:
     """The report as one HTML page with the plot embedded and no external resources.
 
-    ``template`` is a Jinja2 template file of your own (default ``cuecard/templates/report.html.j2``);
+    ``template`` is a Jinja2 template file of your own (default ``cuecard/reporting/templates/report.html.j2``);
     it is rendered with autoescaping on and gets: ``report`` (the :class:`CompileReport`), ``image``
     (the plot as base64 PNG), ``outcome`` (``verdict``, ``reason``, ``winner``, ``seed``, ``searched``,
     ``runner_up``, ``replaced``, ``kept_seed``, ``distinguishable``), ``evidence``, ``diff`` (the

@@ -11,7 +11,7 @@ A replayed request still counts as a request asked for (``Usage.calls``, ``Usage
 cap on requests stops a resumed run where the uninterrupted run would have stopped.
 
 Example:
-    >>> from cuecard.testing import scripted_lm
+    >>> from cuecard.clients.testing import scripted_lm
     >>> record = MemoryRecord()
     >>> lm = scripted_lm(lambda messages: "hello")
     >>> with recording(record):
@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel
 
-from .identity import _answer_setting, digest
+from ..identity import _answer_setting, digest
 
 
 class StoredReply(BaseModel):

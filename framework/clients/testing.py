@@ -85,7 +85,7 @@ def scripted_lm(
     grammar: bool = False,
     truncate: bool = False,
 ) -> CuecardLM:
-    """A :class:`~cuecard.lm.CuecardLM` answering with ``reply(messages)``; ``lm.engine.requests`` logs prompts.
+    """A :class:`~cuecard.clients.lm.CuecardLM` answering with ``reply(messages)``; ``lm.engine.requests`` logs prompts.
 
     ``local=True`` makes cuecard treat it like an in-process model (plain adapter, serialised calls);
     ``structured=True`` like a model that can be held to a JSON schema (proposals then ask for one);

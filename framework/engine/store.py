@@ -28,8 +28,8 @@ import optuna
 from filelock import FileLock
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from .errors import StorageError
-from .redact import redact_text, redact_url
+from ..errors import StorageError
+from ..redact import redact_text, redact_url
 
 logger = logging.getLogger(__name__)
 
