@@ -561,7 +561,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
-    import optuna
+    from cuecard.engine.store import stored_runs
     from cuecard.engine.study import CANDIDATE, SCORE, STATUS, open_failures
 
     root = Path(args.run_dir)
@@ -569,26 +569,24 @@ def cmd_runs(args: argparse.Namespace) -> int:
     if not databases:
         print(f"no runs under {root}/")
         return 0
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     print(f"{'run':28} {'candidates':>10} {'scored':>7} {'best':>6}  {'status':10} storage")
     explained = {}
     for database in databases:
         url = f"sqlite:///{database.resolve()}"
-        for summary in optuna.get_all_study_summaries(url):
-            study = optuna.load_study(study_name=summary.study_name, storage=url)
-            trials = [t for t in study.get_trials(deepcopy=False) if CANDIDATE in t.user_attrs]
+        for run in stored_runs(url):
+            trials = [t for t in run.trials if CANDIDATE in t.attrs]
             means = []
             for trial in trials:
-                scores = [float(v) for k, v in trial.user_attrs.items() if k.startswith(SCORE)]
+                scores = [float(v) for k, v in trial.attrs.items() if k.startswith(SCORE)]
                 if scores:
                     means.append(sum(scores) / len(scores))
-            status = study.user_attrs.get(STATUS) or {"state": "running"}
+            status = run.attrs.get(STATUS) or {"state": "running"}
             state = status.get("state", "running")
             best = f"{max(means):.3f}" if means else "-"
-            print(f"{summary.study_name:28} {len(trials):>10} {len(means):>7} {best:>6}  {state:10} {url}")
+            print(f"{run.name:28} {len(trials):>10} {len(means):>7} {best:>6}  {state:10} {url}")
             reasons = [status.get("reason")]
             if state == "finished":  # why it stopped early, and the failures its trials hold now (maybe retried since)
-                pending = open_failures(trial.user_attrs for trial in trials)
+                pending = open_failures(trial.attrs for trial in trials)
                 reasons = [status.get("stop"), f"{pending} failed evaluation(s) left open: the next run retries them"
                            if pending else None]
             for reason in filter(None, reasons):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,29 @@ class StoredTrial:
     finished: bool
     state: str
     intermediate: dict[int, float] = field(default_factory=dict)
+
+
+@dataclass
+class StoredRun:
+    """One run as read from a storage by ``cuecard runs``: its name, its study attributes and its trials."""
+
+    name: str
+    attrs: dict[str, Any]
+    trials: list[StoredTrial]
+
+
+def stored_runs(url: str) -> Iterator[StoredRun]:
+    """Every run stored at ``url``, read only (nothing is created or changed).
+
+    Example:
+        >>> [run.name for run in stored_runs("sqlite:///runs/ape-1234/study.db")]  # doctest: +SKIP
+        ['ape-1234']
+    """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    for summary in optuna.get_all_study_summaries(url):
+        study = optuna.load_study(study_name=summary.study_name, storage=url)
+        trials = [RunStore._stored(trial) for trial in study.get_trials(deepcopy=False)]  # noqa: SLF001
+        yield StoredRun(summary.study_name, dict(study.user_attrs), trials)
 
 
 def is_database(url: str) -> bool:
