@@ -239,31 +239,16 @@ class SQLClaims:
                 continue  # released between the insert and the read: claimed next time round
             if row.owner == self.owner:
                 mine.add((key, index))
-            elif self._abandoned(row.owner, row.claimed_at, now) and self._take_over(connection, key, index, now):
+            elif self._abandoned(row.owner, row.claimed_at, now) and self._take_over(connection, key, index, row.owner, now):
                 mine.add((key, index))
         return mine
 
-    def _take_over(self, connection: Any, key: str, index: int, now: float) -> bool:
-        """True when the claim on ``(key, index)`` is this process's, or its owner is gone and it is taken over."""
-        import sqlalchemy as sa
-
-        row = connection.execute(
-            sa.select(self.table.c.owner, self.table.c.claimed_at).where(
-                self.table.c.run == self.run, self.table.c.candidate == key, self.table.c.example == index
-            )
-        ).first()
-        if row is None or row.owner == self.owner:
-            return row is not None
-        if not self._abandoned(row.owner, row.claimed_at, now):
-            return False
+    def _take_over(self, connection: Any, key: str, index: int, owner: str, now: float) -> bool:
+        """Take the claim on ``(key, index)`` from ``owner`` (found gone); False when it changed hands meanwhile."""
+        table = self.table.c
         taken = connection.execute(
             self.table.update()
-            .where(
-                self.table.c.run == self.run,
-                self.table.c.candidate == key,
-                self.table.c.example == index,
-                self.table.c.owner == row.owner,
-            )
+            .where(table.run == self.run, table.candidate == key, table.example == index, table.owner == owner)
             .values(owner=self.owner, claimed_at=now)
         )
         if taken.rowcount == 1:
