@@ -89,11 +89,12 @@ class APE(Teleprompter):
 
     def step_calls(self, n_train: int, n_dev: int, predictors: int, size: int | None = None) -> tuple[int, int, int]:
         """A Monte Carlo round of ``size`` variations per predictor (default: one kept candidate's), asked of the
-        fewest parents, and the scoring of parents and variations."""
+        fewest parents, and the scoring of the variations beside their parents (kept candidates are scored on
+        all of dev already: their scores are read back)."""
         variations = self.config.mc_variations
         size = variations if size is None else size
         parents, new = -(-size // variations), size * predictors
-        return new, self.policy.planned_evaluations(parents + new, n_dev, None), 0
+        return new, self.policy.planned_new_evaluations(new, n_dev, scored=parents), 0
 
     @classmethod
     def plan_shapes(cls, n_train: int, n_dev: int) -> list[Knobs]:

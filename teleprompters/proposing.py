@@ -80,6 +80,9 @@ class Proposing:
         if TEMPLATE_TALK.search(text):
             ctx.drop("talks about the template or the examples, not the task")
             return None
+        if REPLY_FORMAT_DEBRIS.search(text) or not re.search(r"[^\W\d_]{2}", text):
+            ctx.drop("a piece of the reply's format, not an instruction")
+            return None
         if self.repeats_meta_prompt(text):
             ctx.drop("repeats the meta-prompt's words")
             return None
@@ -364,6 +367,10 @@ TEMPLATE_TALK = re.compile(r"<<[^<>]{1,40}>>|\[\[[^\[\]]{1,40}\]\]|\b(?:correct|
 """Text a proposer copied from the meta-prompt's scaffolding (template slots, example labels) instead of
 writing an instruction for the task."""
 
+
+REPLY_FORMAT_DEBRIS = re.compile(r"""^\s*[{\[<]|["'](?:rule|instructions?)["']\s*:""", re.IGNORECASE)
+"""A proposal that is markup or JSON, or carries the structured request's keys (``{"rule": ...}``): the proposer
+wrote the reply's format into the instruction (a word-run screen misses it: it copies a key, not a sentence)."""
 
 META_NGRAM = 6
 """A proposal sharing this many consecutive words with its meta-prompt is dropped."""

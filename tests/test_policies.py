@@ -92,3 +92,52 @@ def test_wilcoxon_stops_clearly_worse_arms_early():
 def test_unknown_policy_name_lists_the_choices():
     with pytest.raises(ValueError, match="successive-halving"):
         make_policy("thompson")
+
+
+class _PrescoredArms:
+    """Arms with fixed 0/1 scores; the first ``scored`` arms were scored on the whole pool before (read back)."""
+
+    def __init__(self, table, scored):
+        self.table, self.seen = table, [len(row) if arm < scored else 0 for arm, row in enumerate(table)]
+        self.spent = 0
+
+    n_arms = property(lambda self: len(self.table))
+    pool_size = property(lambda self: len(self.table[0]))
+
+    def count(self, arm):
+        return self.seen[arm]
+
+    def scores(self, arm, up_to=None):
+        return self.table[arm][: min(self.seen[arm], up_to if up_to is not None else self.seen[arm])]
+
+    def mean(self, arm, up_to=None):
+        values = self.scores(arm, up_to)
+        return sum(values) / len(values) if values else 0.0
+
+    def evaluate_to(self, arm, n):
+        if n > self.seen[arm]:
+            self.spent += n - self.seen[arm]
+            self.seen[arm] = n
+
+    def should_prune(self, arm):
+        return False
+
+
+@pytest.mark.parametrize(("parents", "fresh"), [(1, 1), (1, 3), (2, 6), (3, 3), (1, 9)])
+def test_a_step_beside_scored_parents_costs_no_more_than_its_fresh_arms_plan(parents, fresh):
+    """APE's Monte Carlo round rescores its parents with their variations: their scores are read back, so the
+    round's cost is the fresh arms' (what sizes the last step to the room left), never more, and some draw
+    reaches it (the bound is not loose by construction)."""
+    import random
+
+    policy = MultiStage(min_examples=3, reduction=3, survivors=2)
+    bound = policy.planned_new_evaluations(fresh, 15, scored=parents)
+    assert bound < policy.planned_evaluations(parents + fresh, 15, None)
+    spent = []
+    for draw in range(200):
+        rng = random.Random(draw)
+        table = [[float(rng.random() < rng.random()) for _ in range(15)] for _ in range(parents + fresh)]
+        arms = _PrescoredArms(table, scored=parents)
+        policy.allocate(arms, policy.default_budget(parents + fresh, 15))
+        spent.append(arms.spent)
+    assert max(spent) <= bound and bound in spent, (bound, sorted(set(spent)))

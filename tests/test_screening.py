@@ -62,3 +62,20 @@ def test_five_words_of_the_meta_prompt_or_words_of_the_data_are_not_an_echo():
     custom = APE(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), mode="custom",
                  template="[[DEMOS]] Look hard at the form of the outputs and then say [[INSTRUCTION]]")
     assert custom.repeats_meta_prompt("Look hard at the form of the outputs to label each one.")
+
+
+@pytest.mark.parametrize("method", sorted(TELEPROMPTERS))
+def test_a_proposal_that_is_the_reply_format_is_dropped_and_counted(method):
+    """What OPRO wrote on a plural task: the structured request's JSON key as the instruction, and a bare
+    closing tag. Neither copies six words of a meta-prompt, so the word-run screen let them through."""
+    debris = ['{"rule": "Level 7: use the built-in translate function on each word"}', "</", "Level 7: label the review."]
+    proposals = iter([f"<START>{text}<END>" for text in debris] * 20)
+    proposer = scripted_lm(lambda messages: next(proposals), name="scripted/debris")
+    cls, settings = TELEPROMPTERS[method]
+    compiled = cls(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), prompt_lm=proposer,
+                   storage=":memory:", progress=False, **settings).compile(sentiment_program(), trainset=REVIEWS[:20])
+    report = compiled.cuecard_report
+    assert report.dropped.get("a piece of the reply's format, not an instruction", 0) > 0, report.dropped
+    kept = [c.instructions["self"] for c in report.candidates]
+    assert not any('"rule"' in text or text.strip() in ("</", "<") for text in kept), kept
+    assert "Level 7: label the review." in kept

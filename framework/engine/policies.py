@@ -123,6 +123,17 @@ class Policy(ABC):
         """An upper bound on the evaluations :meth:`run` will make (the dry-run estimate)."""
         return min(budget if budget is not None else self.default_budget(n_arms, pool_size), n_arms * pool_size)
 
+    def planned_new_evaluations(self, n_new: int, pool_size: int, scored: int = 0) -> int:
+        """An upper bound on the evaluations :meth:`run` (no budget) makes on ``n_new`` fresh arms scored
+        beside ``scored`` arms already scored on the whole pool (read back, not computed): what a search step
+        that rescores its parents with their children costs. By default the plan of every arm, parents included.
+
+        Example:
+            >>> MultiStage(min_examples=3, reduction=3, survivors=2).planned_new_evaluations(1, 15, scored=1)
+            15
+        """
+        return self.planned_evaluations(scored + n_new, pool_size, None)
+
     def pruner(self) -> optuna.pruners.BasePruner | None:
         """The Optuna pruner the engine's study should use while this policy runs."""
         return None
@@ -163,6 +174,9 @@ class FullEvaluation(Policy):
 
     def default_budget(self, n_arms: int, pool_size: int) -> int:
         return n_arms * (self.n_examples or min(pool_size, 20))
+
+    def planned_new_evaluations(self, n_new: int, pool_size: int, scored: int = 0) -> int:
+        return self.planned_evaluations(n_new, pool_size, None)
 
     def allocate(self, arms: Arms, budget: int) -> set[int]:
         per_arm = min(arms.pool_size, budget // max(1, arms.n_arms))
@@ -208,12 +222,18 @@ class MultiStage(Policy):
         plan = self._plan(n_arms, pool_size)
         return plan if budget is None else min(plan, budget)
 
-    def _plan(self, n_arms: int, pool_size: int) -> int:
+    def planned_new_evaluations(self, n_new: int, pool_size: int, scored: int = 0) -> int:
+        return self._plan(scored + n_new, pool_size, fresh=n_new)
+
+    def _plan(self, n_arms: int, pool_size: int, fresh: int | None = None) -> int:
+        """Evaluations of the stages over ``n_arms``; with ``fresh``, only those of the fresh arms (the others are
+        scored on the whole pool already): at most ``fresh`` of a stage's arms, whichever the stage keeps."""
         final, alive, step, done, total = self._final(pool_size), n_arms, self.min_examples, 0, 0
+        fresh = n_arms if fresh is None else fresh
         while alive > self.survivors and step < final:
-            total += alive * (step - done)
+            total += min(alive, fresh) * (step - done)
             done, alive, step = step, max(self.survivors, math.ceil(alive / self.reduction)), step * self.reduction
-        return total + alive * (final - done)
+        return total + min(alive, fresh) * (final - done)
 
     def allocate(self, arms: Arms, budget: int) -> set[int]:
         final = self._final(arms.pool_size)
