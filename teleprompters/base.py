@@ -31,7 +31,7 @@ from cuecard.clients.lm import truncation_counted
 from cuecard.clients.usage import BUDGETS, Limits
 from cuecard.command.cli_inputs import CLIInput
 from cuecard.datasets import distinct, example_key
-from cuecard.engine.acceptance import AcceptanceRule, SignTest, untested
+from cuecard.engine.acceptance import AcceptanceRule, NonInferiority, untested
 from cuecard.engine.evaluate import Evaluator, Objective, check_context
 from cuecard.engine.policies import Allocation, MultiStage, Policy
 from cuecard.engine.study import Engine, check_run_name
@@ -125,8 +125,9 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
         fresh: start a new run (``<run name>-<UTC time>``) instead of continuing the stored one, which
             is kept; to resume the new run later, pass its name as ``run_name``.
         acceptance: the rule a winner must pass against the seed on the same dev examples to replace
-            it (default :class:`~cuecard.engine.acceptance.SignTest`, one-sided at 0.1); ``AlwaysAccept()``
-            returns the search's winner unchecked.
+            it (default :class:`~cuecard.engine.acceptance.NonInferiority`: more paired wins than losses, and the
+            90% lower bound of the paired mean difference above -0.05); ``SignTest()`` asks for evidence of a
+            gain instead; ``AlwaysAccept()`` returns the search's winner unchecked.
         auto: ``"light"``, ``"medium"`` or ``"heavy"``, as DSPy's optimizers take it: the method's knobs are
             planned for that many LM requests (150, 600, 2400: ``--budget``'s presets) and the compile is capped
             there (see :meth:`apply_auto`).
@@ -212,7 +213,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
         self.retry_wait = retry_wait
         self.metric_version = metric_version
         self.fresh = fresh
-        self.acceptance = acceptance or SignTest()
+        self.acceptance = acceptance or NonInferiority()
         self.current_run: str | None = None
         self.config = self.make_config(config)
 
@@ -395,6 +396,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
             except EvaluationFailed as exc:
                 engine.end_proposing()
                 engine.finish(failed=str(exc))
+                engine.close()
                 raise
             engine.end_proposing()
             engine.phase = "check"
@@ -411,6 +413,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
                 ctx.note("the cap was reached while checking the winner against the seed")
         engine.finish(sorted(ctx.pruned), capped=ctx.capped, stop_reason=ctx.stop_reason)
         report = self.build_report(ctx, final, seed_instructions, train, dev, identity, acceptance)
+        engine.close()
         compiled = apply_instructions(student, report.best.instructions)
         compiled.cuecard_report = report
         return keep_block(self.finalize(compiled, report))  # DSPy's own compiled.save(path) keeps the report

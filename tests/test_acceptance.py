@@ -53,7 +53,7 @@ def test_when_the_seed_is_the_searchs_best_no_rule_is_said_to_have_decided():
     task = BernoulliTask([0.9, 0.1], pool_size=19, seed=3)  # the person's instruction is far worse
     report = compile_with(task)
     assert report.best.instructions == {"self": "arm 0"} and report.search_best is None
-    assert report.acceptance.rule == "no test" and report.acceptance.asked == "sign-test"
+    assert report.acceptance.rule == "no test" and report.acceptance.asked == NonInferiority().name
     assert report.acceptance.reason.startswith("no test ran: the search's best candidate is the seed itself")
 
 
@@ -75,16 +75,29 @@ def lead(task, dev):
     return wins, losses
 
 
-def test_a_candidate_better_on_dev_by_noise_does_not_replace_the_seed():
+def test_under_the_sign_test_a_candidate_better_on_dev_by_noise_does_not_replace_the_seed():
     # two instructions of equal quality: find a draw where the person's one leads on dev by a little
     task = next(t for seed in range(50) if (t := BernoulliTask([0.5, 0.5], pool_size=19, seed=seed)) and 0 < lead(t, 15)[0] - lead(t, 15)[1] <= 2)
-    report = compile_with(task)
+    report = compile_with(task, SignTest())
     assert report.search_best is not None and report.search_best.instructions == {"self": "arm 1"}
     assert report.best.instructions == {"self": "arm 0"}, "a lead by noise replaced the seed"
     assert not report.acceptance.accepted and "the seed is kept" in report.acceptance.reason
     assert any("did not replace the seed" in note for note in report.notes)
     unchecked = compile_with(task, AlwaysAccept())
     assert unchecked.best.instructions == {"self": "arm 1"}
+
+
+def test_by_default_a_winner_that_may_be_worse_than_the_seed_does_not_replace_it():
+    """The default guards against harm: a dev lead of one example with losses beside it (2-1, 3-2: the 90%
+    lower bound of the paired difference is below -0.05) keeps the seed; the rule and its bound are named."""
+    task = next(t for seed in range(200) if (t := BernoulliTask([0.5, 0.5], pool_size=19, seed=seed))
+                and lead(t, 15)[0] - lead(t, 15)[1] == 1 and lead(t, 15)[1] >= 1)
+    report = compile_with(task)
+    assert report.search_best is not None and report.search_best.instructions == {"self": "arm 1"}
+    assert report.best.instructions == {"self": "arm 0"}, "a winner that may be worse replaced the seed"
+    decision = report.acceptance
+    assert not decision.accepted and decision.rule == NonInferiority().name and decision.lower_bound < -0.05
+    assert (decision.wins, decision.losses) == lead(task, 15) and "may be worse" in decision.reason
 
 
 def test_a_clearly_better_candidate_replaces_the_seed():

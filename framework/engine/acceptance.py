@@ -6,11 +6,11 @@ the winner and the seed (the program as written) on the same dev examples and an
 compares them example by example. Unless the rule is satisfied the seed is kept, and the report says
 why, with the figures.
 
-:class:`SignTest` (the default): one-sided exact sign test on the paired differences (ties left out),
+:class:`SignTest`: one-sided exact sign test on the paired differences (ties left out),
 accepted when ``p <= alpha`` and the winner wins at least ``min_margin`` more examples than it loses.
 It asks for evidence of a gain, which on 15 pairs takes at least 4 wins and no loss.
 
-:class:`NonInferiority`: a guard against harm rather than against gains. Accepted when the winner wins
+:class:`NonInferiority` (the default, ``delta=0.05``): a guard against harm rather than against gains. Accepted when the winner wins
 more paired examples than it loses and a one-sided ``1 - alpha`` lower confidence bound of the paired
 mean difference (winner minus seed) is above ``-delta``. The bound is Student's t on the paired
 differences (``mean - t(1 - alpha, n - 1) * sd / sqrt(n)``; the paired t-interval of a non-inferiority
