@@ -205,8 +205,9 @@ class Statements:
 
 
 def test_a_chunk_of_work_is_claimed_in_one_statement_and_a_dead_owners_share_is_taken_over(postgres_url):
-    """Eight pairs claimed in one INSERT; the second worker wins none of them in one INSERT and one read of
-    their owners; a pair whose owner is gone (a dead process of this host) is taken over."""
+    """Eight pairs claimed in one INSERT, alone (one round trip: no BEGIN and COMMIT around it); the second
+    worker wins none of them in one INSERT and one read of their owners; a pair whose owner is gone (a dead
+    process of this host) is taken over."""
     from cuecard.engine.sharing import SQLClaims
 
     url = fresh_postgres(postgres_url, "claim_chunks")
@@ -215,7 +216,7 @@ def test_a_chunk_of_work_is_claimed_in_one_statement_and_a_dead_owners_share_is_
         work = [("key", i) for i in range(8)]
         with Statements(this_thread_only=True) as sql:
             assert first.claim_many(work) == set(work)
-        assert [text.split()[0] for text in sql.statements] == ["INSERT"] and sql.commits == 1
+        assert [text.split()[0] for text in sql.statements] == ["INSERT"] and sql.commits == 0  # no transaction around it
         with Statements(this_thread_only=True) as sql:
             assert second.claim_many(work + [("key", 8)]) == {("key", 8)}
         assert [text.split()[0] for text in sql.statements] == ["INSERT", "SELECT"] and sql.commits == 1
@@ -267,3 +268,29 @@ def test_one_worker_claims_and_stores_a_stage_by_chunks(tmp_path, monkeypatch):
     steps = [engine.store.storage.get_trial(arm.trial_id).intermediate_values for arm in engine.arms]
     assert all(sorted(values) == list(range(1, 25)) for values in steps), "a running score was not stored"
     assert steps[0][24] == pytest.approx(engine.mean(0))
+
+
+def test_a_stage_told_to_the_pruner_at_once_records_the_rungs_one_at_a_time_would(tmp_path):
+    """The engine tells Optuna's pruner about a stage's arms in one read and one write (record_rungs); the trials
+    end with the same rung values and the pruner's verdicts are the same as asking arm after arm."""
+    import optuna
+    from cuecard.engine.store import RunStore
+
+    values = [0.2, 0.9, 0.5, 0.7, 0.1, 0.6, 0.4]
+    outcomes = []
+    for way in ("one at a time", "at once"):
+        store = RunStore(f"sqlite:///{tmp_path / way.replace(' ', '_')}.db", "rungs")
+        pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=3, reduction_factor=3, min_early_stopping_rate=0)
+        ids = [store.new_trial({}) for _ in values]
+        for step in (3, 9):
+            store.write_trials({trial: ({}, {step: value - step / 100}) for trial, value in zip(ids, values)})
+            if way == "one at a time":
+                pruned = {trial for trial in ids if store.should_prune(trial, pruner)}
+            else:
+                pruned = store.record_rungs(ids, pruner)
+            rungs = [{k: v for k, v in store.storage.get_trial(trial).system_attrs.items() if k.startswith("completed_rung")}
+                     for trial in ids]
+            outcomes.append((way, step, [ids.index(t) for t in sorted(pruned)], rungs))
+    alone, together = outcomes[:2], outcomes[2:]
+    assert [o[1:] for o in alone] == [o[1:] for o in together]
+    assert alone[0][2] and alone[0][3][0], "nothing pruned or recorded: the check would not tell the two ways apart"

@@ -242,8 +242,12 @@ class MultiStage(Policy):
         step = self.min_examples
         while len(alive) > self.survivors and step < final:
             evaluate_stage(arms, [(arm, step) for arm in alive])
-            for arm in alive:
-                arms.should_prune(arm)  # records the rung value in the trial, as the pruner keeps it
+            record_rungs = getattr(arms, "record_rungs", None)  # the engine's: the stage's arms at once
+            if record_rungs is not None:
+                record_rungs(alive)  # records the rung values in the trials, as the pruner keeps them
+            else:
+                for arm in alive:
+                    arms.should_prune(arm)
             # Decide synchronously, with every arm of the stage known (Optuna's pruner, called arm by
             # arm, would promote the first arms before it has seen the others), on each arm's first
             # `step` scores. Optuna's promotion rule: a value at least the k-th best, k = n // eta;

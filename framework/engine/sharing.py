@@ -63,6 +63,9 @@ class Claims(Protocol):
     def notify(self) -> None:
         """Wake the processes waiting on the run."""
 
+    def close(self) -> None:
+        """Stop the heartbeat and close the connections (the run's end in this process)."""
+
 
 class NoClaims:
     """One process owns everything (in-memory and file-journal storages)."""
@@ -83,6 +86,9 @@ class NoClaims:
         time.sleep(seconds)
 
     def notify(self) -> None:
+        pass
+
+    def close(self) -> None:
         pass
 
 
@@ -112,8 +118,12 @@ class SQLClaims:
         from .store import database_url
 
         url = database_url(url)
-        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
+        kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
         self.engine = sa.create_engine(url, **kwargs)
+        if not url.startswith("sqlite"):
+            from .store import ping_when_idle
+
+            ping_when_idle(self.engine)
         if url.startswith("sqlite"):
             from .store import write_ahead_log
 
@@ -189,9 +199,9 @@ class SQLClaims:
         return (key, index) in self.claim_many([(key, index)])
 
     def claim_many(self, work: list[tuple[str, int]]) -> set[tuple[str, int]]:
-        """Claim every piece of ``work`` in one transaction: one ``INSERT ... ON CONFLICT DO NOTHING
-        RETURNING`` where the database has it; the owners of the pieces found claimed are read in one
-        statement, and a piece whose owner is gone is taken over."""
+        """Claim every piece of ``work``: one ``INSERT ... ON CONFLICT DO NOTHING RETURNING`` where the database
+        has it (one round trip when every piece was free); the owners of the pieces found claimed are read in
+        one statement, and a piece whose owner is gone is taken over, in one transaction."""
         import sqlalchemy as sa
 
         work = list(dict.fromkeys(work))
@@ -200,13 +210,12 @@ class SQLClaims:
         now = time.time()
         rows = [{"run": self.run, "candidate": key, "example": index, "owner": self.owner, "claimed_at": now} for key, index in work]
         won: set[tuple[str, int]] = set()
-        with self.engine.begin() as connection:
-            if self._upsert is not None:
-                returned = connection.execute(
-                    self._upsert.values(rows).returning(self.table.c.candidate, self.table.c.example)
-                )
+        if self._upsert is not None:  # one statement, atomic on its own: no BEGIN and COMMIT around it
+            with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+                returned = connection.execute(self._upsert.values(rows).returning(self.table.c.candidate, self.table.c.example))
                 won = {(row.candidate, row.example) for row in returned}
-            else:
+        else:
+            with self.engine.begin() as connection:
                 for row in rows:
                     try:
                         with connection.begin_nested():
@@ -214,8 +223,9 @@ class SQLClaims:
                         won.add((row["candidate"], row["example"]))
                     except sa.exc.IntegrityError:
                         pass
-            held = [piece for piece in work if piece not in won]
-            if held:
+        held = [piece for piece in work if piece not in won]
+        if held:
+            with self.engine.begin() as connection:
                 won |= self._take_over_many(connection, held, now)
         return won
 

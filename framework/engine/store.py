@@ -12,6 +12,7 @@ Example:
     >>> store = RunStore(":memory:", "demo")
     >>> trial = store.new_trial({"cuecard.candidate": {"key": "k"}})
     >>> store.set_trial_attrs(trial, {"s.0": 1.0})
+    True
     >>> store.trial(trial).attrs["s.0"]
     1.0
 """
@@ -19,6 +20,8 @@ Example:
 from __future__ import annotations
 
 import logging
+import math
+import time
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -100,7 +103,7 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     if not is_database(url):
         return optuna.storages.InMemoryStorage()
     url = database_url(url)
-    kwargs: dict[str, Any] = {"pool_pre_ping": True} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}}
+    kwargs: dict[str, Any] = {} if not url.startswith("sqlite") else {"connect_args": {"timeout": 60}}
     lock = None
     if url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
@@ -112,7 +115,9 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
         ):
             with attempt:
                 if lock is None:
-                    return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                    storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
+                    ping_when_idle(storage.engine)
+                    return storage
                 with lock:
                     return _write_ahead_log(optuna.storages.RDBStorage(url, engine_kwargs=kwargs))
     except ModuleNotFoundError as exc:
@@ -123,6 +128,36 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
     except Exception as exc:  # sqlalchemy raises many kinds here
         raise StorageError(f"Cannot open the Optuna storage {redact_url(url)!r}: {redact_text(str(exc))}") from None
     raise AssertionError("unreachable")
+
+
+IDLE_BEFORE_PING = 20.0
+"""Seconds a pooled database connection may sit unused before its next checkout checks it is alive."""
+
+
+def ping_when_idle(engine: Any, idle: float = IDLE_BEFORE_PING) -> None:
+    """Check a pooled connection is alive before use only when it sat unused for ``idle`` seconds (a
+    connection the server or a network dropped is then replaced, not handed out).
+
+    SQLAlchemy's ``pool_pre_ping`` checks at every checkout: one more round trip per transaction, a third
+    of a busy run's traffic with the database. A connection in steady use is alive; one idle for a while
+    (a long model call, a worker waiting) is the one a restart or a timeout may have closed.
+    """
+    import sqlalchemy as sa
+
+    @sa.event.listens_for(engine, "checkin")
+    def used(dbapi_connection: Any, record: Any) -> None:
+        record.info["used_at"] = time.monotonic()
+
+    @sa.event.listens_for(engine, "checkout")
+    def check(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        if time.monotonic() - record.info.get("used_at", time.monotonic()) < idle:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("SELECT 1")
+            cursor.close()
+        except Exception as exc:  # the driver's own error: the pool replaces the connection and tries again
+            raise sa.exc.DisconnectionError(str(exc)) from exc
 
 
 def write_ahead_log(engine: Any) -> None:
@@ -368,6 +403,87 @@ class RunStore:
         self.study.pruner = pruner or optuna.pruners.NopPruner()
         return optuna.trial.Trial(self.study, trial_id).should_prune()
 
+    def record_rungs(self, trial_ids: list[int], pruner: optuna.pruners.BasePruner | None) -> set[int]:
+        """Ask ``pruner`` about each open trial at its latest step, as :meth:`should_prune` does one at a time,
+        with the run's trials read once and the rungs the pruner records written in one transaction; the ids of
+        the trials it would prune.
+
+        The pruner sees the trials as read, with each rung recorded in this call added as it goes (a trial
+        asked later sees the rungs of the ones asked before it, as it would one call at a time). One call at a
+        time costs the pruner a read of every trial and a write per trial: most of a stage's traffic with a
+        database across a network.
+
+        Example:
+            >>> store = RunStore(":memory:", "demo")
+            >>> store.record_rungs([store.new_trial({})], optuna.pruners.SuccessiveHalvingPruner())
+            set()
+        """
+        if pruner is None or not trial_ids:
+            return set()
+        trials = self.storage.get_all_trials(self._study_id, deepcopy=False)
+        by_id = {trial._trial_id: trial for trial in trials}
+        writes: list[tuple[int, str, Any]] = []
+
+        class Recording:  # the storage as the pruner sees it: its rung writes go to the trials read, and are kept
+            @staticmethod
+            def set_trial_system_attr(trial_id: int, key: str, value: Any) -> None:
+                by_id[trial_id].system_attrs[key] = value
+                writes.append((trial_id, key, value))
+
+        study = _StudyAsRead(trials, Recording(), self.study.direction)
+        pruned = {trial_id for trial_id in trial_ids
+                  if trial_id in by_id and not by_id[trial_id].state.is_finished() and pruner.prune(study, by_id[trial_id])}
+        self._write_system_attrs(writes)
+        return pruned
+
+    def _write_system_attrs(self, writes: list[tuple[int, str, Any]]) -> None:
+        storage = self.storage
+        write = getattr(storage, "_set_trial_attr_without_commit", None)
+        if not writes:
+            return
+        if write is None or not hasattr(storage, "scoped_session"):
+            for trial_id, key, value in writes:
+                storage.set_trial_system_attr(trial_id, key, value)
+            return
+        from optuna.storages._rdb import models
+        from optuna.storages._rdb.storage import _create_scoped_session
+
+        with _create_scoped_session(storage.scoped_session, True) as session:
+            for trial_id, key, value in writes:
+                write(session, models.TrialSystemAttributeModel, trial_id, key, value)
+
+    def close_many(self, closes: list[tuple[int, str, float | None]]) -> set[int]:
+        """Close open trials, each ``(trial_id, "COMPLETE" | "PRUNED", value)``, as :meth:`close` does one at a
+        time, with the run's trials read once; the ids closed here (a trial another process closed first is
+        left as it is). A pruned trial's value is its last running score, as Optuna's ``tell`` records it.
+
+        Example:
+            >>> store = RunStore(":memory:", "demo")
+            >>> first, second = store.new_trial({}), store.new_trial({})
+            >>> sorted(store.close_many([(first, "COMPLETE", 0.5), (second, "PRUNED", None)])) == [first, second]
+            True
+        """
+        trials = {trial._trial_id: trial for trial in self.storage.get_all_trials(self._study_id, deepcopy=False)}
+        closed: set[int] = set()
+        for trial_id, state, value in closes:
+            trial = trials.get(trial_id)
+            if trial is None or trial.state.is_finished():
+                continue
+            if state == "COMPLETE":
+                if value is None:
+                    raise ValueError(f"closing trial {trial_id} as COMPLETE needs its value")
+                kind, values = optuna.trial.TrialState.COMPLETE, [float(value)]
+            else:
+                last = trial.last_step
+                kept = None if last is None else trial.intermediate_values[last]
+                kind, values = optuna.trial.TrialState.PRUNED, None if kept is None or math.isnan(kept) else [kept]
+            try:
+                if self.storage.set_trial_state_values(trial_id, kind, values):
+                    closed.add(trial_id)
+            except (RuntimeError, ValueError):  # closed meanwhile by another process
+                continue
+        return closed
+
     def close(self, trial_id: int, state: str, value: float | None = None) -> bool:
         """Close an open trial as ``COMPLETE`` (with ``value``) or ``PRUNED``; False if it was already closed."""
         if self.trial(trial_id).finished:
@@ -383,6 +499,18 @@ class RunStore:
                 raise
             return False
         return True
+
+
+@dataclass
+class _StudyAsRead:
+    """What an Optuna pruner reads of a study (its trials, its storage, its direction), from trials read once."""
+
+    trials: list[optuna.trial.FrozenTrial]
+    _storage: Any
+    direction: optuna.study.StudyDirection
+
+    def get_trials(self, deepcopy: bool = True, states: Any = None) -> list[optuna.trial.FrozenTrial]:
+        return [t for t in self.trials if states is None or t.state in states]
 
 
 __all__ = ["OBJECTIVE_NAME", "RunStore", "StoredTrial", "TESTED_OPTUNA", "is_database", "open_storage"]

@@ -833,6 +833,12 @@ class Engine:
             return False
         return self.store.should_prune(state.trial_id, self._pruner)
 
+    def record_rungs(self, arms: Sequence[int]) -> set[int]:
+        """:meth:`should_prune` for a stage's arms at once (one read of the run's trials, one write): the arms the
+        pruner would prune."""
+        open_arms = {self.arms[arm].trial_id: arm for arm in arms if self.arms[arm].open}
+        return {open_arms[trial_id] for trial_id in self.store.record_rungs(list(open_arms), self._pruner)}
+
     # ---- allocation ---------------------------------------------------------------------------
     def allocate(self, policy: Policy, arms: Sequence[int] | None = None, budget: int | None = None) -> Allocation:
         """Run ``policy`` over ``arms`` (default: every candidate) and return its ranking (arm ids of the run)."""
@@ -1059,6 +1065,11 @@ class Engine:
         view = _ArmsView(self, chosen, None)
         return [e.model_copy(update={"arm": chosen[e.arm]}) for e in rank(view, frozenset(chosen.index(a) for a in pruned if a in chosen))]
 
+    def close(self) -> None:
+        """End this process's part in the run's sharing: the claims' heartbeat stops and their connections (the
+        notification listener's included) close. The compile calls it once the run is finished or failed."""
+        self.claims.close()
+
     def finish(
         self,
         pruned: Sequence[int] = (),
@@ -1086,19 +1097,21 @@ class Engine:
         if by_cap is not None:
             self.set_status("stopped", by_cap.text)
             return
+        closes: list[tuple[int, str, float | None]] = []
         for number, state in enumerate(self.arms):
             if not state.open or state.failed:
                 continue
             if not state.seen and not state.stored:
                 self.store.set_trial_attrs(state.trial_id, {STATUS: "not scored"})
-                self.store.close(state.trial_id, "PRUNED")
+                closes.append((state.trial_id, "PRUNED", None))
             elif number in pruned:
                 self.store.set_trial_attrs(state.trial_id, {STATUS: "pruned"})
-                self.store.close(state.trial_id, "PRUNED")
+                closes.append((state.trial_id, "PRUNED", None))
             else:
                 seen = state.seen or {i: s.score for i, s in state.stored.items()}
-                self.store.close(state.trial_id, "COMPLETE", sum(seen.values()) / len(seen))
+                closes.append((state.trial_id, "COMPLETE", sum(seen.values()) / len(seen)))
             state.open = False
+        self.store.close_many(closes)
         pending = open_failures(trial.attrs for trial in self.store.trials())  # every process's, as stored now
         reason = f"{pending} failed evaluation(s) left open: the next run retries them" if pending else None
         early = stop_reason is not None and stop_reason.kind != StopKind.FINISHED
@@ -1213,6 +1226,11 @@ class _ArmsView:
 
     def should_prune(self, arm: int) -> bool:
         return self.engine.should_prune(self.arms[arm])
+
+    def record_rungs(self, arms: Sequence[int]) -> set[int]:
+        """The stage's arms to the pruner at once (:meth:`Engine.record_rungs`); the ones it would prune."""
+        pruned = self.engine.record_rungs([self.arms[arm] for arm in arms])
+        return {arm for arm in arms if self.arms[arm] in pruned}
 
 
 __all__ = [
