@@ -452,8 +452,9 @@ class Engine:
             )
             texts = {name: text for name, text in record.instructions.items() if not name.endswith(".demos")}
             readable = {("instruction" if len(texts) == 1 else f"instruction.{name}"): text for name, text in texts.items()}
-            arm = Arm(record=record, trial_id=self.store.new_trial({CANDIDATE: record.model_dump(), **readable}))
-            self._trials[key] = self.store.trial(arm.trial_id)
+            attrs = {CANDIDATE: record.model_dump(), **readable}
+            arm = Arm(record=record, trial_id=self.store.new_trial(attrs))
+            self._trials[key] = StoredTrial(trial_id=arm.trial_id, number=-1, attrs=attrs, finished=False, state="RUNNING")  # as created: no read back
             if self.claims.shared:
                 self.notify()
         self.arms.append(arm)
