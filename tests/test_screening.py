@@ -15,15 +15,21 @@ TELEPROMPTERS = {
 }
 
 
-@pytest.mark.parametrize("method", sorted(TELEPROMPTERS))
-def test_a_proposal_that_is_only_a_train_answer_is_dropped(method):
-    """ "Positive" as an instruction makes a model say "positive" to everything: chance on a balanced set."""
-    proposals = iter(["<INS>Positive.</INS>", "<START>NEGATIVE</START>", "Level 7: label the review."] * 20)
-    proposer = scripted_lm(lambda messages: next(proposals), name="scripted/answers")
+def compile_with_proposals(method, replies, name):
+    """The method's search on the sentiment reviews, its prompt model replying ``replies`` in turn."""
+    proposals = iter(replies * 20)
+    proposer = scripted_lm(lambda messages: next(proposals), name=name)
     cls, settings = TELEPROMPTERS[method]
     compiled = cls(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), prompt_lm=proposer,
                    storage=":memory:", progress=False, **settings).compile(sentiment_program(), trainset=REVIEWS[:20])
-    report = compiled.cuecard_report
+    return compiled.cuecard_report
+
+
+@pytest.mark.parametrize("method", sorted(TELEPROMPTERS))
+def test_a_proposal_that_is_only_a_train_answer_is_dropped(method):
+    """ "Positive" as an instruction makes a model say "positive" to everything: chance on a balanced set."""
+    report = compile_with_proposals(method, ["<INS>Positive.</INS>", "<START>NEGATIVE</START>", "Level 7: label the review."],
+                                    "scripted/answers")
     kept = [c.instructions["self"].lower() for c in report.candidates]
     assert report.dropped.get("an answer, not an instruction", 0) > 0, report.dropped
     assert not any(text.strip(".") in ("positive", "negative") for text in kept)
@@ -43,12 +49,8 @@ def test_a_proposal_repeating_its_meta_prompts_words_is_dropped_and_counted(meth
     """Six words in a row from the request that produced it: the proposer echoed the meta-prompt instead of
     stating the task (a leak like "look at the form of the outputs" that then reads as an instruction)."""
     echo = ECHOES[method]
-    proposals = iter([f"<INS>{echo}</INS>", f"<START>{echo}<END>", "Level 7: label the review."] * 20)
-    proposer = scripted_lm(lambda messages: next(proposals), name="scripted/echoes")
-    cls, settings = TELEPROMPTERS[method]
-    compiled = cls(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), prompt_lm=proposer,
-                   storage=":memory:", progress=False, **settings).compile(sentiment_program(), trainset=REVIEWS[:20])
-    report = compiled.cuecard_report
+    report = compile_with_proposals(method, [f"<INS>{echo}</INS>", f"<START>{echo}<END>", "Level 7: label the review."],
+                                    "scripted/echoes")
     assert report.dropped.get("repeats the meta-prompt's words", 0) > 0, report.dropped
     assert not any("level 7: " in c.instructions["self"].lower() and len(c.instructions["self"]) > 30 for c in report.candidates)
     assert any(c.instructions["self"] == "Level 7: label the review." for c in report.candidates)
@@ -69,12 +71,7 @@ def test_a_proposal_that_is_the_reply_format_is_dropped_and_counted(method):
     """What OPRO wrote on a plural task: the structured request's JSON key as the instruction, and a bare
     closing tag. Neither copies six words of a meta-prompt, so the word-run screen let them through."""
     debris = ['{"rule": "Level 7: use the built-in translate function on each word"}', "</", "Level 7: label the review."]
-    proposals = iter([f"<START>{text}<END>" for text in debris] * 20)
-    proposer = scripted_lm(lambda messages: next(proposals), name="scripted/debris")
-    cls, settings = TELEPROMPTERS[method]
-    compiled = cls(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), prompt_lm=proposer,
-                   storage=":memory:", progress=False, **settings).compile(sentiment_program(), trainset=REVIEWS[:20])
-    report = compiled.cuecard_report
+    report = compile_with_proposals(method, [f"<START>{text}<END>" for text in debris], "scripted/debris")
     assert report.dropped.get("a piece of the reply's format, not an instruction", 0) > 0, report.dropped
     kept = [c.instructions["self"] for c in report.candidates]
     assert not any('"rule"' in text or text.strip() in ("</", "<") for text in kept), kept

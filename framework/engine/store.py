@@ -265,6 +265,11 @@ class RunStore:
     def _set_in_one_transaction(self, trial_id: int, attrs: dict[str, Any]) -> bool:
         """Every attribute in one transaction (a chunk of scores is stored whole or not at all, with one
         commit); False when the storage is not Optuna's RDB storage of a known shape."""
+        return self._attrs_in_one_transaction([(trial_id, key, value) for key, value in attrs.items()], system=False)
+
+    def _attrs_in_one_transaction(self, writes: list[tuple[int, str, Any]], *, system: bool) -> bool:
+        """``(trial_id, key, value)`` user (or, with ``system``, system) attributes in one transaction; False when
+        the storage is not Optuna's RDB storage of a known shape."""
         storage = self.storage
         write = getattr(storage, "_set_trial_attr_without_commit", None)
         if write is None or not hasattr(storage, "scoped_session"):
@@ -272,9 +277,10 @@ class RunStore:
         from optuna.storages._rdb import models
         from optuna.storages._rdb.storage import _create_scoped_session
 
+        model = models.TrialSystemAttributeModel if system else models.TrialUserAttributeModel
         with _create_scoped_session(storage.scoped_session, True) as session:
-            for key, value in attrs.items():
-                write(session, models.TrialUserAttributeModel, trial_id, key, value)
+            for trial_id, key, value in writes:
+                write(session, model, trial_id, key, value)
         return True
 
     def write_trials(self, writes: dict[int, tuple[dict[str, Any], dict[int, float]]], *, notify: str | None = None) -> set[int]:
@@ -437,23 +443,12 @@ class RunStore:
         return pruned
 
     def _write_system_attrs(self, writes: list[tuple[int, str, Any]]) -> None:
-        storage = self.storage
-        write = getattr(storage, "_set_trial_attr_without_commit", None)
-        if not writes:
-            return
-        if write is None or not hasattr(storage, "scoped_session"):
+        if writes and not self._attrs_in_one_transaction(writes, system=True):
             for trial_id, key, value in writes:
-                storage.set_trial_system_attr(trial_id, key, value)
-            return
-        from optuna.storages._rdb import models
-        from optuna.storages._rdb.storage import _create_scoped_session
-
-        with _create_scoped_session(storage.scoped_session, True) as session:
-            for trial_id, key, value in writes:
-                write(session, models.TrialSystemAttributeModel, trial_id, key, value)
+                self.storage.set_trial_system_attr(trial_id, key, value)
 
     def close_many(self, closes: list[tuple[int, str, float | None]]) -> set[int]:
-        """Close open trials, each ``(trial_id, "COMPLETE" | "PRUNED", value)``, as :meth:`close` does one at a
+        """Close open trials, each ``(trial_id, "COMPLETE" | "PRUNED", value)``, as Optuna's ``tell`` does one at a
         time, with the run's trials read once; the ids closed here (a trial another process closed first is
         left as it is). A pruned trial's value is its last running score, as Optuna's ``tell`` records it.
 
@@ -483,22 +478,6 @@ class RunStore:
             except (RuntimeError, ValueError):  # closed meanwhile by another process
                 continue
         return closed
-
-    def close(self, trial_id: int, state: str, value: float | None = None) -> bool:
-        """Close an open trial as ``COMPLETE`` (with ``value``) or ``PRUNED``; False if it was already closed."""
-        if self.trial(trial_id).finished:
-            return False
-        trial = optuna.trial.Trial(self.study, trial_id)
-        try:
-            if state == "COMPLETE":
-                self.study.tell(trial, value)
-            else:
-                self.study.tell(trial, state=optuna.trial.TrialState[state])
-        except (RuntimeError, ValueError):
-            if not self.trial(trial_id).finished:
-                raise
-            return False
-        return True
 
 
 @dataclass
