@@ -294,3 +294,55 @@ def test_a_stage_told_to_the_pruner_at_once_records_the_rungs_one_at_a_time_woul
     alone, together = outcomes[:2], outcomes[2:]
     assert [o[1:] for o in alone] == [o[1:] for o in together]
     assert alone[0][2] and alone[0][3][0], "nothing pruned or recorded: the check would not tell the two ways apart"
+
+
+def test_on_postgresql_one_statement_requests_store_what_optunas_api_stores(postgres_url):
+    """On PostgreSQL the store sends its frequent requests as one statement each (store_postgres.OneStatement).
+    Run side by side with Optuna's own API on the same server, the trials and the study end up the same as
+    Optuna reads them back: scores, running values (a NaN and an infinity included), a closed trial left
+    untouched, study attributes; the narrow reads agree; a store wakes a process listening on the run."""
+    import math
+
+    import optuna
+    import psycopg
+    from cuecard.engine.store import RunStore
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute('CREATE DATABASE "one_statement"')
+    url = postgres_url.rsplit("/", 1)[0] + "/one_statement"
+
+    def build(store: RunStore) -> dict[str, object]:
+        ids = [store.new_trial({"candidate": {"key": f"k{n}"}, "instruction": f"text {n}"}) for n in range(3)]
+        store.close_many([(ids[2], "COMPLETE", 0.5)])
+        store.write_trials({ids[0]: ({"s.0": 1.0, "x.0": {"output": {"a": "b"}}}, {1: 1.0}),
+                            ids[1]: ({"s.0": 0.0, "f.1": "timeout"}, {1: float("nan"), 2: float("inf")}),
+                            ids[2]: ({"s.0": 1.0}, {1: 1.0})})
+        closed = store.write_trials({ids[0]: ({"s.1": 0.0}, {1: 0.25, 2: 0.5})}, notify=None)
+        store.set_study_attr("status", {"state": "running"})
+        store.set_study_attr("status", {"state": "finished", "n": 2})
+        read = store.storage
+        trials = [read.get_trial(trial_id) for trial_id in ids]
+        return {
+            "closed": closed,
+            "attrs": [t.user_attrs for t in trials],
+            "steps": [{step: "nan" if math.isnan(v) else v for step, v in t.intermediate_values.items()} for t in trials],
+            "study": read.get_study_user_attrs(store._study_id),
+            "via store": store.study_attrs(),
+            "candidates": [(t.number, t.state, t.attrs) for t in store.trials_with("candidate")],
+            "scores": {ids.index(i): (t.state, t.attrs) for i, t in store.score_attrs(ids, ("s.", "f.")).items()},
+        }
+
+    optuna_api = RunStore(url, "optuna api")
+    optuna_api._one_statement = None
+    one = RunStore(url, "one statement")
+    assert one._one_statement is not None, "PostgreSQL did not get the one-statement requests"
+    expected, found = build(optuna_api), build(one)
+    assert found == expected
+    assert expected["steps"][1] == {1: "nan", 2: math.inf} and expected["attrs"][2] == {"candidate": {"key": "k2"}, "instruction": "text 2"}
+
+    with psycopg.connect(url, autocommit=True) as listener:
+        listener.execute('LISTEN "woken"')
+        trial = one.new_trial({})
+        assert one.write_trials({trial: ({"s.0": 1.0}, {1: 1.0})}, notify="woken") == set()
+        assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == ["woken"]
+    assert optuna.load_study(study_name="one statement", storage=one.storage).trials[-1].user_attrs == {"s.0": 1.0}

@@ -34,10 +34,13 @@ from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_expo
 
 from ..errors import StorageError
 from ..redact import redact_text, redact_url
+from .store_postgres import one_statement
 
 logger = logging.getLogger(__name__)
 
 OBJECTIVE_NAME = "dev score"
+_OPEN = ("RUNNING", "WAITING")
+"""Optuna's states of a trial still taking scores."""
 TESTED_OPTUNA = (4, 6)
 """Optuna major versions this module was written and tested against (``>= 4, < 6``)."""
 
@@ -191,6 +194,8 @@ class RunStore:
         self.storage = open_storage(url)
         self.study = optuna.create_study(study_name=name, storage=self.storage, direction="maximize", load_if_exists=True)
         self._study_id = self.study._study_id  # noqa: SLF001 - Optuna has no public accessor
+        self._one_statement = one_statement(self.storage, self._study_id)
+        """PostgreSQL: the frequent requests as one statement each (see :mod:`cuecard.engine.store_postgres`)."""
         if self.study.metric_names is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
@@ -215,9 +220,14 @@ class RunStore:
     # ---- the study ---------------------------------------------------------------------------------
     def study_attrs(self) -> dict[str, Any]:
         """The study's user attributes as stored now."""
+        if self._one_statement is not None:
+            return self._one_statement.study_attrs()
         return dict(self.storage.get_study_user_attrs(self._study_id))
 
     def set_study_attr(self, key: str, value: Any) -> None:
+        if self._one_statement is not None:
+            self._one_statement.set_study_attr(key, value)
+            return
         self.storage.set_study_user_attr(self._study_id, key, value)
 
     # ---- trials --------------------------------------------------------------------------------------
@@ -226,6 +236,26 @@ class RunStore:
 
     def trial(self, trial_id: int) -> StoredTrial:
         return self._stored(self.storage.get_trial(trial_id))
+
+    def trials_with(self, key: str) -> list[StoredTrial]:
+        """The trials holding user attribute ``key``, with only that attribute (and their state): the run's
+        candidates, listed without every trial's scores.
+
+        Example:
+            >>> store = RunStore(":memory:", "demo")
+            >>> trial = store.new_trial({"candidate": {"key": "k"}, "s.0": 1.0})
+            >>> [t.attrs for t in store.trials_with("candidate")]
+            [{'candidate': {'key': 'k'}}]
+        """
+        if self._one_statement is not None:
+            return [
+                StoredTrial(trial_id=trial_id, number=number, attrs={key: value}, finished=state not in _OPEN, state=state)
+                for trial_id, number, state, value in self._one_statement.trials_with(key)
+            ]
+        return [
+            StoredTrial(trial_id=t.trial_id, number=t.number, attrs={key: t.attrs[key]}, finished=t.finished, state=t.state)
+            for t in self.trials() if key in t.attrs
+        ]
 
     @staticmethod
     def _stored(trial: optuna.trial.FrozenTrial) -> StoredTrial:
@@ -298,6 +328,8 @@ class RunStore:
         """
         if not writes:
             return set()
+        if self._one_statement is not None:
+            return self._one_statement.write_trials(writes, notify=notify)
         storage = self.storage
         if not hasattr(storage, "scoped_session") or not hasattr(storage, "_set_trial_attr_without_commit"):
             return {trial_id for trial_id, (attrs, values) in writes.items() if not self._write_one(trial_id, attrs, values)}
@@ -358,6 +390,11 @@ class RunStore:
         """
         if not trial_ids:
             return {}
+        if self._one_statement is not None:
+            return {
+                trial_id: StoredTrial(trial_id=trial_id, number=number, attrs=attrs, finished=state not in _OPEN, state=state)
+                for trial_id, (number, state, attrs) in self._one_statement.score_attrs(trial_ids, prefixes).items()
+            }
         storage = self.storage
         if not hasattr(storage, "scoped_session"):
             found = {trial_id: self.trial(trial_id) for trial_id in trial_ids}

@@ -377,7 +377,7 @@ class Engine:
         self.proposals_asked = 0
         self._proposal_bar: Any = None
         self._saved_at = 0.0
-        self._load_trials()
+        self._load_trials(whole=True)
         check_stored_scores(self)
 
     # ---- run identity -------------------------------------------------------------------------
@@ -407,9 +407,10 @@ class Engine:
             )
         return identity
 
-    def _load_trials(self) -> None:
-        """Learn the run's stored trials (all at start; other processes' new ones later)."""
-        for trial in self.store.trials():
+    def _load_trials(self, *, whole: bool = False) -> None:
+        """Learn the run's stored candidates: with ``whole``, every trial as stored (at start: the scores are
+        checked); else only the candidates' records (other processes' new ones, while the search runs)."""
+        for trial in self.store.trials() if whole else self.store.trials_with(CANDIDATE):
             record = trial.attrs.get(CANDIDATE)
             if record is not None:
                 self._trials.setdefault(record["key"], trial)
@@ -629,9 +630,9 @@ class Engine:
         time); give back claims on what was not done. Returns how many pairs this process computed.
 
         With other processes on the run, a thread about to score a pair not yet claimed claims it with
-        the next pairs of the pool in one statement: at most one per thread, and at most a
-        ``CLAIM_SHARE``-th of the pairs still unclaimed, so workers arriving together split even a
-        small stage."""
+        the next pairs of the pool in one statement: at most as many as a store holds (one per thread,
+        at least ``STORE_BATCH``), and at most a ``CLAIM_SHARE``-th of the pairs still unclaimed, so
+        workers arriving together split even a small stage."""
         by_arm: dict[int, list[int]] = {}
         for arm, index in pairs:
             by_arm.setdefault(arm, []).append(index)
@@ -658,7 +659,7 @@ class Engine:
 
         def claim_chunk(job: int, index: int) -> None:
             undecided = [pair for pair in order[position[(job, index)]:] if pair not in decided]
-            size = max(1, min(threads, -(-len(undecided) // CLAIM_SHARE)))
+            size = max(1, min(batch, -(-len(undecided) // CLAIM_SHARE)))
             chunk = undecided[:size]
             keys = [(self.arms[arms[j]].record.key, i) for j, i in chunk]
             won = self.claims.claim_many(keys)
