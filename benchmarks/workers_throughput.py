@@ -12,9 +12,10 @@ all released together. Two settings of the task model:
   message from a worker to the server by 13 ms (a database across a network); the proxy also
   counts those messages: the client-server round trips.
 
-Each worker imports its modules (litellm's included, which the compile's context check loads) before
-it says it is ready: workers stand for processes on several machines, and three processes importing
-together on one small machine would time the import, not the sharing.
+Each worker imports its modules (``PRELOADED`` included: the ones the compile imports on first use) before
+it says it is ready, and ends as the ``cuecard`` command ends (``gc.freeze()``, no collection over the heap
+at exit): workers stand for processes on several machines, and three processes importing or tearing
+down together on one small machine would time the import, not the sharing.
 
 Printed per setting and worker count: wall time (release to the last worker's end), the ratio of one
 worker's wall to three workers', evaluations computed (each pair once: duplicates are pairs
@@ -30,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
+import importlib
 import json
 import os
 import subprocess
@@ -48,6 +51,9 @@ SETTINGS = {
     "proxied": {"delay": 0.2, "threads": 1, "latency": 0.013},
 }
 GOAL_RATIO, GOAL_TRIPS = 2.5, 5.0
+PRELOADED = ["litellm", "alembic.command", "alembic.migration", "sqlalchemy.dialects.postgresql", "scipy.special"]
+"""Modules the compile imports on first use (the context check's litellm, Optuna's schema check, the t bound
+of the acceptance rule): about 2 s of imports per process, loaded before a worker says it is ready."""
 
 
 def worker(storage: str, out: Path, go: Path, delay: float, threads: int, size: str) -> None:
@@ -66,13 +72,15 @@ def worker(storage: str, out: Path, go: Path, delay: float, threads: int, size: 
         scaleout_worker.task_reply = chat_reply  # the worker's slow task model calls it by name
         scaleout_worker.scripted_lm = lambda reply, **options: original(reply, **{**options, "local": False})
         scaleout_worker.APE_SETTINGS = {**scaleout_worker.APE_SETTINGS, "num_threads": threads}
-    import litellm  # noqa: F401 - imported by the compile's context check: loaded before the start, see above
+    for module in PRELOADED:  # what the compile imports on first use: loaded before the start, see above
+        importlib.import_module(module)
 
     Path(f"{out}.ready").touch()
     while not go.exists():
         time.sleep(0.02)
     result = scaleout_worker.run(storage, Path(f"{out}.log"), delay, size)
     out.write_text(json.dumps(result))
+    gc.freeze()  # the process ends as the cuecard command ends (cuecard.command.cli.entry)
 
 
 class LatencyProxy:

@@ -1,7 +1,5 @@
 """``python -m cuecard ...`` runs the ``cuecard`` command."""
 
-import sys
+from .command.cli import entry
 
-from .command.cli import main
-
-sys.exit(main())
+entry()

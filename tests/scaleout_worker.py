@@ -18,6 +18,7 @@ the compiled program's saved file ``OUT.program.json``.
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import json
 import re
@@ -145,3 +146,4 @@ if __name__ == "__main__":
         time.sleep(0.02)
     result = run(storage, Path(f"{out}.log"), delay, size, cap, kind, Path(f"{out}.program.json"))
     out.write_text(json.dumps(result))
+    gc.freeze()  # the process ends as the cuecard command ends (cuecard.command.cli.entry)
