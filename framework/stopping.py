@@ -75,3 +75,15 @@ class StopReason(BaseModel):
         lead = _LEADS[self.kind]
         detail = " ".join(self.detail.split())
         return f"{lead}: {detail}" if detail else lead
+
+    @staticmethod
+    def kind_of(text: str) -> StopKind | None:
+        """The kind of a reason from its :attr:`text` (as a report or a note quotes it); None when no kind's
+        wording starts it.
+
+        Example:
+            >>> StopReason.kind_of("the best score stopped improving: no gain over 0.933")
+            <StopKind.NO_IMPROVEMENT: 'no improvement'>
+        """
+        text = text.strip()
+        return next((kind for kind, lead in _LEADS.items() if text.startswith(lead)), None)

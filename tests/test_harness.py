@@ -359,12 +359,32 @@ def test_target_rows_measure_the_human_gap_the_dspy_best_the_worst_task_and_unex
     assert (mine.best_baseline, mine.best_baseline_mean) == ("copro", pytest.approx(0.25))
     assert mine.mean_test == pytest.approx(0.25)
     assert (mine.worst_task, mine.worst_vs_seed) == ("b", pytest.approx(0.0))
-    assert (mine.unspent, mine.unspent_unexplained, mine.cells) == (2, 1, 4)
+    assert (mine.unspent, mine.unspent_early, mine.cells) == (2, 1, 4)
     assert harmful.worst_vs_seed == pytest.approx(-0.1) and harmful.worst_task == "b"
     assert harmful.unspent == 0
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in targets_table([mine, harmful]).splitlines()[2:]]
     verdicts = [[row[i] for i in (2, 5, 7, 9)] for row in rows]
     assert verdicts == [["not met", "met", "met", "not met"], ["not met", "not met", "not met", "met"]]
+
+
+def test_a_cell_stopped_under_the_cap_misses_the_spend_target_unless_nothing_was_left_to_score():
+    """Goal 4 of the quality round: at least 90% of the cap, or the stop says nothing was left to score in it
+    (no room for one more step, nothing new to try); a stop for no improvement leaves the cap unspent."""
+    from benchmarks.harness import CellResult
+    from benchmarks.harness.results import _unspent
+    from cuecard.stopping import StopKind, StopReason
+
+    def cell(calls, reason):
+        note = f"search stopped: {reason.text}"
+        c = CellResult(task="t", method="m", seed=0, fingerprint="f", test_accuracy=0.5, notes=[note, f"stopped with {100 - calls} of 100 calls unspent: {reason.text}"])
+        c.usage.calls = calls
+        return c
+
+    no_gain = StopReason(kind=StopKind.NO_IMPROVEMENT, detail="Monte Carlo round 1: no gain over 0.933")
+    no_room = StopReason(kind=StopKind.NO_ROOM, detail="16 requests left under the cap, fewer than the smallest step (19)")
+    assert _unspent(cell(85, no_gain), cap=100) == (True, True)
+    assert _unspent(cell(85, no_room), cap=100) == (True, False)
+    assert _unspent(cell(95, no_gain), cap=100) == (False, False)
 
 
 def test_bad_settings_are_refused_with_the_field_named(tmp_path):

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from cuecard.clients.usage import Usage
+from cuecard.stopping import StopKind, StopReason
 from pydantic import BaseModel, Field
 
 
@@ -196,8 +197,9 @@ class TargetRow(BaseModel):
     * ``mean_test`` against ``best_baseline_mean``: the method's mean test accuracy over the tasks
       against the best of DSPy's optimizers over the same tasks.
     * ``worst_vs_seed``: the lowest (method - seed) mean test accuracy over the tasks (do no harm).
-    * ``unspent_unexplained``: cells that stopped with more than 10% of the cap unspent without a
-      stop note of their own (a "stopped ..." note; "the planned search was done" is not a reason).
+    * ``unspent_early``: cells that stopped with more than 10% of the cap unspent for another reason than
+      having nothing left to score within it: the cap left no room for one more step, or nothing new to
+      try (a stop for no improvement, or no stop note at all, counts).
     """
 
     method: str
@@ -210,20 +212,21 @@ class TargetRow(BaseModel):
     worst_vs_seed: float | None
     worst_task: str | None
     unspent: int
-    unspent_unexplained: int
+    unspent_early: int
     cells: int
 
 
-_NO_REASON = "the planned search was done"
+NOTHING_LEFT_TO_SCORE = (StopKind.NO_ROOM, StopKind.NOTHING_NEW)
+"""The stops that leave part of the cap unspent because nothing is left to score within it."""
 
 
 def _unspent(cell: CellResult, cap: int) -> tuple[bool, bool]:
-    """(stopped with more than 10% of the cap unspent, and gave no reason for it)."""
+    """(stopped with more than 10% of the cap unspent, and for another reason than nothing left to score)."""
     if cell.error is not None or cell.test_accuracy is None or cap - cell.usage.calls <= 0.1 * cap:
         return False, False
-    reasons = [n.split(" unspent: ", 1)[1] if " unspent: " in n else n
-               for n in cell.notes if n.startswith(("stopped", "search stopped"))]
-    return True, not any(r.strip() != _NO_REASON for r in reasons)
+    kinds = {StopReason.kind_of(note.split(" unspent: ", 1)[1] if " unspent: " in note else note.split(": ", 1)[-1])
+             for note in cell.notes if note.startswith(("stopped", "search stopped"))}
+    return True, not kinds & set(NOTHING_LEFT_TO_SCORE)
 
 
 def target_rows(rows: Sequence[SummaryRow], cells: Sequence[CellResult], methods: Sequence[str],
@@ -263,7 +266,7 @@ def target_rows(rows: Sequence[SummaryRow], cells: Sequence[CellResult], methods
             worst_vs_seed=drops[worst],
             worst_task=worst,
             unspent=sum(a for a, _ in flags),
-            unspent_unexplained=sum(b for _, b in flags),
+            unspent_early=sum(b for _, b in flags),
             cells=len(flags),
         ))
     return out
@@ -275,10 +278,11 @@ def _verdict(ok: bool | None) -> str:
 
 def targets_table(targets: Sequence[TargetRow]) -> str:
     """The targets as a Markdown table: half the human gap closed, at least the best DSPy optimizer,
-    no task more than 5 points below the seed, no unexplained stop more than 10% under the cap."""
+    no task more than 5 points below the seed, no cell stopped more than 10% under the cap with something
+    left to score in it."""
     lines = [
         "| method | human gap closed (tasks) | ≥ 50% | mean test % (tasks) | best DSPy optimizer, mean test % | ≥ best | "
-        "worst task vs seed (points) | ≥ −5 | cells >10% under the cap (no reason given) | all explained |",
+        "worst task vs seed (points) | ≥ −5 | cells >10% under the cap (not for lack of room) | cap spent |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for t in targets:
@@ -290,7 +294,7 @@ def targets_table(targets: Sequence[TargetRow]) -> str:
             f"| {t.method} | {gap} | {_verdict(None if t.gap_closed is None else t.gap_closed >= 0.5)} | "
             f"{_pct(t.mean_test)} ({t.tasks}) | {best} | {_verdict(beats)} | {worst} | "
             f"{_verdict(None if t.worst_vs_seed is None else t.worst_vs_seed >= -0.05 - 1e-9)} | "
-            f"{t.unspent} of {t.cells} ({t.unspent_unexplained}) | {_verdict(t.unspent_unexplained == 0)} |"
+            f"{t.unspent} of {t.cells} ({t.unspent_early}) | {_verdict(t.unspent_early == 0)} |"
         )
     return "\n".join(lines)
 
