@@ -102,6 +102,23 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
+_CLAIM_AND_READ_OWNERS = """
+WITH wanted AS (
+    SELECT candidate, example FROM jsonb_to_recordset(CAST(:wanted AS JSONB)) AS piece(candidate TEXT, example INTEGER)
+), inserted AS (
+    INSERT INTO cuecard_claims (run, candidate, example, owner, claimed_at)
+    SELECT :run, candidate, example, :owner, :now FROM wanted
+    ON CONFLICT DO NOTHING RETURNING candidate, example
+)
+SELECT candidate, example, NULL AS owner, NULL AS claimed_at FROM inserted
+UNION ALL
+SELECT claims.candidate, claims.example, claims.owner, claims.claimed_at
+FROM cuecard_claims AS claims JOIN wanted USING (candidate, example) WHERE claims.run = :run
+"""
+"""Claim the free pieces of work (rows with no owner: this statement's own claims) and read the owners of
+the pieces found claimed (the statement's snapshot predates its insert)."""
+
+
 class SQLClaims:
     """Claims in a ``cuecard_claims`` table next to the Optuna tables (any SQLAlchemy URL)."""
 
@@ -208,6 +225,8 @@ class SQLClaims:
         if not work:
             return set()
         now = time.time()
+        if self.engine.dialect.name == "postgresql":
+            return self._claim_many_in_one_statement(work, now)
         rows = [{"run": self.run, "candidate": key, "example": index, "owner": self.owner, "claimed_at": now} for key, index in work]
         won: set[tuple[str, int]] = set()
         if self._upsert is not None:  # one statement, atomic on its own: no BEGIN and COMMIT around it
@@ -227,6 +246,26 @@ class SQLClaims:
         if held:
             with self.engine.begin() as connection:
                 won |= self._take_over_many(connection, held, now)
+        return won
+
+    def _claim_many_in_one_statement(self, work: list[tuple[str, int]], now: float) -> set[tuple[str, int]]:
+        """PostgreSQL: the free pieces claimed and the owners of the others read in one statement (its snapshot
+        predates its own insert, so the rows it reads are the pieces found claimed); a transaction follows only
+        to take over pieces whose owner is gone."""
+        import json
+
+        import sqlalchemy as sa
+
+        wanted = json.dumps([{"candidate": key, "example": index} for key, index in work])
+        parameters = {"wanted": wanted, "run": self.run, "owner": self.owner, "now": now}
+        with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
+            rows = connection.execute(sa.text(_CLAIM_AND_READ_OWNERS), parameters).all()
+        won = {(row.candidate, row.example) for row in rows if row.owner is None or row.owner == self.owner}
+        gone = [row for row in rows if row.owner not in (None, self.owner) and self._abandoned(row.owner, row.claimed_at, now)]
+        if gone:
+            with self.engine.begin() as connection:
+                won |= {(row.candidate, row.example) for row in gone
+                        if self._take_over(connection, row.candidate, row.example, row.owner, now)}
         return won
 
     def _take_over_many(self, connection: Any, held: list[tuple[str, int]], now: float) -> set[tuple[str, int]]:

@@ -495,6 +495,11 @@ class RunStore:
             >>> sorted(store.close_many([(first, "COMPLETE", 0.5), (second, "PRUNED", None)])) == [first, second]
             True
         """
+        for trial_id, state, value in closes:
+            if state == "COMPLETE" and value is None:
+                raise ValueError(f"closing trial {trial_id} as COMPLETE needs its value")
+        if self._one_statement is not None:
+            return self._one_statement.close_trials(closes) if closes else set()
         trials = {trial._trial_id: trial for trial in self.storage.get_all_trials(self._study_id, deepcopy=False)}
         closed: set[int] = set()
         for trial_id, state, value in closes:

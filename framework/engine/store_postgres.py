@@ -4,7 +4,7 @@ Optuna's storage API opens a transaction for every call and reads the study and 
 before it writes: five to eight client-server round trips to store one attribute. With the database
 across a network each trip costs milliseconds, more than a local model call. Here the engine's
 frequent requests (store a chunk of scores, write or read the study's attributes, list the
-candidates' trials, read the scores other processes stored) are each one statement on an autocommit
+candidates' trials, read the scores other processes stored, close the trials) are each one statement on an autocommit
 connection: one round trip, atomic on its own. The tables and columns are Optuna's own RDB schema
 (unchanged across Optuna 4 and 5); SQLite and the in-memory storage keep Optuna's API.
 
@@ -47,6 +47,30 @@ SELECT trial_id{notify} FROM open_trials
 """
 """Scores of several trials and their running values; a trial found closed gets nothing. The rows of
 the open trials stay locked until the statement ends, so a process closing one of them waits."""
+
+_CLOSE_TRIALS = """
+WITH closing AS (
+    SELECT trial_id, state, value FROM jsonb_to_recordset(CAST(:closes AS JSONB)) AS row(trial_id INTEGER, state TEXT, value DOUBLE PRECISION)
+), closed AS (
+    UPDATE trials SET state = CAST(closing.state AS trialstate), datetime_complete = CAST(:now AS TIMESTAMP)
+    FROM closing WHERE trials.trial_id = closing.trial_id AND trials.state IN ('RUNNING', 'WAITING')
+    RETURNING trials.trial_id
+), kept AS (
+    SELECT closing.trial_id,
+        CASE WHEN closing.state = 'COMPLETE' THEN closing.value ELSE last.intermediate_value END AS value,
+        CASE WHEN closing.state = 'COMPLETE' THEN 'FINITE' ELSE CAST(last.intermediate_value_type AS TEXT) END AS kind
+    FROM closing JOIN closed USING (trial_id) LEFT JOIN LATERAL (
+        SELECT intermediate_value, intermediate_value_type FROM trial_intermediate_values AS step
+        WHERE step.trial_id = closing.trial_id ORDER BY step.step DESC LIMIT 1
+    ) AS last ON TRUE
+), objective AS (
+    INSERT INTO trial_values (trial_id, objective, value, value_type)
+    SELECT trial_id, 0, value, CAST(kind AS trialvaluetype) FROM kept WHERE kind IN ('FINITE', 'INF_POS', 'INF_NEG')
+)
+SELECT trial_id FROM closed
+"""
+"""Close open trials as COMPLETE with their value, or PRUNED with their last running value (none when it
+was NaN or when nothing ran), as Optuna's ``tell`` records them; a trial another process closed first is left."""
 
 _SET_STUDY_ATTR = """
 INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (:study, :key, :value)
@@ -101,6 +125,15 @@ class OneStatement:
         with self._connection() as connection:
             open_ids = {row[0] for row in connection.execute(sa.text(statement), parameters)}
         return set(writes) - open_ids
+
+    def close_trials(self, closes: list[tuple[int, str, float | None]]) -> set[int]:
+        """Close each ``(trial_id, "COMPLETE" | "PRUNED", value)``; the ids closed here."""
+        import datetime
+
+        rows = [{"trial_id": trial_id, "state": state, "value": value} for trial_id, state, value in closes]
+        parameters = {"closes": json.dumps(rows), "now": datetime.datetime.now().isoformat()}
+        with self._connection() as connection:
+            return {row[0] for row in connection.execute(sa.text(_CLOSE_TRIALS), parameters)}
 
     def set_study_attr(self, key: str, value: Any) -> None:
         with self._connection() as connection:

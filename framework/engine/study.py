@@ -445,8 +445,8 @@ class Engine:
             if key not in self._trials and not self.claims.claim(key, CREATE):
                 self._wait_for_trial(key)
         trial = self._trials.get(key)
-        if trial is not None:
-            arm = self._arm_from_trial(self.store.trial(trial.trial_id))
+        if trial is not None:  # its record and scores, not the whole trial
+            arm = self._arm_from_trial(self.store.score_attrs([trial.trial_id], (CANDIDATE, SCORE, DETAIL, FAILURE))[trial.trial_id])
         else:
             record = CandidateRecord(
                 key=key, instructions=dict(instructions), parent=parent, round=round, origin=origin, meta=dict(meta or {})
