@@ -299,7 +299,7 @@ def test_a_stage_told_to_the_pruner_at_once_records_the_rungs_one_at_a_time_woul
 def test_on_postgresql_one_statement_requests_store_what_optunas_api_stores(postgres_url):
     """On PostgreSQL the store sends its frequent requests as one statement each (store_postgres.OneStatement).
     Run side by side with Optuna's own API on the same server, the trials and the study end up the same as
-    Optuna reads them back: scores, running values (a NaN and an infinity included), a closed trial left
+    Optuna reads them back: new trials (numbered alike), scores, running values (a NaN and an infinity included), a closed trial left
     untouched, trials closed as complete or pruned (with their last running value, an infinity included), study
     attributes; the narrow reads agree; a store wakes a process listening on the run."""
     import math
@@ -330,7 +330,7 @@ def test_on_postgresql_one_statement_requests_store_what_optunas_api_stores(post
         trials = [read.get_trial(trial_id) for trial_id in ids]
         return {
             "closed": {ids.index(i) for i in closed},
-            "states": [(t.state.name, t.values, t.datetime_complete is not None) for t in trials],
+            "states": [(t.number, t.state.name, t.values, t.datetime_start is not None, t.datetime_complete is not None) for t in trials],
             "attrs": [t.user_attrs for t in trials],
             "steps": [{step: "nan" if math.isnan(v) else v for step, v in t.intermediate_values.items()} for t in trials],
             "study": read.get_study_user_attrs(store._study_id),
@@ -346,7 +346,8 @@ def test_on_postgresql_one_statement_requests_store_what_optunas_api_stores(post
     expected, found = build(optuna_api), build(one)
     assert found == expected
     assert expected["steps"][1] == {1: "nan", 2: math.inf} and expected["attrs"][2] == {"candidate": {"key": "k2"}, "instruction": "text 2"}
-    assert expected["states"][1:] == [("PRUNED", [math.inf], True), ("COMPLETE", [0.5], True), ("PRUNED", [0.75], True), ("PRUNED", None, True)]
+    assert expected["states"] == [(0, "RUNNING", None, True, False), (1, "PRUNED", [math.inf], True, True), (2, "COMPLETE", [0.5], True, True),
+                                  (3, "PRUNED", [0.75], True, True), (4, "PRUNED", None, True, True)]
 
     with psycopg.connect(url, autocommit=True) as listener:
         listener.execute('LISTEN "woken"')
@@ -354,3 +355,25 @@ def test_on_postgresql_one_statement_requests_store_what_optunas_api_stores(post
         assert one.write_trials({trial: ({"s.0": 1.0}, {1: 1.0})}, notify="woken") == set()
         assert [n.channel for n in listener.notifies(timeout=5, stop_after=1)] == ["woken"]
     assert optuna.load_study(study_name="one statement", storage=one.storage).trials[-1].user_attrs == {"s.0": 1.0}
+
+
+def test_on_postgresql_trials_created_at_once_by_several_workers_get_distinct_numbers(postgres_url):
+    """Creating a trial on PostgreSQL is one transaction of two statements (the study's row locked, then the trial
+    inserted with its number and attributes); four workers creating trials at once still number them 0..N-1."""
+    import psycopg
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cuecard.engine.store import RunStore
+
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute('CREATE DATABASE "numbering"')
+    url = postgres_url.rsplit("/", 1)[0] + "/numbering"
+    stores = [RunStore(url, "numbering") for _ in range(4)]
+
+    def create(store):
+        return [store.new_trial({"candidate": {"key": f"{id(store)}-{n}"}}) for n in range(10)]
+
+    with ThreadPoolExecutor(4) as pool:
+        created = [trial for trials in pool.map(create, stores) for trial in trials]
+    numbers = sorted(t.number for t in stores[0].trials())
+    assert len(set(created)) == 40 and numbers == list(range(40))

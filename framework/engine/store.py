@@ -271,6 +271,8 @@ class RunStore:
     def new_trial(self, attrs: dict[str, Any]) -> int:
         """A RUNNING trial created with its attributes in one step (a process killed midway leaves no
         trial without its record)."""
+        if self._one_statement is not None:
+            return self._one_statement.new_trial(attrs)
         import datetime
 
         template = optuna.trial.FrozenTrial(

@@ -5,7 +5,8 @@ before it writes: five to eight client-server round trips to store one attribute
 across a network each trip costs milliseconds, more than a local model call. Here the engine's
 frequent requests (store a chunk of scores, write or read the study's attributes, list the
 candidates' trials, read the scores other processes stored, close the trials) are each one statement on an autocommit
-connection: one round trip, atomic on its own. The tables and columns are Optuna's own RDB schema
+connection: one round trip, atomic on its own. Creating a trial takes two, in one transaction: the
+study's row is locked first, as Optuna does, so trial numbers stay unique. The tables and columns are Optuna's own RDB schema
 (unchanged across Optuna 4 and 5); SQLite and the in-memory storage keep Optuna's API.
 
 Example (the storage's engine and the study's id, as :class:`~cuecard.engine.store.RunStore` has them):
@@ -72,6 +73,24 @@ SELECT trial_id FROM closed
 """Close open trials as COMPLETE with their value, or PRUNED with their last running value (none when it
 was NaN or when nothing ran), as Optuna's ``tell`` records them; a trial another process closed first is left."""
 
+_LOCK_STUDY = "SELECT study_id FROM studies WHERE study_id = :study FOR UPDATE"
+
+_NEW_TRIAL = """
+WITH new_trial AS (
+    INSERT INTO trials (number, study_id, state, datetime_start)
+    VALUES ((SELECT count(*) FROM trials WHERE study_id = :study), :study, 'RUNNING', CAST(:now AS TIMESTAMP))
+    RETURNING trial_id
+), attributes AS (
+    INSERT INTO trial_user_attributes (trial_id, key, value_json)
+    SELECT new_trial.trial_id, row.key, row.value_json
+    FROM new_trial, jsonb_to_recordset(CAST(:attributes AS JSONB)) AS row(key TEXT, value_json TEXT)
+)
+SELECT trial_id FROM new_trial
+"""
+"""A RUNNING trial numbered after the study's others, with its user attributes. It runs after the study's
+row is locked (:data:`_LOCK_STUDY`, in the same transaction, as Optuna does), so the count it numbers by
+sees every trial created before."""
+
 _SET_STUDY_ATTR = """
 INSERT INTO study_user_attributes (study_id, key, value_json) VALUES (:study, :key, :value)
 ON CONFLICT (study_id, key) DO UPDATE SET value_json = EXCLUDED.value_json
@@ -125,6 +144,16 @@ class OneStatement:
         with self._connection() as connection:
             open_ids = {row[0] for row in connection.execute(sa.text(statement), parameters)}
         return set(writes) - open_ids
+
+    def new_trial(self, attrs: Mapping[str, Any]) -> int:
+        """A RUNNING trial with user attributes ``attrs``, numbered as Optuna numbers it; its id."""
+        import datetime
+
+        rows = json.dumps([{"key": key, "value_json": json.dumps(value)} for key, value in attrs.items()])
+        parameters = {"study": self.study_id, "attributes": rows, "now": datetime.datetime.now().isoformat()}
+        with self.engine.begin() as connection:
+            connection.execute(sa.text(_LOCK_STUDY), parameters)
+            return int(connection.execute(sa.text(_NEW_TRIAL), parameters).scalar_one())
 
     def close_trials(self, closes: list[tuple[int, str, float | None]]) -> set[int]:
         """Close each ``(trial_id, "COMPLETE" | "PRUNED", value)``; the ids closed here."""
