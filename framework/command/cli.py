@@ -808,11 +808,28 @@ def ctrl_c_interrupts() -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    former = signal.signal(signal.SIGINT, signal.default_int_handler)
+    former = signal.signal(signal.SIGINT, _interrupt)
     try:
         yield
     finally:
         signal.signal(signal.SIGINT, former)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    """SIGINT's handler: ``KeyboardInterrupt`` where the main thread is, except inside a finalizer (a weakref
+    callback, a ``__del__``: the collector runs them anywhere), where Python would print the exception and drop
+    it, and the run would go on. There the signal is sent again 50 ms later, to land in the code around it."""
+    if frame is not None and _in_finalizer(frame):
+        again = threading.Timer(0.05, os.kill, (os.getpid(), signal.SIGINT))
+        again.daemon = True
+        again.start()
+        return
+    raise KeyboardInterrupt
+
+
+def _in_finalizer(frame: Any) -> bool:
+    code = frame.f_code
+    return code.co_name == "__del__" or code.co_filename.endswith(("weakref.py", "_weakrefset.py"))
 
 
 def _subcommand(parser: argparse.ArgumentParser, name: str) -> argparse.ArgumentParser:
