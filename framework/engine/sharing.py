@@ -201,15 +201,13 @@ class SQLClaims:
                 continue
 
     def _insert(self) -> Any:
-        """``INSERT ... ON CONFLICT DO NOTHING`` where the database has it (no duplicate-key error, no
-        rolled-back transaction for a claim another process holds), else a plain insert."""
-        name = self.engine.dialect.name
-        if name == "postgresql":
-            from sqlalchemy.dialects.postgresql import insert
-        elif name == "sqlite":
-            from sqlalchemy.dialects.sqlite import insert
-        else:
+        """SQLite's ``INSERT ... ON CONFLICT DO NOTHING`` (no duplicate-key error for a claim another process
+        holds); None elsewhere: PostgreSQL claims in one statement (:data:`_CLAIM_AND_READ_OWNERS`), other
+        databases insert row by row."""
+        if self.engine.dialect.name != "sqlite":
             return None
+        from sqlalchemy.dialects.sqlite import insert
+
         return insert(self.table).on_conflict_do_nothing()
 
     def claim(self, key: str, index: int) -> bool:
@@ -244,8 +242,7 @@ class SQLClaims:
                         pass
         held = [piece for piece in work if piece not in won]
         if held:
-            with self.engine.begin() as connection:
-                won |= self._take_over_many(connection, held, now)
+            won |= self._take_over_many(held, now)
         return won
 
     def _claim_many_in_one_statement(self, work: list[tuple[str, int]], now: float) -> set[tuple[str, int]]:
@@ -260,37 +257,33 @@ class SQLClaims:
         parameters = {"wanted": wanted, "run": self.run, "owner": self.owner, "now": now}
         with self.engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
             rows = connection.execute(sa.text(_CLAIM_AND_READ_OWNERS), parameters).all()
-        won = {(row.candidate, row.example) for row in rows if row.owner is None or row.owner == self.owner}
-        gone = [row for row in rows if row.owner not in (None, self.owner) and self._abandoned(row.owner, row.claimed_at, now)]
+        won = {(row.candidate, row.example) for row in rows if row.owner is None}
+        return won | self._mine_or_taken([row for row in rows if row.owner is not None], now)
+
+    def _take_over_many(self, held: list[tuple[str, int]], now: float) -> set[tuple[str, int]]:
+        """The pieces of ``held`` (found claimed) that are this process's, or whose owner is gone and are taken over
+        (their owners read in one statement; a piece released between the insert and the read is claimed next time round)."""
+        import sqlalchemy as sa
+
+        table = self.table.c
+        with self.engine.connect() as connection:
+            rows = connection.execute(
+                sa.select(table.candidate, table.example, table.owner, table.claimed_at).where(
+                    table.run == self.run, sa.tuple_(table.candidate, table.example).in_(held)
+                )
+            ).all()
+        return self._mine_or_taken(rows, now)
+
+    def _mine_or_taken(self, rows: list[Any], now: float) -> set[tuple[str, int]]:
+        """Of pieces found claimed (rows with ``candidate, example, owner, claimed_at``): this process's own, and
+        those whose owner is gone, taken over in one transaction."""
+        won = {(row.candidate, row.example) for row in rows if row.owner == self.owner}
+        gone = [row for row in rows if row.owner != self.owner and self._abandoned(row.owner, row.claimed_at, now)]
         if gone:
             with self.engine.begin() as connection:
                 won |= {(row.candidate, row.example) for row in gone
                         if self._take_over(connection, row.candidate, row.example, row.owner, now)}
         return won
-
-    def _take_over_many(self, connection: Any, held: list[tuple[str, int]], now: float) -> set[tuple[str, int]]:
-        """The pieces of ``held`` (found claimed) that are this process's, or whose owner is gone and are taken over."""
-        import sqlalchemy as sa
-
-        table = self.table.c
-        owners = {
-            (row.candidate, row.example): row
-            for row in connection.execute(
-                sa.select(table.candidate, table.example, table.owner, table.claimed_at).where(
-                    table.run == self.run, sa.tuple_(table.candidate, table.example).in_(held)
-                )
-            )
-        }
-        mine: set[tuple[str, int]] = set()
-        for key, index in held:
-            row = owners.get((key, index))
-            if row is None:
-                continue  # released between the insert and the read: claimed next time round
-            if row.owner == self.owner:
-                mine.add((key, index))
-            elif self._abandoned(row.owner, row.claimed_at, now) and self._take_over(connection, key, index, row.owner, now):
-                mine.add((key, index))
-        return mine
 
     def _take_over(self, connection: Any, key: str, index: int, owner: str, now: float) -> bool:
         """Take the claim on ``(key, index)`` from ``owner`` (found gone); False when it changed hands meanwhile."""

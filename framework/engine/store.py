@@ -57,6 +57,11 @@ class StoredTrial:
     intermediate: dict[int, float] = field(default_factory=dict)
 
 
+def _as_read(trial_id: int, number: int, state: str, attrs: dict[str, Any]) -> StoredTrial:
+    """A trial as a narrow read returns it: some of its user attributes and its state."""
+    return StoredTrial(trial_id=trial_id, number=number, attrs=attrs, finished=state not in _OPEN, state=state)
+
+
 @dataclass
 class StoredRun:
     """One run as read from a storage by ``cuecard runs``: its name, its study attributes and its trials."""
@@ -248,10 +253,7 @@ class RunStore:
             [{'candidate': {'key': 'k'}}]
         """
         if self._one_statement is not None:
-            return [
-                StoredTrial(trial_id=trial_id, number=number, attrs={key: value}, finished=state not in _OPEN, state=state)
-                for trial_id, number, state, value in self._one_statement.trials_with(key)
-            ]
+            return [_as_read(trial_id, number, state, {key: value}) for trial_id, number, state, value in self._one_statement.trials_with(key)]
         return [
             StoredTrial(trial_id=t.trial_id, number=t.number, attrs={key: t.attrs[key]}, finished=t.finished, state=t.state)
             for t in self.trials() if key in t.attrs
@@ -393,10 +395,8 @@ class RunStore:
         if not trial_ids:
             return {}
         if self._one_statement is not None:
-            return {
-                trial_id: StoredTrial(trial_id=trial_id, number=number, attrs=attrs, finished=state not in _OPEN, state=state)
-                for trial_id, (number, state, attrs) in self._one_statement.score_attrs(trial_ids, prefixes).items()
-            }
+            return {trial_id: _as_read(trial_id, number, state, attrs)
+                    for trial_id, (number, state, attrs) in self._one_statement.score_attrs(trial_ids, prefixes).items()}
         storage = self.storage
         if not hasattr(storage, "scoped_session"):
             found = {trial_id: self.trial(trial_id) for trial_id in trial_ids}
@@ -509,8 +509,6 @@ class RunStore:
             if trial is None or trial.state.is_finished():
                 continue
             if state == "COMPLETE":
-                if value is None:
-                    raise ValueError(f"closing trial {trial_id} as COMPLETE needs its value")
                 kind, values = optuna.trial.TrialState.COMPLETE, [float(value)]
             else:
                 last = trial.last_step
