@@ -141,7 +141,7 @@ class APE(Teleprompter):
         allocation = ctx.allocate()
         best = allocation.best.mean
         variations = self.config.mc_variations
-        round_ = 0
+        round_ = stale = 0
         while True:
             kept = [e.arm for e in allocation.ranking if not e.pruned]
             kept = kept[: max(1, int(len(kept) * self.config.mc_top_fraction))]
@@ -157,10 +157,10 @@ class APE(Teleprompter):
                 ctx.stop(StopKind.NOTHING_NEW, f"Monte Carlo round {round_} gave no usable variation")
                 break
             allocation = ctx.allocate(kept + new_arms)
-            if allocation.best.mean <= best:
-                ctx.stop(StopKind.NO_IMPROVEMENT, f"Monte Carlo round {round_}: no gain over {best:.3f}")
+            stale = stale + 1 if allocation.best.mean <= best else 0
+            if self.stalled(ctx, stale, 1, f"Monte Carlo round {round_}: no gain over {best:.3f}"):
                 break
-            best = allocation.best.mean
+            best = max(best, allocation.best.mean)
         return allocation
 
     # ---- proposal by induction ------------------------------------------------------------------

@@ -78,7 +78,8 @@ class TeleprompterConfig(BaseModel):
     max_dev: int | None = Field(None, ge=1, description="cap on dev examples (the pool every candidate walks)")
     max_instruction_chars: int = Field(500, ge=10)
     until_cap: bool = Field(
-        False, description="after the planned steps (rounds), go on while the cap on requests leaves room for one more"
+        False, description="after the planned steps (rounds), go on while the cap on requests leaves room for one more; "
+        "a search that stops improving goes on too (only the cap, or nothing new to score, ends it)",
     )
     task_rule: bool = Field(
         True, description="read once what turns the train inputs into their outputs (input/output pairs, as APE's "

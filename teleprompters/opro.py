@@ -6,7 +6,7 @@ exemplars showing where the instruction sits in the task model's prompt and the 
 and a request for a new, better instruction between ``<INS>`` tags. Eight samples at temperature
 1.0 are cleaned, filtered (duplicates, over-long ones, ones leaking the tag or an exemplar's answer)
 and scored through the engine; their scores join the history. The search stops on the step budget,
-a cap, or when the best score has not improved for ``patience`` steps.
+a cap, or when the best score has not improved for ``patience`` steps (with ``until_cap``, only the cap).
 
 Candidates are scored on the dev pool (every cuecard teleprompter scores through the engine's pool;
 the paper scores on its training split). Exemplars always come from the train split, so the
@@ -32,7 +32,6 @@ from cuecard.engine.policies import Allocation, ArmEstimate, FullEvaluation
 from cuecard.errors import BudgetExhausted, TeleprompterConfigError
 from cuecard.metrics import normalize_instruction_induction
 from cuecard.program import get_instructions, predictors
-from cuecard.stopping import StopKind
 from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -108,7 +107,7 @@ class OPROConfig(TeleprompterConfig):
     position: Literal["Q_begin", "Q_end", "A_begin"] | None = Field(
         None, description="where the instruction goes (a PlainAdapter layout); None: where the task LM's adapter puts it"
     )
-    patience: int = Field(5, ge=1, description="steps without a better best score before stopping")
+    patience: int = Field(5, ge=1, description="steps without a better best score before stopping (with until_cap, the cap decides)")
     seed_instructions: list[str] = Field(default_factory=list)
     meta_prompt: str = Field(META_PROMPT, description=f"the meta-prompt, with {HISTORY}, {EXEMPLARS} and the {TAG} tag")
     show_model_outputs: bool = Field(
@@ -242,14 +241,10 @@ class OPRO(Teleprompter):
             )
             if scored is not None and scored.capped is not None:
                 break
-            if best.mean > previous.mean:
-                stale = 0
-            else:
-                stale += 1
-                if stale >= self.config.patience:
-                    ctx.stop(StopKind.NO_IMPROVEMENT, f"best score {best.mean:.3f} did not improve for {stale} steps "
-                             f"(patience {self.config.patience}); stopped after step {step}")
-                    break
+            stale = 0 if best.mean > previous.mean else stale + 1
+            if self.stalled(ctx, stale, self.config.patience, f"best score {best.mean:.3f} did not improve for {stale} "
+                            f"steps (patience {self.config.patience}); stopped after step {step}"):
+                break
         return ctx.ranking_so_far()
 
     def best_so_far(self, ctx: SearchContext) -> ArmEstimate:

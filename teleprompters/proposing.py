@@ -172,6 +172,24 @@ class Proposing:
         )
         return False
 
+    def stalled(self, ctx: SearchContext, stale: int, patience: int, detail: str) -> bool:
+        """Whether the search stops after ``stale`` steps without a better best score: from ``patience`` on, unless
+        ``until_cap`` holds under a cap on requests, where the cap ends the search (the stall is noted once, and
+        the next steps go on from the best candidates so far).
+
+        Example:
+            >>> if self.stalled(ctx, stale, self.config.patience, f"best score {best:.3f} did not improve"):  # doctest: +SKIP
+            ...     break
+        """
+        if stale < patience:
+            return False
+        if self.config.until_cap and ctx.room() is not None:
+            if stale == patience:
+                ctx.note(f"{detail}; the search goes on: until_cap spends the cap")
+            return False
+        ctx.stop(StopKind.NO_IMPROVEMENT, detail)
+        return True
+
     def step_size(self, ctx: SearchContext, done: int, planned: int, full: int, cost_of: Callable[[int], int]) -> int:
         """How many new candidates step ``done + 1`` asks for: ``full`` within the ``planned`` steps; past them,
         with ``until_cap``, the most (up to ``full``) whose cost (``cost_of(n)`` requests at most) fits the room

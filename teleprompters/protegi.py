@@ -74,7 +74,7 @@ class ProTeGiConfig(TeleprompterConfig):
     samples_per_eval: int = Field(32, ge=1)
     eval_rounds: int = Field(8, ge=1)
     prompts_per_round: int = Field(8, ge=1)
-    patience: int = Field(1, ge=1, description="rounds without a better beam before stopping")
+    patience: int = Field(1, ge=1, description="rounds without a better beam before stopping (with until_cap, the cap decides)")
     temperature: float = Field(0.7, ge=0)
     max_proposal_tokens: int = Field(120, ge=8)
 
@@ -203,8 +203,7 @@ class ProTeGi(Teleprompter):
                 best, stale = selection.best.mean, 0
             else:
                 stale += 1
-                if stale >= self.config.patience:
-                    ctx.stop(StopKind.NO_IMPROVEMENT, f"round {round_}: the beam's best dev score did not improve on {best:.3f}")
+                if self.stalled(ctx, stale, self.config.patience, f"round {round_}: the beam's best dev score did not improve on {best:.3f}"):
                     break
         return ctx.allocate(beam, policy=FullEvaluation(n_examples=len(engine.examples)))
 

@@ -95,6 +95,23 @@ def test_seeds_always_compete_and_monte_carlo_adds_variations():
     assert variation.parent is not None and variation.round == 1
 
 
+def test_monte_carlo_stops_at_a_round_without_gain_unless_until_cap_spends_the_cap():
+    def compile_flat(until_cap):
+        counter = iter(range(1000))
+        proposer = scripted_lm(lambda messages: f"Variation {next(counter)}.", name="scripted/proposer")
+        task = scripted_lm(lambda m: "negative")  # every candidate scores alike: no round gains
+        ape = APE(metric=exact_match("sentiment"), task_lm=task, prompt_lm=proposer, num_subsamples=1, num_demos=3,
+                  num_prompts_per_subsample=2, mc_rounds=1, mc_top_fraction=1.0, mc_variations=2, until_cap=until_cap,
+                  storage=":memory:", progress=False, policy=FullEvaluation(), limits=cuecard.Limits(max_calls=150))
+        return ape.compile(sentiment_program(), trainset=toy_train(20)).cuecard_report
+
+    stopped, spent = compile_flat(False), compile_flat(True)
+    assert stopped.stop_reason.kind == "no improvement" and "Monte Carlo round 1: no gain" in stopped.stop_reason.text
+    assert spent.stop_reason.kind in ("no room", "cap")
+    assert max(c.round or 0 for c in spent.candidates) > 1 and spent.usage.calls > stopped.usage.calls
+    assert sum("the search goes on: until_cap spends the cap" in note for note in spent.notes) == 1
+
+
 # ---- the real model ------------------------------------------------------------------------------
 @pytest.mark.model
 @pytest.mark.parametrize("mode", ["forward", "reverse", "custom"])

@@ -163,6 +163,22 @@ def test_patience_and_the_lm_call_cap_stop_the_search():
 
 
 
+def test_with_until_cap_a_stalled_search_goes_on_to_the_cap():
+    def compile_flat(until_cap):
+        counter = itertools.count()
+        flat = scripted_lm(lambda m: f"<INS>Variant {next(counter)}.</INS>", name="scripted/flat")
+        opro = OPRO(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), prompt_lm=flat, storage=":memory:",
+                    progress=False, task_rule=False, steps=10, instructions_per_step=2, patience=2, until_cap=until_cap,
+                    limits=cuecard.Limits(max_calls=120))
+        return opro.compile(sentiment_program(), trainset=REVIEWS).cuecard_report
+
+    stopped, spent = compile_flat(False), compile_flat(True)
+    assert stopped.stop_reason.kind == "no improvement" and len(stopped.history) == 2
+    assert spent.stop_reason.kind in ("cap", "no room") and len(spent.history) > 2  # the cap ended it
+    assert spent.usage.calls > stopped.usage.calls
+    assert sum("the search goes on: until_cap spends the cap" in note for note in spent.notes) == 1
+
+
 def test_a_pipeline_gets_one_history_per_predictor_in_turn():
     def task_reply(messages):
         text = messages[-1]["content"]
