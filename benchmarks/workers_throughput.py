@@ -3,8 +3,9 @@
 A throwaway PostgreSQL server is started as the tests start it (``tests/postgres.py``: ``initdb`` +
 ``pg_ctl`` on 127.0.0.1; Debian's ``postgresql`` package provides the binaries). Every worker is a
 process running the scale-out tests' compile (``tests/scaleout_worker.py``: APE with induction,
-multi-stage scoring and one Monte Carlo round, on scripted models) on one run in a fresh database,
-all released together. Two settings of the task model:
+multi-stage scoring and one Monte Carlo round, on scripted models; with ``--size medium``, APE or OPRO
+planned by ``auto="medium"``, 600 requests) on one run in a fresh database, all released together.
+Three settings:
 
 - serial: a local-style model (one call at a time), 0.2 s per call;
 - remote: 16 threads, 0.5 s per call;
@@ -17,7 +18,11 @@ it says it is ready, and ends as the ``cuecard`` command ends (``gc.freeze()``, 
 at exit): workers stand for processes on several machines, and three processes importing or tearing
 down together on one small machine would time the import, not the sharing.
 
-Printed per setting and worker count: wall time (release to the last worker's end), the ratio of one
+With the remote model a third row runs one worker with the threads of three (``1 x48t``): no sharing
+at all, only the model capacity of three workers; its ratio is what the search's own chain of stages
+lets three workers reach at most.
+
+Printed per method, setting and worker count: wall time (release to the last worker's end), the ratio of one
 worker's wall to three workers', evaluations computed (each pair once: duplicates are pairs
 computed by two workers), round trips per evaluation through the proxy, database transactions per evaluation (``pg_stat_database``:
 ``xact_commit + xact_rollback`` of the run's database, every worker's statements included), rolled-back
@@ -25,6 +30,7 @@ transactions, and whether every worker ended with the outcome of one worker alon
 Targets: 3 workers >= 2.5x one worker; <= 5 round trips per evaluation.
 
     .venv/bin/python benchmarks/workers_throughput.py [--size large] [--settings serial,remote]
+    .venv/bin/python benchmarks/workers_throughput.py --size medium --methods ape,opro
 """
 
 from __future__ import annotations
@@ -56,8 +62,8 @@ PRELOADED = ["litellm", "alembic.command", "alembic.migration", "sqlalchemy.dial
 of the acceptance rule): about 2 s of imports per process, loaded before a worker says it is ready."""
 
 
-def worker(storage: str, out: Path, go: Path, delay: float, threads: int, size: str) -> None:
-    """One worker: the scale-out compile, with a remote-style task model when ``threads`` > 1."""
+def worker(storage: str, out: Path, go: Path, delay: float, threads: int, size: str, method: str) -> None:
+    """One worker: the scale-out compile with ``method``, with a remote-style task model when ``threads`` > 1."""
     sys.path.insert(0, str(TESTS))
     import scaleout_worker
     from cuecard.clients import testing
@@ -71,14 +77,13 @@ def worker(storage: str, out: Path, go: Path, delay: float, threads: int, size: 
 
         scaleout_worker.task_reply = chat_reply  # the worker's slow task model calls it by name
         scaleout_worker.scripted_lm = lambda reply, **options: original(reply, **{**options, "local": False})
-        scaleout_worker.APE_SETTINGS = {**scaleout_worker.APE_SETTINGS, "num_threads": threads}
     for module in PRELOADED:  # what the compile imports on first use: loaded before the start, see above
         importlib.import_module(module)
 
     Path(f"{out}.ready").touch()
     while not go.exists():
         time.sleep(0.02)
-    result = scaleout_worker.run(storage, Path(f"{out}.log"), delay, size)
+    result = scaleout_worker.run(storage, Path(f"{out}.log"), delay, size, method=method, threads=threads if threads > 1 else None)
     out.write_text(json.dumps(result))
     gc.freeze()  # the process ends as the cuecard command ends (cuecard.command.cli.entry)
 
@@ -148,7 +153,9 @@ def counters(url: str, database: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def run_group(admin_url: str, name: str, count: int, setting: dict[str, Any], size: str, folder: Path) -> dict[str, Any]:
+def run_group(
+    admin_url: str, name: str, count: int, setting: dict[str, Any], size: str, method: str, folder: Path, threads: int | None = None,
+) -> dict[str, Any]:
     import psycopg
 
     with psycopg.connect(admin_url, autocommit=True) as connection:
@@ -163,7 +170,7 @@ def run_group(admin_url: str, name: str, count: int, setting: dict[str, Any], si
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS), os.environ.get("PYTHONPATH", "")])}
     processes = [
         subprocess.Popen([sys.executable, __file__, "--worker", storage, str(out), str(go), str(setting["delay"]),
-                          str(setting["threads"]), size], env=env)
+                          str(threads or setting["threads"]), size, method], env=env)
         for out in outs
     ]
     deadline = time.monotonic() + 300
@@ -194,7 +201,9 @@ def run_group(admin_url: str, name: str, count: int, setting: dict[str, Any], si
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--size", default="large", choices=["small", "large"])
+    parser.add_argument("--size", default="large", choices=["small", "large", "medium"],
+                        help="the compile: APE's small or large scale-out compile, or auto='medium' (600 requests)")
+    parser.add_argument("--methods", default="ape", help="ape, opro (opro at --size medium only), comma-separated")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     args = parser.parse_args()
     sys.path.insert(0, str(TESTS))
@@ -204,29 +213,36 @@ def main() -> None:
     if reason is not None:
         sys.exit(f"workers_throughput: no PostgreSQL here: {reason}")
     folder = Path(tempfile.mkdtemp(prefix="cuecard-workers-"))
-    print(f"{'setting':<8} {'workers':>7} {'wall':>7} {'ratio':>6} {'evals':>6} {'dup':>4} {'trips/eval':>10} {'xact/eval':>9} "
-          f"{'rollbacks':>9} {'same outcome':>12}")
+    print(f"{'method':<6} {'setting':<8} {'workers':>9} {'wall':>7} {'ratio':>6} {'evals':>6} {'dup':>4} {'trips/eval':>10} "
+          f"{'xact/eval':>9} {'rollbacks':>9} {'same outcome':>12}")
     with postgres.PostgresServer() as server:
-        for setting_name in args.settings.split(","):
-            setting = SETTINGS[setting_name]
-            alone = None
-            for count in (1, 3):
-                row = run_group(server.url, f"{setting_name}_{count}", count, setting, args.size, folder)
-                alone = alone or row
-                ratio = alone["wall"] / row["wall"]
-                xacts = (row["commits"] + row["rollbacks"]) / max(1, row["evaluations"])
-                trips = "-" if row["trips"] is None else f"{row['trips'] / max(1, row['evaluations']):.1f}"
-                same = all(outcome == alone["outcomes"][0] for outcome in row["outcomes"])
-                print(f"{setting_name:<8} {count:>7} {row['wall']:>6.1f}s {ratio:>5.2f}x {row['evaluations']:>6} "
-                      f"{row['duplicates']:>4} {trips:>10} {xacts:>9.1f} {row['rollbacks']:>9} {'yes' if same else 'no':>12}")
-                sys.stdout.flush()
+        for method in args.methods.split(","):
+            for setting_name in args.settings.split(","):
+                setting = SETTINGS[setting_name]
+                groups = [(1, None), (3, None)]
+                if setting["threads"] > 1:  # the bound of the search itself: one process with three workers' threads
+                    groups.append((1, 3 * setting["threads"]))
+                alone = None
+                for count, threads in groups:
+                    label = f"{count}" if threads is None else f"1 x{threads}t"
+                    row = run_group(server.url, f"{method}_{setting_name}_{count}_{threads or 0}", count, setting, args.size,
+                                    method, folder, threads)
+                    alone = alone or row
+                    ratio = alone["wall"] / row["wall"]
+                    xacts = (row["commits"] + row["rollbacks"]) / max(1, row["evaluations"])
+                    trips = "-" if row["trips"] is None else f"{row['trips'] / max(1, row['evaluations']):.1f}"
+                    same = all(outcome == alone["outcomes"][0] for outcome in row["outcomes"])
+                    print(f"{method:<6} {setting_name:<8} {label:>9} {row['wall']:>6.1f}s {ratio:>5.2f}x {row['evaluations']:>6} "
+                          f"{row['duplicates']:>4} {trips:>10} {xacts:>9.1f} {row['rollbacks']:>9} {'yes' if same else 'no':>12}")
+                    sys.stdout.flush()
     print(f"\ngoals: 3 workers >= {GOAL_RATIO}x one worker; <= {GOAL_TRIPS:.0f} round trips per evaluation (one worker, "
-          "amortised over everything the run stores); the proxied setting within 1.5x of the serial one")
+          "amortised over everything the run stores); the proxied setting within 1.5x of the serial one.\n"
+          "'1 x48t' is one worker with the threads of three: what the search's own stages allow three workers at most")
 
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "--worker":
-        storage, out, go, delay, threads, size = sys.argv[2:8]
-        worker(storage, Path(out), Path(go), float(delay), int(threads), size)
+        storage, out, go, delay, threads, size, method = sys.argv[2:9]
+        worker(storage, Path(out), Path(go), float(delay), int(threads), size, method)
     else:
         main()

@@ -31,7 +31,7 @@ import dspy
 from cuecard.clients.lm import CuecardLM
 from cuecard.clients.testing import ScriptedEngine, scripted_lm
 from cuecard.metrics import exact_match
-from cuecard.teleprompters import APE
+from cuecard.teleprompters import APE, OPRO
 from evaluation_log import logged_evaluations
 
 RUN_NAME = "scaleout"
@@ -39,9 +39,12 @@ POSITIVE = ["loved", "great", "wonderful", "excellent", "superb", "delightful", 
 NEGATIVE = ["hated", "awful", "terrible", "boring", "dull", "poor", "clumsy", "tedious", "broken"]
 THINGS = ["film", "soup", "hotel", "novel", "phone", "concert", "game", "chair", "museum", "bus", "park"]
 TRAIN = 16
-SIZES = {"small": {"dev": 20, "num_prompts_per_subsample": 5}, "large": {"dev": 60, "num_prompts_per_subsample": 10}}
-"""Dev examples and proposals per subsample of each size of the compile."""
+SIZES = {"small": {"dev": 20, "num_prompts_per_subsample": 5}, "large": {"dev": 60, "num_prompts_per_subsample": 10},
+         "medium": {"dev": 40}}
+"""Dev examples and APE's proposals per subsample of each size of the compile; ``medium`` is ``auto="medium"`` (600
+requests, the knobs planned by the method)."""
 APE_SETTINGS = dict(num_subsamples=2, num_demos=4, mc_rounds=1, mc_top_fraction=0.5, mc_variations=3, seed=1)
+METHODS = {"ape": APE, "opro": OPRO}
 
 
 def number(*parts: str) -> int:
@@ -95,9 +98,10 @@ class SeededEngine(ScriptedEngine):
 
 def run(
     storage: str, log: Path, delay: float, size: str = "small", max_calls: int | None = None, kind: str = "requests",
-    saved: Path | None = None,
+    saved: Path | None = None, method: str = "ape", threads: int | None = None,
 ) -> dict:
-    """Run the compile of ``size`` on ``storage``; the outcome and the requests the scripted models received."""
+    """Run the compile of ``size`` with ``method`` (``ape``; ``opro`` at the ``medium`` size) on ``storage``; the
+    outcome and the requests the scripted models received. ``threads``: the teleprompter's ``num_threads``."""
 
     def slow_task(messages: list[dict[str, str]]) -> str:
         time.sleep(delay)
@@ -106,14 +110,20 @@ def run(
     task_lm = scripted_lm(slow_task, name="scripted/task")
     prompt_lm = CuecardLM("scripted/prompt", spec="scripted/prompt", is_local=True, engine=SeededEngine(),
                           temperature=0.0, max_tokens=256, cache=False, num_retries=0)
-    dev, per_subsample = SIZES[size]["dev"], SIZES[size]["num_prompts_per_subsample"]
-    data = reviews(TRAIN + dev)
-    ape = APE(metric=exact_match("sentiment"), task_lm=task_lm, prompt_lm=prompt_lm, run_name=RUN_NAME, storage=storage,
-              limits=limits(max_calls, kind), progress=False,
-              num_prompts_per_subsample=per_subsample, **APE_SETTINGS)
+    data = reviews(TRAIN + SIZES[size]["dev"])
+    if size == "medium":
+        knobs = dict(auto="medium", seed=1)
+    elif method == "ape":
+        knobs = dict(APE_SETTINGS, num_prompts_per_subsample=SIZES[size]["num_prompts_per_subsample"])
+    else:
+        raise ValueError(f"{method} runs at the medium size only")
+    if threads is not None:
+        knobs["num_threads"] = threads
+    teleprompter = METHODS[method](metric=exact_match("sentiment"), task_lm=task_lm, prompt_lm=prompt_lm, run_name=RUN_NAME,
+                                   storage=storage, limits=limits(max_calls, kind), progress=False, **knobs)
     program = dspy.Predict(dspy.Signature("review -> sentiment", "Classify."))
     with logged_evaluations(log):
-        compiled = ape.compile(program, trainset=data[:TRAIN], valset=data[TRAIN:])
+        compiled = teleprompter.compile(program, trainset=data[:TRAIN], valset=data[TRAIN:])
     report = compiled.cuecard_report
     saved_usage = None
     if saved is not None:
