@@ -243,7 +243,7 @@ class OPRO(Teleprompter):
                 break
             stale = 0 if best.mean > previous.mean else stale + 1
             if self.stalled(ctx, stale, self.config.patience, f"best score {best.mean:.3f} did not improve for {stale} "
-                            f"steps (patience {self.config.patience}); stopped after step {step}"):
+                            f"steps (patience {self.config.patience}), at step {step}"):
                 break
         return ctx.ranking_so_far()
 
