@@ -291,6 +291,25 @@ def test_a_method_that_fails_gets_its_reason_in_its_row(tmp_path, fresh_cache, m
     assert "failed: RuntimeError: the proposer wrote nothing usable on two lines" in table
 
 
+def test_the_unspent_note_counts_as_the_cap_counts(tmp_path, fresh_cache, monkeypatch):
+    """The cell's calls (replayed replies and evaluations read back included) are what its cap counted: the note
+    says what they left of the cap, not what the compile's own report says was spent."""
+    from benchmarks.harness import methods
+
+    real = methods.cuecard_runner
+
+    def half_planned(name):  # the method plans for half the harness cap, so half of it stays unspent
+        return lambda program, **kw: real(name)(program, **{**kw, "cap": kw["cap"] // 2})
+
+    monkeypatch.setattr(methods, "cuecard_runner", half_planned)
+    paths = run(config(tmp_path, methods=["ape"], seeds=1, cap=80), log=lambda line: None, tasks=[scripted_task()],
+                models=scripted_models())
+    cell = json.loads(paths["json"].read_text())["cells"][0]
+    unspent = [note for note in cell["notes"] if " calls unspent: " in note]
+    assert cell["usage"]["calls"] <= 40 and unspent == [unspent[0]]
+    assert unspent[0].startswith(f"stopped with {80 - cell['usage']['calls']} of 80 calls unspent: ")
+
+
 @pytest.mark.parametrize("ablation, component", [
     ("pe2-no-reasoning", "reasoning_template"),
     ("pe2-no-context", "context_specification"),

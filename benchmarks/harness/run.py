@@ -30,6 +30,7 @@ from .methods import (
     method_code_hash,
     runners_for,
 )
+from .methods.common import stop_reason
 from .results import CellResult, CellStore, one_line, provenance, write_outputs
 from .tasks import DEFAULT_SEED_INSTRUCTION, Task, bbh, instruction_induction, jsonl_task
 
@@ -177,6 +178,9 @@ def run_method(
     cell.prompt_usage = models.prompt.meter.usage - prompt_before
     if cell.usage.calls >= config.cap and compiled is not None:
         cell.notes.append(f"reached the cap of {config.cap} calls: requests beyond it were refused")
+    report = getattr(compiled, "cuecard_report", None)
+    if report is not None and config.cap - cell.usage.calls > 0.1 * config.cap:  # counted as the cap counts: replies replayed too
+        cell.notes.append(f"stopped with {config.cap - cell.usage.calls} of {config.cap} calls unspent: {stop_reason(report)}")
     if compiled is not None:
         cell.instructions = get_instructions(compiled)
         cell.dev_accuracy = accuracy(compiled, splits.dev, task.metric, models.task)

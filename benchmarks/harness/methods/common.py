@@ -74,9 +74,6 @@ def compile_with(cls: type, plan: Plan, program: dspy.Module, **kw: Any) -> tupl
         notes.append("dropped proposals: " + ", ".join(f"{k} {v}" for k, v in sorted(report.dropped.items())))
     if report.failures:
         notes.append("failures: " + ", ".join(f"{k} {v}" for k, v in sorted(report.failures.items())))
-    unspent = kw["cap"] - report.usage.calls
-    if unspent > 0.1 * kw["cap"]:
-        notes.append(f"stopped with {unspent} of {kw['cap']} calls unspent: {stop_reason(report)}")
     shown = {k: (type(v).__name__ if k == "policy" else v) for k, v in knobs.items()}
     return compiled, MethodRun(knobs=shown, planned_calls=plan.planned_calls, notes=notes)
 
