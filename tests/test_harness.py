@@ -310,6 +310,19 @@ def test_the_unspent_note_counts_as_the_cap_counts(tmp_path, fresh_cache, monkey
     assert unspent[0].startswith(f"stopped with {80 - cell['usage']['calls']} of 80 calls unspent: ")
 
 
+def test_a_cell_won_by_the_methods_own_step_is_measured_against_its_best_reading(tmp_path, fresh_cache):
+    def prompt_reply(messages):  # OPRO's steps propose Level 9; the readings of the task say Level 3
+        return "<INS>Level 9: label the review.</INS>" if "<INS>" in messages[-1]["content"] else "Level 3: label the review."
+
+    models = Models(scripted_lm(level_reply, name="scripted/task", cache=True), scripted_lm(prompt_reply, name="scripted/prompt3", cache=True))
+    paths = run(config(tmp_path, methods=["seed", "opro"], seeds=1, cap=60), log=lambda line: None, tasks=[scripted_task()], models=models)
+    cell = next(c for c in json.loads(paths["json"].read_text())["cells"] if c["method"] == "opro")
+    assert cell["winner_source"].startswith("own step") and "Level 9" in cell["instructions"]["self"]
+    assert 0 < cell["best_reading_test_accuracy"] < cell["test_accuracy"]
+    row = next(line for line in paths["markdown"].read_text().splitlines() if line.startswith("| opro | 1 |"))
+    assert row.endswith(f"| {100 * (cell['test_accuracy'] - cell['best_reading_test_accuracy']):+.1f} (1) |")
+
+
 @pytest.mark.parametrize("ablation, component", [
     ("pe2-no-reasoning", "reasoning_template"),
     ("pe2-no-context", "context_specification"),
@@ -389,9 +402,10 @@ def test_target_rows_measure_the_human_gap_the_dspy_best_the_worst_task_and_unex
 def test_a_cell_stopped_under_the_cap_misses_the_spend_target_unless_nothing_was_left_to_score():
     """Goal 4 of the quality round: at least 90% of the cap, or the stop says nothing was left to score in it
     (no room for one more step, nothing new to try); a stop for no improvement leaves the cap unspent."""
+    from cuecard.stopping import StopKind, StopReason
+
     from benchmarks.harness import CellResult
     from benchmarks.harness.results import _unspent
-    from cuecard.stopping import StopKind, StopReason
 
     def cell(calls, reason):
         note = f"search stopped: {reason.text}"
@@ -519,8 +533,9 @@ def test_the_provenance_table_counts_winners_by_source_and_the_own_steps_gain():
         return CellResult(task=task, method="m", seed=seed, fingerprint="f", test_accuracy=accuracy, winner_source=source)
 
     cells = [cell("a", "seed", 0.1), cell("a", "own step: opro, round 1", 0.4, 1), cell("b", "own step: opro", 0.2), cell("b", "reading", 0.5, 1)]
+    cells[1].best_reading_test_accuracy = 0.25
     row = provenance_table(cells, {"a": 0.1, "b": 0.3}).splitlines()[2]
-    assert row == "| m | 4 | 1 | 1 | 2 | +10.0 (2) |"  # (0.4 - 0.1 + 0.2 - 0.3) / 2
+    assert row == "| m | 4 | 1 | 1 | 2 | +10.0 (2) | +15.0 (1) |"  # (0.4 - 0.1 + 0.2 - 0.3) / 2; 0.4 - 0.25
 
 
 # ---- DSPy as its users run it ---------------------------------------------------------------------

@@ -283,7 +283,7 @@ def test_a_stage_told_to_the_pruner_at_once_records_the_rungs_one_at_a_time_woul
         pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=3, reduction_factor=3, min_early_stopping_rate=0)
         ids = [store.new_trial({}) for _ in values]
         for step in (3, 9):
-            store.write_trials({trial: ({}, {step: value - step / 100}) for trial, value in zip(ids, values)})
+            store.write_trials({trial: ({}, {step: value - step / 100}) for trial, value in zip(ids, values, strict=True)})
             if way == "one at a time":
                 pruned = {trial for trial in ids if store.should_prune(trial, pruner)}
             else:
@@ -360,9 +360,9 @@ def test_on_postgresql_one_statement_requests_store_what_optunas_api_stores(post
 def test_on_postgresql_trials_created_at_once_by_several_workers_get_distinct_numbers(postgres_url):
     """Creating a trial on PostgreSQL is one transaction of two statements (the study's row locked, then the trial
     inserted with its number and attributes); four workers creating trials at once still number them 0..N-1."""
-    import psycopg
     from concurrent.futures import ThreadPoolExecutor
 
+    import psycopg
     from cuecard.engine.store import RunStore
 
     with psycopg.connect(postgres_url, autocommit=True) as connection:

@@ -51,6 +51,9 @@ class CellResult(BaseModel):
                                       "'seed', 'reading' (a task reading), 'user seed' or 'own step: <origin>'")
     search_best_source: str | None = Field(None, description="the same for the search's own best (before the do-no-harm check)")
     search_best_test_accuracy: float | None = Field(None, description="the search's best on test, when the check kept the seed")
+    best_reading_test_accuracy: float | None = Field(
+        None, description="when the method's own step won: its best task reading (the one scored on most dev examples, "
+        "then the best scored) on test, what the loop is measured against")
     acceptance: dict[str, Any] | None = Field(None, description="the do-no-harm decision with its paired differences")
     proposals: list[str] = Field(default_factory=list, description="a few of the method's own proposals, quoted")
 
@@ -301,17 +304,22 @@ def targets_table(targets: Sequence[TargetRow]) -> str:
 
 def provenance_table(cells: Sequence[CellResult], seed_tests: dict[str, float]) -> str:
     """Per method: in how many cells the winner was the seed, a task reading or one of the method's own
-    steps, and the mean test change over the seed of the cells its own steps won (``seed_tests``: the
-    seed's test accuracy per task)."""
-    lines = ["| method | cells | winner: seed | winner: reading | winner: own step | own-step winners, mean test vs seed (points) |",
-             "|---|---|---|---|---|---|"]
+    steps, and the mean test change of the cells its own steps won over the seed (``seed_tests``: the
+    seed's test accuracy per task) and over the method's best task reading in the same cell."""
+    lines = ["| method | cells | winner: seed | winner: reading | winner: own step | own-step winners, mean test vs seed (points) "
+             "| own-step winners, mean test vs the best reading (points) |",
+             "|---|---|---|---|---|---|---|"]
     methods = list(dict.fromkeys(c.method for c in cells if c.winner_source is not None and c.method != "seed"))
     for method in methods:
         group = [c for c in cells if c.method == method and c.winner_source is not None and c.test_accuracy is not None]
         kinds = [c.winner_source.split(":", 1)[0] for c in group]
         own = [c.test_accuracy - seed_tests[c.task] for c in group if c.winner_source.startswith("own step") and c.task in seed_tests]
+        over_reading = [c.test_accuracy - c.best_reading_test_accuracy for c in group
+                        if c.winner_source.startswith("own step") and c.best_reading_test_accuracy is not None]
         gain = f"{100 * statistics.fmean(own):+.1f} ({len(own)})" if own else "—"
-        lines.append(f"| {method} | {len(group)} | {kinds.count('seed')} | {kinds.count('reading')} | {kinds.count('own step')} | {gain} |")
+        beyond = f"{100 * statistics.fmean(over_reading):+.1f} ({len(over_reading)})" if over_reading else "—"
+        lines.append(f"| {method} | {len(group)} | {kinds.count('seed')} | {kinds.count('reading')} | {kinds.count('own step')} | {gain} "
+                     f"| {beyond} |")
     return "\n".join(lines)
 
 

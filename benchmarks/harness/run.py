@@ -205,6 +205,10 @@ def record_provenance(cell: CellResult, compiled: dspy.Module, task: Task, test:
     if report.search_best is not None:
         program = apply_instructions(compiled, report.search_best.instructions)
         cell.search_best_test_accuracy = accuracy(program, test, task.metric, models.task)
+    readings = [c for c in report.candidates if c.origin == "task-reading" and c.dev_score is not None]
+    if cell.winner_source.startswith("own step") and readings:
+        reading = max(readings, key=lambda c: (c.dev_examples, c.dev_score))
+        cell.best_reading_test_accuracy = accuracy(apply_instructions(compiled, reading.instructions), test, task.metric, models.task)
 
 
 def run_human(task: Task, config: HarnessConfig, models: Models) -> CellResult:
