@@ -206,6 +206,12 @@ def main() -> None:
     parser.add_argument("--methods", default="ape", help="ape, opro (opro at --size medium only), comma-separated")
     parser.add_argument("--settings", default=",".join(SETTINGS))
     args = parser.parse_args()
+    methods = args.methods.split(",")
+    unknown = sorted(set(methods) - {"ape", "opro"}) + sorted(set(args.settings.split(",")) - set(SETTINGS))
+    if unknown:
+        parser.error(f"--methods/--settings: unknown {', '.join(unknown)} (methods: ape, opro; settings: {', '.join(SETTINGS)})")
+    if "opro" in methods and args.size != "medium":
+        parser.error("--methods opro runs at --size medium only (the small and large sizes are APE's own knobs)")
     sys.path.insert(0, str(TESTS))
     import postgres
 
@@ -216,7 +222,7 @@ def main() -> None:
     print(f"{'method':<6} {'setting':<8} {'workers':>9} {'wall':>7} {'ratio':>6} {'evals':>6} {'dup':>4} {'trips/eval':>10} "
           f"{'xact/eval':>9} {'rollbacks':>9} {'same outcome':>12}")
     with postgres.PostgresServer() as server:
-        for method in args.methods.split(","):
+        for method in methods:
             for setting_name in args.settings.split(","):
                 setting = SETTINGS[setting_name]
                 groups = [(1, None), (3, None)]
