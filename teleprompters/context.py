@@ -12,7 +12,10 @@ from cuecard.engine.policies import Allocation, Policy
 from cuecard.engine.study import Engine
 from cuecard.errors import MetricBlindWarning
 from cuecard.metrics import normalize_instruction_induction
+from cuecard.program import predictors
 from cuecard.stopping import StopKind, StopReason
+
+from .proposals import content_words
 
 
 class SearchContext:
@@ -54,6 +57,7 @@ class SearchContext:
         self.sample_counter = 0
         self.history: list[dict[str, Any]] = []
         self._train_answers: set[str] | None = None
+        self._program_words: frozenset[str] | None = None
         self._stages = 0
 
     def room(self) -> int | None:
@@ -91,6 +95,20 @@ class SearchContext:
         if self._train_answers is None:
             self._train_answers = {normalize_instruction_induction(str(v)) for e in self.train for v in e.labels().values()}
         return self._train_answers
+
+    def program_words(self) -> frozenset[str]:
+        """The content words the program itself brings (field names, their descriptions and prefixes, the seed
+        instructions): a proposal may repeat them without echoing a meta-prompt."""
+        if self._program_words is None:
+            texts: list[str] = []
+            for _, predictor in predictors(self.student):
+                signature = predictor.signature
+                texts.append(signature.instructions)
+                for name, field in signature.fields.items():
+                    extra = field.json_schema_extra or {}
+                    texts += [name.replace("_", " "), str(extra.get("desc", "")), str(extra.get("prefix", ""))]
+            self._program_words = frozenset(word for text in texts for word in content_words(text))
+        return self._program_words
 
     def next_sample_index(self) -> int:
         """A fresh rollout index for the prompt model (distinct samples, each cached on its own)."""

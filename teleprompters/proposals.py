@@ -103,10 +103,32 @@ def clean_instruction(text: str | None) -> str:
         text = text[0].upper() + text[1:]
     return text
 
+FUNCTION_WORDS = frozenset("""
+a an the and or but if then else of to in on at by for with from into onto as is are was were be been being it its
+this that these those there here which who whom whose what when where why how all any each every some no not nor do
+does did don't doesn't done doing can could should would will shall may might must just only also than so such very too
+more most less same other own one it's i you your yours we our they them their he she his her me my us get gets got
+make makes let lets use using used give gives given write writes take takes put please
+""".split())
+"""Words that carry no content of their own: a proposal sharing them with a meta-prompt shares nothing."""
+
+
+def content_words(text: str) -> set[str]:
+    """The words of ``text`` that carry content, lowercased, function words left out, a plural's "s" dropped.
+
+    >>> sorted(content_words("Turn the inputs into their outputs' plurals, please."))
+    ['input', 'output', 'plural', 'turn']
+    """
+    words = {word.removesuffix("'s").strip("'") for word in re.findall(r"[a-z0-9']+", text.lower())} - FUNCTION_WORDS
+    return {word[:-1] if len(word) > 3 and word.endswith("s") and not word.endswith("ss") else word for word in words} - {""}
+
+
 
 __all__ = [
+    "FUNCTION_WORDS",
     "STRUCTURED_REQUEST",
     "clean_instruction",
+    "content_words",
     "parse_items",
     "proposal_schema",
     "read_structured",

@@ -22,7 +22,14 @@ from cuecard.program import apply_instructions, get_instructions, predictors
 from cuecard.stopping import StopKind
 from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
 
-from .proposals import STRUCTURED_REQUEST, clean_instruction, parse_items, read_structured, structured_options
+from .proposals import (
+    STRUCTURED_REQUEST,
+    clean_instruction,
+    content_words,
+    parse_items,
+    read_structured,
+    structured_options,
+)
 
 if TYPE_CHECKING:
     from .context import SearchContext
@@ -86,6 +93,9 @@ class Proposing:
         if self.repeats_meta_prompt(text):
             ctx.drop("repeats the meta-prompt's words")
             return None
+        if self.paraphrases_meta_prompt(text, ctx.program_words()):
+            ctx.drop("restates the meta-prompt, not the task")
+            return None
         return text
 
     def meta_prompt_texts(self) -> list[str]:
@@ -100,6 +110,29 @@ class Proposing:
             cached = self._meta_ngrams = {gram for template in self.meta_prompt_texts() for gram in meta_ngrams(template)}
         words = _WORD.findall(text.lower())
         return any(tuple(words[i : i + META_NGRAM]) in cached for i in range(len(words) - META_NGRAM + 1))
+
+    def paraphrases_meta_prompt(self, text: str, program_words: frozenset[str] = frozenset()) -> bool:
+        """Whether ``text`` is mostly the meta-prompts' vocabulary in other words: more than half of its content
+        words, and at least :data:`META_SHARED_WORDS` of them, come from the method's meta-prompts (outside
+        their slots). ``program_words`` (the program's field names, their descriptions and its seed
+        instructions, see :func:`content_words`) are the task's own and never count.
+
+        A word-run screen misses a paraphrase: "Take the first input and apply the given rule to it to get
+        the output. Do not provide an answer, example, or tags." restates the structured request without six
+        words in a row of it, and tells the task model nothing about the task.
+
+        Example:
+            >>> ape = APE(metric=exact_match("output"))  # doctest: +SKIP
+            >>> ape.paraphrases_meta_prompt("Apply the given instruction to the input to get the correct output.")  # doctest: +SKIP
+            True
+        """
+        cached = getattr(self, "_meta_vocabulary", None)
+        if cached is None:
+            cached = self._meta_vocabulary = frozenset(
+                word for template in self.meta_prompt_texts() for piece in _SLOT.split(template) for word in content_words(piece))
+        words = content_words(text) - program_words
+        shared = words & cached
+        return len(shared) >= META_SHARED_WORDS and 2 * len(shared) > len(words)
 
     def propose(
         self,
@@ -392,6 +425,9 @@ wrote the reply's format into the instruction (a word-run screen misses it: it c
 
 META_NGRAM = 6
 """A proposal sharing this many consecutive words with its meta-prompt is dropped."""
+META_SHARED_WORDS = 4
+"""A proposal whose content words come more than half from its meta-prompts, and at least this many, is dropped
+(:meth:`Proposing.paraphrases_meta_prompt`)."""
 _WORD = re.compile(r"[a-z0-9']+")
 _SLOT = re.compile(r"\{[^{}]*\}|\[\[[^\[\]]*\]\]|<<[^<>]*>>|\[INSTRUCTION\]|</?[A-Za-z]+>")
 

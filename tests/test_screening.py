@@ -1,9 +1,11 @@
 """Proposals every teleprompter refuses before scoring them (the shared ``Teleprompter.screen``)."""
 
+import dspy
 import pytest
 from cuecard.clients.testing import scripted_lm
 from cuecard.metrics import exact_match
 from cuecard.teleprompters import APE, OPRO, PE2, ProTeGi
+from cuecard.teleprompters.context import SearchContext
 from sentiment_cases import REVIEWS, level_task, sentiment_program
 
 # each teleprompter with settings small enough for one short search
@@ -64,6 +66,48 @@ def test_five_words_of_the_meta_prompt_or_words_of_the_data_are_not_an_echo():
     custom = APE(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), mode="custom",
                  template="[[DEMOS]] Look hard at the form of the outputs and then say [[INSTRUCTION]]")
     assert custom.repeats_meta_prompt("Look hard at the form of the outputs to label each one.")
+
+
+# the shared structured request in other words (no six words of it in a row), as APE's Monte Carlo step wrote it
+# on a sarcasm task: it tells the task model nothing about the task
+PARAPHRASE = "Level 9: take the first input and apply the general rule to it to get the correct output, not an example."
+
+
+@pytest.mark.parametrize("method", sorted(TELEPROMPTERS))
+def test_a_proposal_restating_the_meta_prompt_in_other_words_is_dropped_and_counted(method):
+    report = compile_with_proposals(method, [f"<INS>{PARAPHRASE}</INS>", f"<START>{PARAPHRASE}<END>", "Level 7: label the review."],
+                                    "scripted/paraphrases")
+    assert report.dropped.get("restates the meta-prompt, not the task", 0) > 0, report.dropped
+    kept = [c.instructions["self"] for c in report.candidates]
+    assert PARAPHRASE not in kept and "Level 7: label the review." in kept, kept
+
+
+def test_a_paraphrase_is_most_of_a_proposals_content_words_from_the_meta_prompt_and_at_least_four():
+    ape = APE(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task))
+    leak = "Take the first input and apply the given rule to it to get the output. Do not provide an answer, example, or tags."
+    assert ape.paraphrases_meta_prompt(leak)
+    assert not ape.repeats_meta_prompt(leak)  # no six words in a row: the word-run screen lets it through
+    # the task named among a few of the request's words is an instruction
+    assert not ape.paraphrases_meta_prompt("Answer with the antonym of the input word.")  # three shared words
+    assert not ape.paraphrases_meta_prompt("Say each input word's plural, then the singular it came from.")  # 2 of 5
+    # a program with fields named input and output: "input" and "output" are its words (4 shared words, 3 counted)
+    assert ape.paraphrases_meta_prompt("Give the correct plural of each input word, as in the examples.")
+    assert not ape.paraphrases_meta_prompt("Give the correct plural of each input word, as in the examples.",
+                                           frozenset({"input", "output"}))
+    # the program's own words (its fields, the seed) are the task's, not the meta-prompt's
+    plural = "Turn each input into its plural form and write it as the output."
+    assert ape.paraphrases_meta_prompt("Turn each input into the correct output, not an example.")
+    assert not ape.paraphrases_meta_prompt("Turn each input into the correct output, not an example.",
+                                           frozenset({"input", "output", "correct"}))
+    assert not ape.paraphrases_meta_prompt(plural, frozenset({"input", "output"}))
+
+
+def test_the_program_words_are_its_fields_descriptions_and_seed_instructions():
+    program = dspy.Predict(dspy.Signature("movie_review -> sentiment", "Classify the movie review by its tone."))
+    ctx = SearchContext(program, engine=None, train=[], policy=None)
+    words = ctx.program_words()
+    assert {"movie", "review", "sentiment", "classify", "tone"} <= words
+    assert "the" not in words and "output" not in words
 
 
 @pytest.mark.parametrize("method", sorted(TELEPROMPTERS))
