@@ -388,7 +388,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
         with engine.session(), truncation_counted():  # cut answers are counted and reported once, at the end
             engine.add_candidate(seed_instructions, origin="program")
             try:
-                final = self.search(ctx)
+                final = self.score_the_rest(ctx, self.search(ctx))
             except BudgetExhausted as exc:
                 ctx.stop(exc.reason)  # the best candidate scored so far wins
                 final = ctx.ranking_so_far()

@@ -58,6 +58,8 @@ class SearchContext:
         self.history: list[dict[str, Any]] = []
         self._train_answers: set[str] | None = None
         self._program_words: frozenset[str] | None = None
+        self.metric_blind = False
+        """Whether the first scoring stage found the metric blind (every candidate the same score on every example)."""
         self._stages = 0
 
     def room(self) -> int | None:
@@ -134,6 +136,7 @@ class SearchContext:
         first_stage, self._stages = self._stages == 0, self._stages + 1
         blind = metric_blindness(self.engine, [e.arm for e in allocation.ranking]) if first_stage else None
         if blind is not None:
+            self.metric_blind = True
             stop = self.stop_if_metric_blind
             blind += ("; the search stopped here (stop_if_metric_blind)" if stop else
                       "; the search goes on (stop_if_metric_blind=True stops it here)")

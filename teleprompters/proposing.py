@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import dspy
 from cuecard.engine.deadlines import TIMED_OUT, call_with_deadline, run_with_deadlines
 from cuecard.engine.evaluate import describe_error, failure_reason
+from cuecard.engine.policies import Allocation, FullEvaluation
 from cuecard.errors import (
     CuecardError,
 )
@@ -245,6 +246,46 @@ class Proposing:
             f"{cost_of(1)}) and the seed's check on the winner's examples ({reserve}) may take",
         )
         return 0
+
+    def score_the_rest(self, ctx: SearchContext, final: Allocation) -> Allocation:
+        """With ``until_cap`` under a cap on requests, the room a search leaves (less than one more step) scores
+        more of its candidates on every dev example, the best of those partly scored first, while the next one
+        fits beside the seed's check: a candidate the search's stages cut short on a few examples may beat its
+        winner on the whole pool. The candidates scored on every dev example (the winner among them) and these
+        are ranked by their full means; ``final`` is returned as it is when nothing more fits, when its winner is
+        not scored on the whole pool, or when the metric is blind (more scores cannot tell the candidates apart).
+
+        Example:
+            >>> final = self.score_the_rest(ctx, ctx.allocate(beam, policy=FullEvaluation(n_examples=n)))  # doctest: +SKIP
+        """
+        room = ctx.room()
+        if not self.config.until_cap or room is None or ctx.metric_blind:
+            return final
+        engine = ctx.engine
+        if engine.calls_to_cover(final.best.arm):
+            return final  # the search ended before its winner was scored on the whole pool
+        covered = [e.arm for e in ctx.ranking() if engine.calls_to_cover(e.arm) == 0]
+        left = room - self.acceptance_reserve(ctx)
+        more: list[int] = []
+        for estimate in ctx.ranking():
+            cost = engine.calls_to_cover(estimate.arm)
+            if cost == 0:
+                continue
+            if cost > left:
+                ending = f"the next needs {cost} requests, {left} are left beside the seed's check"
+                break
+            more.append(estimate.arm)
+            left -= cost
+        else:
+            ending = "no candidate is left to score"
+        if not more:
+            if ending.startswith("no candidate"):
+                ctx.note("the room left under the cap buys nothing: every candidate is scored on every dev example")
+            return final
+        ctx.pruned.difference_update(more)  # scored on the whole pool now: no longer cut short
+        ranked = ctx.allocate([*covered, *more], policy=FullEvaluation(n_examples=len(engine.examples)))
+        ctx.note(f"the room left under the cap scored {len(more)} more candidate(s) on every dev example; {ending}")
+        return ranked
 
     @staticmethod
     def acceptance_reserve(ctx: SearchContext) -> int:

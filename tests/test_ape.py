@@ -112,6 +112,31 @@ def test_monte_carlo_stops_at_a_round_without_gain_unless_until_cap_spends_the_c
     assert sum("the search goes on: until_cap spends the cap" in note for note in spent.notes) == 1
 
 
+def test_with_until_cap_the_room_left_scores_the_candidates_cut_short_on_every_dev_example():
+    """The multi-stage scoring cuts candidates short on 5 examples; the room a search leaves under the cap
+    (less than one more step) scores them on the whole pool, best first, until none is left or the next does
+    not fit, and the winner is the best of the candidates scored on every dev example."""
+    def compile_levels(until_cap, max_calls):
+        levels = iter([3, 8, 5, 6, 2, 7])
+        proposer = scripted_lm(lambda m: f"Level {next(levels, 1)}: label the review.", name="scripted/levels")
+        ape = APE(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), prompt_lm=proposer, num_subsamples=1,
+                  num_demos=3, num_prompts_per_subsample=6, mc_rounds=0, until_cap=until_cap, storage=":memory:",
+                  progress=False, limits=cuecard.Limits(max_calls=max_calls))
+        return ape.compile(sentiment_program(), trainset=REVIEWS[:40]).cuecard_report
+
+    planned, spent, tight = compile_levels(False, 200), compile_levels(True, 200), compile_levels(True, 140)
+    cut_short = [c.key for c in planned.candidates if c.dev_examples < planned.dev_size]
+    assert cut_short, "the multi-stage scoring cut no candidate short: nothing for the room left to score"
+    assert all(c.dev_examples == spent.dev_size and not c.pruned for c in spent.candidates if c.key in cut_short)
+    assert spent.usage.calls > planned.usage.calls
+    assert any("no candidate is left to score" in note for note in spent.notes), spent.notes
+    best = max(c.dev_score for c in spent.candidates if c.dev_examples == spent.dev_size)
+    assert spent.best.dev_score == best
+    # a tighter cap: the room scores what fits, then says what the next one needs
+    assert any("the next needs" in note for note in tight.notes), tight.notes
+    assert tight.usage.calls <= 140
+
+
 # ---- the real model ------------------------------------------------------------------------------
 @pytest.mark.model
 @pytest.mark.parametrize("mode", ["forward", "reverse", "custom"])
