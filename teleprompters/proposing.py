@@ -283,6 +283,7 @@ class Proposing:
                 ctx.note("the room left under the cap buys nothing: every candidate is scored on every dev example")
             return final
         ctx.pruned.difference_update(more)  # scored on the whole pool now: no longer cut short
+        engine.phase = f"the room left: {len(more)} candidate(s) cut short, scored on every dev example"
         ranked = ctx.allocate([*covered, *more], policy=FullEvaluation(n_examples=len(engine.examples)))
         ctx.note(f"the room left under the cap scored {len(more)} more candidate(s) on every dev example; {ending}")
         return ranked
