@@ -35,6 +35,7 @@ from pydantic import BaseModel
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from benchmarks.harness.methods import BASELINES
 from benchmarks.harness.results import CellResult
 from benchmarks.harness.tasks import half_of, task_halves
 
@@ -107,7 +108,7 @@ def load_cases(folders: Sequence[str | Path], data: str | Path | None = None) ->
         halves = task_halves(config_data) if config_data and Path(config_data).is_dir() else {}
         seed_tests = {c.task: c.test_accuracy for c in cells if c.method == "seed" and c.test_accuracy is not None}
         for cell in cells:
-            if cell.method in ("seed", "human") or cell.test_accuracy is None:
+            if cell.method in BASELINES or cell.test_accuracy is None:
                 continue
             label = f"{folder}: {cell.task}/{cell.method}/seed{cell.seed}"
             decision = Acceptance.model_validate(cell.acceptance) if cell.acceptance else None

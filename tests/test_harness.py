@@ -589,3 +589,25 @@ def test_template_ablations_run_as_methods_with_their_own_meta_prompt(tmp_path, 
     assert any(mark in prompt for prompt in prompts), prompts[:1]
     general = "In one sentence, what was the instruction?"  # the default forward template
     assert not any(general in prompt for prompt in prompts)
+
+
+def test_the_majority_row_gives_the_train_splits_commonest_answer_everywhere_with_no_lm_call(tmp_path, fresh_cache):
+    """What answering the same label every time scores: a gain below it learned the answer's form, not the task."""
+    models = scripted_models()
+    task = scripted_task()
+    paths = run(config(tmp_path, methods=["majority"], seeds=2), log=lambda line: None, tasks=[task], models=models)
+    assert models.task.meter.usage.calls == 0 and models.prompt.meter.usage.calls == 0
+    cells = [c for c in json.loads(paths["json"].read_text())["cells"] if c["method"] == "majority"]
+    assert [c["seed"] for c in cells] == [0, 1]
+    for cell in cells:
+        splits = task.splits(cell["seed"], 12, 8, 12)
+        labels = [e.sentiment for e in splits.train]
+        commonest = max(labels, key=labels.count)
+        assert labels.count(commonest) > len(labels) / 3, "the scripted reviews have three labels"
+        assert cell["test_accuracy"] == sum(e.sentiment == commonest for e in splits.test) / 12
+        assert cell["dev_accuracy"] == sum(e.sentiment == commonest for e in splits.dev) / 8
+        assert repr(commonest) in cell["notes"][0]
+    assert "| levels | majority |" in paths["markdown"].read_text()
+    paths = run(config(tmp_path, methods=["seed", "majority", "ape"], seeds=1), log=lambda line: None, tasks=[task], models=models)
+    judged = [t["method"] for t in json.loads(paths["json"].read_text())["targets"]]
+    assert judged == ["ape"], "a baseline is not judged against the targets"

@@ -382,13 +382,13 @@ def write_outputs(root: str | os.PathLike[str], config: dict[str, Any], cells: S
     The targets are computed over every task, then over each half of the visible tasks
     (:func:`~benchmarks.harness.tasks.task_halves`) that the run has tasks of.
     """
-    from .methods import DSPY_METHOD_NAMES, DSPY_REFERENCES
+    from .methods import BASELINES, DSPY_METHOD_NAMES, DSPY_REFERENCES
     from .tasks import HALVES_RULE, half_of, task_halves
 
     root = Path(root)
     rows = summarize(cells)
     present = list(dict.fromkeys(c.method for c in cells))
-    mine = [m for m in present if m not in (*DSPY_METHOD_NAMES, *DSPY_REFERENCES, "seed", "human")]
+    mine = [m for m in present if m not in (*DSPY_METHOD_NAMES, *DSPY_REFERENCES, *BASELINES)]
     baselines = [m for m in DSPY_METHOD_NAMES if m in present]
     cap = int(config.get("cap", 0))
     targets = target_rows(rows, cells, mine, baselines, cap)

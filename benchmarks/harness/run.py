@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -135,7 +136,8 @@ def fingerprint(config: HarnessConfig, task: Task, method: str, seed: int | None
     """What a stored cell must match to be reused: the settings that change results, the models and their
     answer-changing settings, the task's metric and data, and the method's code (the run identity's parts)."""
     settings = config.model_dump(exclude={"tasks", "methods", "seeds", "out", "data", "task_model", "prompt_model"})
-    models_used = {"task": lm_identity(models.task), "prompt": lm_identity(models.prompt) if method != "human" else None}
+    models_used = {"task": lm_identity(models.task) if method != "majority" else None,
+                   "prompt": lm_identity(models.prompt) if method not in ("human", "majority") else None}
     blob = json.dumps(
         [HARNESS_VERSION, settings, task_identity(task), models_used, method, method_code_hash(method), seed],
         sort_keys=True, default=str,
@@ -223,6 +225,28 @@ def run_human(task: Task, config: HarnessConfig, models: Models) -> CellResult:
     return cell
 
 
+def most_common_answer(task: Task, examples: Sequence[dspy.Example]) -> dict[str, Any]:
+    """The output fields' values given most often in ``examples`` (the first of them on a tie)."""
+    outputs = list(dspy.Signature(task.signature).output_fields)
+    answers = Counter(json.dumps([example[name] for name in outputs], default=str) for example in examples)
+    return dict(zip(outputs, json.loads(answers.most_common(1)[0][0]), strict=True))
+
+
+def run_majority(task: Task, seed: int, config: HarnessConfig, models: Models) -> CellResult:
+    """The seed's train split's most common answer, given for every dev and test example, scored by the
+    task's metric with no LM: the floor a search that learns only the answer's form can reach."""
+    splits = task.splits(seed, config.n_train, config.n_dev, config.n_test)
+    cell = CellResult(task=task.name, method="majority", seed=seed, fingerprint=fingerprint(config, task, "majority", seed, models))
+    answer = most_common_answer(task, splits.train)
+
+    def score(examples: Sequence[dspy.Example]) -> float:
+        return sum(float(task.metric(example, dspy.Prediction(**answer))) for example in examples) / len(examples)
+
+    cell.test_accuracy, cell.dev_accuracy, cell.test_size = score(splits.test), score(splits.dev), len(splits.test)
+    cell.notes.append("always answers " + ", ".join(f"{name}={one_line(value, 40)!r}" for name, value in answer.items()))
+    return cell
+
+
 def run(
     config: HarnessConfig,
     *,
@@ -264,6 +288,8 @@ def run(
             else:
                 if method == "human":
                     cell = run_human(task, config, models)
+                elif method == "majority":
+                    cell = run_majority(task, seed, config, models)
                 else:
                     workdir = out / "runs" / f"{task.name}__{method}__seed{seed}"
                     cell = run_method(method, task, seed, config, models, workdir, runners[method])

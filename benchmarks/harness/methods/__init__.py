@@ -32,8 +32,11 @@ CUECARD_METHODS = ("ape", "protegi", "opro", "pe2")
 DSPY_METHOD_NAMES = ("copro", "miprov2", "gepa")
 DSPY_REFERENCES = ("miprov2-fewshot",)
 """DSPy rows shown for reference, not compared with: MIPROv2 with its default demos (instructions and demos)."""
-BASELINES = ("seed", "human")
-DEFAULT_METHODS = ("seed", "human", *CUECARD_METHODS, *DSPY_METHOD_NAMES, *DSPY_REFERENCES)
+BASELINES = ("seed", "majority", "human")
+"""Rows no search produces: the program as written, the train split's most common answer given every
+time (what a search that learns only the answer's form can reach on a skewed label set), the people's
+instructions."""
+DEFAULT_METHODS = ("seed", "majority", "human", *CUECARD_METHODS, *DSPY_METHOD_NAMES, *DSPY_REFERENCES)
 """What a run compares unless told otherwise: every method once, without the ablations."""
 
 
@@ -138,14 +141,14 @@ def cuecard_runner(name: str) -> Runner:
 
 
 def runners_for(names: list[str]) -> dict[str, Runner]:
-    """The runner of each named method (the human baseline is handled by the harness itself)."""
+    """The runner of each named method (the human and majority baselines are handled by the harness itself)."""
     runners: dict[str, Runner] = {}
     for name in names:
         if name == "seed":
             runners[name] = run_seed
         elif name in (*DSPY_METHOD_NAMES, *DSPY_REFERENCES):
             runners[name] = _dspy_runner(name)
-        elif name != "human":
+        elif name not in ("human", "majority"):
             runners[name] = cuecard_runner(name)
     return runners
 
