@@ -137,10 +137,10 @@ _CELL_LABEL = re.compile(r"\S+/\S+/seed\d+: ")  # the usage block's name, which 
 
 
 def _shared_notes(group: Sequence[CellResult]) -> list[str]:
-    """The notes worth a table row (stops, the cap, resumes), each once, with how many seeds had it."""
+    """The notes worth a table row (stops, the cap, resumes, the majority row's answer), each once, with how many seeds had it."""
     counts: dict[str, int] = {}
     for cell in group:
-        notes = {_CELL_LABEL.sub("", n) for n in cell.notes if n.startswith(("stopped", "search stopped", "reached", "resumed"))}
+        notes = {_CELL_LABEL.sub("", n) for n in cell.notes if n.startswith(("stopped", "search stopped", "reached", "resumed", "always answers"))}
         for note in {n for n in notes if not any(n != other and n in other for other in notes)}:  # each stop once
             counts[note] = counts.get(note, 0) + 1
     return [note if count == len(group) else f"{note} ({count} of {len(group)} seeds)" for note, count in sorted(counts.items())]
