@@ -504,6 +504,17 @@ def test_the_visible_tasks_split_into_fixed_halves_by_alphabetical_alternation(s
     assert half_of("antonyms", halves) == "tuning" and half_of("diff", halves) == "report" and half_of("levels", halves) is None
 
 
+def test_every_visible_task_has_a_terse_seed_of_its_own_and_the_generic_setting_overrides_it(shared_data):
+    from benchmarks.harness.run import load_task
+    from benchmarks.harness.tasks import DEFAULT_SEED_INSTRUCTION, task_halves
+
+    specs = task_halves(shared_data)["tuning"] + task_halves(shared_data)["report"]
+    terse = {spec: load_task(spec, shared_data, "terse").seed_instruction for spec in specs}
+    missing = [spec for spec, seed in terse.items() if seed == DEFAULT_SEED_INSTRUCTION]
+    assert not missing, f"the terse setting would start these tasks from the generic seed: {missing}"
+    assert {load_task(spec, shared_data, "generic").seed_instruction for spec in specs} == {DEFAULT_SEED_INSTRUCTION}
+
+
 def test_each_cell_says_where_its_winner_came_from_and_the_table_counts_it(tmp_path, fresh_cache):
     paths = run(config(tmp_path, methods=["seed", "ape", "opro"], seeds=1), tasks=[scripted_task()], models=scripted_models())
     payload = json.loads(paths["json"].read_text())

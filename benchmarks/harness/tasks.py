@@ -38,8 +38,29 @@ II_SEED_INSTRUCTIONS = {
     "negation": "Negate the sentence.",
     "sum": "Add the numbers.",
     "word_in_context": "Compare the word's meanings.",
+    "diff": "Subtract the numbers.",
+    "informal_to_formal": "Make the sentence formal.",
+    "letters_list": "Spell out the word.",
+    "orthography_starts_with": "Find the word that starts with the letter.",
+    "rhymes": "Give a rhyme.",
+    "sentence_similarity": "Rate how similar the sentences are.",
+    "taxonomy_animal": "List the animals.",
 }
 """Terse seed instructions, the kind a user writes first (sentiment's is the one the issues use)."""
+
+BBH_SEED_INSTRUCTIONS = {
+    "boolean_expressions": "Evaluate the expression.",
+    "causal_judgement": "Answer the question about causation.",
+    "date_understanding": "Pick the right date.",
+    "disambiguation_qa": "Find what the pronoun refers to.",
+    "movie_recommendation": "Pick the similar movie.",
+    "navigate": "Say whether you end where you started.",
+    "object_counting": "Count the objects.",
+    "snarks": "Pick the sarcastic statement.",
+    "sports_understanding": "Say whether the sentence is plausible.",
+    "web_of_lies": "Say whether the person tells the truth.",
+}
+"""Terse seeds for BIG-Bench Hard: a task's name put as a request, with no answer format (the input asks the question)."""
 
 DEFAULT_SEED_INSTRUCTION = "Answer the question."
 
@@ -214,7 +235,7 @@ def bbh(name: str, root: str | os.PathLike[str], *, seed_instruction: str | None
         signature="question -> answer",
         metric=bbh_exact_match("answer"),
         pool=examples,
-        seed_instruction=seed_instruction or DEFAULT_SEED_INSTRUCTION,
+        seed_instruction=seed_instruction or BBH_SEED_INSTRUCTIONS.get(name, DEFAULT_SEED_INSTRUCTION),
     )
 
 
