@@ -6,6 +6,8 @@ errors it makes there are grouped; the prompt model explains why the prompt fail
 and the parent. Children are capped per parent, parents stay, duplicates go, and the next beam is
 chosen by the engine's best-arm-identification policy under a fixed budget of example evaluations
 on dev. The search stops when the beam's best dev score stops improving; dev picks the winner.
+With ``until_cap``, rounds go on while a full one fits under the cap; then a last round on the best
+prompt alone, with as many gradients as fit, scores its children on every dev example.
 
 Example:
     >>> from cuecard.teleprompters import ProTeGi
@@ -96,20 +98,21 @@ class ProTeGi(Teleprompter):
     default_policy = UCB
     plan_upto = 30
 
-    def parent_calls(self, n_train: int, predictors: int) -> tuple[int, int]:
-        """(prompt-model requests, task runs) expanding one beam parent takes at most: its minibatch
-        (and prescreening) runs, gradients, edits and paraphrases."""
+    def parent_calls(self, n_train: int, predictors: int, gradients: int | None = None) -> tuple[int, int]:
+        """(prompt-model requests, task runs) expanding one beam parent (with ``gradients`` gradient requests, default
+        ``n_gradients``) takes at most: its minibatch (and prescreening) runs, gradients, edits and paraphrases."""
         config = self.config
-        edits = config.n_gradients * config.gradients_per_error
-        prompt = (config.n_gradients + edits + config.mc_samples_per_step * (edits * config.steps_per_gradient + 1)) * predictors
+        gradients = config.n_gradients if gradients is None else gradients
+        edits = gradients * config.gradients_per_error
+        prompt = (gradients + edits + config.mc_samples_per_step * (edits * config.steps_per_gradient + 1)) * predictors
         runs = min(config.minibatch_size, n_train)
         if config.expansion == "prescreen":
             runs += config.max_expansion_factor * 2 * config.errors_per_gradient
         return prompt, runs
 
     def step_calls(self, n_train: int, n_dev: int, predictors: int, size: int | None = None) -> tuple[int, int, int]:
-        """A round with a full beam (``size`` is not used: a round is never cut smaller): every parent's
-        expansion and the selection budget."""
+        """A round with a full beam (``size`` is not used; a last round sized to the room is :meth:`last_round_cost`):
+        every parent's expansion and the selection budget."""
         prompt, runs = self.parent_calls(n_train, predictors)
         return self.config.beam_size * prompt, self.config.selection_budget, self.config.beam_size * runs
 
@@ -148,6 +151,48 @@ class ProTeGi(Teleprompter):
             return f"{kind} answering the gradient: {str(gradient)[:400]}"
         return super().why(record)
 
+    def children_at_most(self, gradients: int) -> int:
+        """The children one parent expanded with ``gradients`` gradient requests may get (the expansion cap applied)."""
+        config = self.config
+        edits = gradients * config.gradients_per_error * config.steps_per_gradient
+        return min(config.max_expansion_factor, edits * (1 + config.mc_samples_per_step) + config.mc_samples_per_step)
+
+    def last_round_cost(self, ctx: SearchContext, gradients: int, beam: Sequence[int]) -> int:
+        """LM requests a last round sized to the room may take: the best prompt alone expanded with ``gradients``
+        gradients, its children and the beam scored on every dev example (no bandit selection)."""
+        engine = ctx.engine
+        n_predictors = len(predictors(ctx.student))
+        prompt, runs = self.parent_calls(len(ctx.train), n_predictors, gradients)
+        children = self.children_at_most(gradients) * len(engine.examples) * engine.calls_per_example
+        return prompt + runs * n_predictors + children + sum(engine.calls_to_cover(arm) for arm in beam)
+
+    def round_gradients(self, ctx: SearchContext, done: int, full_cost: int, beam: Sequence[int]) -> int | None:
+        """How round ``done + 1`` runs: ``None`` for a full round (within the planned rounds, or past them with
+        ``until_cap`` while one costing ``full_cost`` requests fits); past them, when a full round no longer fits,
+        the most gradients (up to ``n_gradients``) for which a last round on the best prompt fits beside the seed's
+        check (:meth:`last_round_cost`), so the cap is spent rather than left; 0 ends the search (saying why under a cap).
+        """
+        if done < self.config.rounds:
+            return None
+        room = ctx.room()
+        if not self.config.until_cap or room is None:
+            return 0
+        reserve = self.acceptance_reserve(ctx)
+        if room - reserve >= full_cost:
+            return None
+        for gradients in range(self.config.n_gradients, 0, -1):
+            if room - reserve >= self.last_round_cost(ctx, gradients, beam):
+                ctx.note(f"round {done + 1} sized to the room left: {gradients} of {self.config.n_gradients} gradient(s) on the "
+                         f"best prompt only, its children scored on every dev example ({room} requests left)")
+                return gradients
+        ctx.stop(
+            StopKind.NO_ROOM,
+            f"{room} requests left under the cap, fewer than one more round ({full_cost}), or the smallest (one gradient on "
+            f"the best prompt, its children scored on every dev example: {self.last_round_cost(ctx, 1, beam)}), and the "
+            f"seed's check on the winner's examples ({reserve}) may take",
+        )
+        return 0
+
     def validate(self, student: dspy.Module, trainset: Sequence[dspy.Example]) -> None:
         needed = self.config.selection_budget + self.config.beam_size
         if self.max_evaluations is not None and self.max_evaluations < needed:
@@ -171,16 +216,17 @@ class ProTeGi(Teleprompter):
         round_cost = self.step_cost_in(ctx)
         round_ = 0
         closing = self.config.beam_size * len(engine.examples) * engine.calls_per_example  # the beam's full evaluation
-        while self.more_steps(ctx, round_, self.config.rounds, round_cost + closing):
+        full = FullEvaluation(n_examples=len(engine.examples))
+        while (gradients := self.round_gradients(ctx, round_, round_cost + closing, beam)) != 0:
             round_ += 1
             ctx.step(round_, self.config.rounds, "round")
             minibatch = ctx.rng.sample(ctx.train, min(self.config.minibatch_size, len(ctx.train)))
             children: list[int] = []
             any_error = False
-            for parent in beam:
+            for parent in beam if gradients is None else beam[:1]:
                 errors = self.collect_errors(ctx, parent, minibatch)
                 any_error = any_error or bool(errors)
-                children.extend(self.expand(ctx, parent, errors, round_))
+                children.extend(self.expand(ctx, parent, errors, round_, gradients))
             if not any_error:
                 ctx.stop(StopKind.NOTHING_NEW, f"round {round_}: the beam makes no error on the minibatch; nothing to learn from")
                 break
@@ -188,6 +234,12 @@ class ProTeGi(Teleprompter):
                 ctx.stop(StopKind.NOTHING_NEW, f"round {round_} gave no usable child prompt; the best so far wins")
                 break
             arms = list(dict.fromkeys(beam + children))
+            if gradients is not None:  # the last round, sized to the room: no selection, everything on every dev example
+                final = ctx.allocate(arms, policy=full)
+                ctx.history.append({"round": round_, "children": len(children), "selection_evaluations": final.evaluations,
+                                    "beam": [engine.candidates[e.arm].key for e in final.ranking[: self.config.beam_size]],
+                                    "best_dev_score": final.best.mean})
+                return final
             selection = ctx.allocate(arms, budget=self.config.selection_budget)
             beam = [e.arm for e in selection.ranking[: self.config.beam_size]]
             ctx.history.append(
@@ -205,15 +257,16 @@ class ProTeGi(Teleprompter):
                 stale += 1
                 if self.stalled(ctx, stale, self.config.patience, f"round {round_}: the beam's best dev score did not improve on {best:.3f}"):
                     break
-        return ctx.allocate(beam, policy=FullEvaluation(n_examples=len(engine.examples)))
+        return ctx.allocate(beam, policy=full)
 
     # ---- errors and expansion --------------------------------------------------------------------
     def collect_errors(self, ctx: SearchContext, arm: int, minibatch: list[dspy.Example]) -> list[tuple[dspy.Example, ExampleScore]]:
         results = ctx.engine.run_on(ctx.engine.candidates[arm].instructions, minibatch)
         return [(minibatch[r.index], r) for r in results if r.score < self.config.error_threshold]
 
-    def expand(self, ctx: SearchContext, parent: int, errors: list, round_: int) -> list[int]:
-        """Children of one parent: edits from gradients, paraphrases of edits and parent; capped, deduplicated."""
+    def expand(self, ctx: SearchContext, parent: int, errors: list, round_: int, gradients: int | None = None) -> list[int]:
+        """Children of one parent: edits from ``gradients`` gradients (default ``n_gradients``), paraphrases of edits
+        and parent; capped, deduplicated."""
         if not errors:
             return []
         engine = ctx.engine
@@ -223,7 +276,8 @@ class ProTeGi(Teleprompter):
             read = self.task_rule(ctx, name)
             rule = f"What turns an input into its correct output, as read from other training examples (a reading may be too narrow):\n{read}\n\n" if read else ""
             # the gradients are asked together, then every gradient's edits, then every paraphrase
-            groups = [ctx.rng.sample(errors, min(self.config.errors_per_gradient, len(errors))) for _ in range(self.config.n_gradients)]
+            count = self.config.n_gradients if gradients is None else gradients
+            groups = [ctx.rng.sample(errors, min(self.config.errors_per_gradient, len(errors))) for _ in range(count)]
             shown = [self.format_errors(ctx, name, group, record.instructions) for group in groups]
             replies = self.ask_many(
                 ctx,

@@ -102,3 +102,33 @@ def test_a_method_gives_only_its_plan_shapes_and_step_calls_and_the_shared_plan_
     toy = Toy(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), width=3)
     assert toy.step_cost(10, 5, 2) == 2 + (3 * 5 + 10) * 2 and toy.step_cost(10, 5, 2, size=1) == 2 + (5 + 10) * 2
     assert Teleprompter.plan(100, 10, 5) == {} and APE.plan(100, 20, 15)["until_cap"] is True
+
+
+def test_protegi_sizes_a_last_round_to_the_room_a_full_one_does_not_fit_in():
+    """Past its planned round, a full ProTeGi round (every beam prompt, every gradient, a bandit selection and the
+    beam's closing evaluation) no longer fits under the cap; a round on the best prompt alone, with fewer gradients
+    and its children scored on every dev example, does: it runs instead of the search stopping short."""
+    from cuecard.teleprompters import ProTeGi
+
+    wording = iter(range(10_000))
+
+    def fresh_proposals(messages):  # every proposal worded anew, so no child is a duplicate
+        return f"Level {random.Random(messages[-1]['content']).randint(2, 9)}: label the review (wording {next(wording)})."
+
+    def compile_protegi(cap):
+        protegi = ProTeGi(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), prompt_lm=scripted_lm(fresh_proposals, name="p"),
+                          storage=":memory:", progress=False, limits=Limits(max_calls=cap), **ProTeGi.plan(100, 20, 15))
+        return protegi.compile(sentiment_program(), trainset=REVIEWS[:20], valset=REVIEWS[20:35]).cuecard_report
+
+    report = compile_protegi(130)
+    assert [h["round"] for h in report.history] == [1, 2]
+    sized = [n for n in report.notes if "sized to the room left" in n]
+    assert sized and "1 of 2 gradient(s) on the best prompt only" in sized[0], report.notes
+    last = [c for c in report.candidates if c.round == 2]
+    assert last and {c.parent for c in last} == {report.history[0]["beam"][0]}  # the best prompt's children only
+    assert all(c.dev_examples == report.dev_size for c in last)
+    assert report.usage.calls <= 130
+    # a cap too tight even for that: the stop says what the smallest round would have taken
+    tight = compile_protegi(100)
+    assert [h["round"] for h in tight.history] == [1]
+    assert tight.stop_reason.kind == StopKind.NO_ROOM and "or the smallest (one gradient on the best prompt" in tight.stop_reason.detail
