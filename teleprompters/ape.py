@@ -23,7 +23,6 @@ import dspy
 from cuecard.engine.policies import Allocation
 from cuecard.errors import TeleprompterConfigError
 from cuecard.program import get_instructions
-from cuecard.stopping import StopKind
 from pydantic import Field, model_validator
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -141,7 +140,7 @@ class APE(Teleprompter):
         allocation = ctx.allocate()
         best = allocation.best.mean
         variations = self.config.mc_variations
-        round_ = stale = 0
+        round_ = stale = empty = 0
         while True:
             kept = [e.arm for e in allocation.ranking if not e.pruned]
             kept = kept[: max(1, int(len(kept) * self.config.mc_top_fraction))]
@@ -152,10 +151,14 @@ class APE(Teleprompter):
             kept = kept[: -(-count // variations)]
             round_ += 1
             ctx.step(round_, self.config.mc_rounds, "Monte Carlo round")
+            asked_before = ctx.sample_counter
             new_arms = self.resample(ctx, kept, round_, limit=count)
+            empty = 0 if new_arms else empty + 1
             if not new_arms:
-                ctx.stop(StopKind.NOTHING_NEW, f"Monte Carlo round {round_} gave no usable variation")
-                break
+                if self.nothing_new(ctx, empty, f"Monte Carlo round {round_} gave no usable variation",
+                                    asked=ctx.sample_counter > asked_before):
+                    break
+                continue
             allocation = ctx.allocate(kept + new_arms)
             stale = stale + 1 if allocation.best.mean <= best else 0
             if self.stalled(ctx, stale, 1, f"Monte Carlo round {round_}: no gain over {best:.3f}"):

@@ -27,7 +27,6 @@ from cuecard.engine.evaluate import ExampleScore
 from cuecard.engine.policies import Allocation, FullEvaluation
 from cuecard.errors import BudgetExhausted
 from cuecard.program import get_instructions, predictors
-from cuecard.stopping import StopKind
 from pydantic import Field
 
 from .base import SearchContext, Teleprompter, TeleprompterConfig
@@ -148,7 +147,7 @@ class PE2(Teleprompter):
                 f"{self.config.proposals_per_prompt}: no new prompt is asked for; the best starting prompt wins"
             )
 
-        step = 0
+        step = empty = 0
         while proposals := self.step_size(ctx, step, self.config.steps, self.config.proposals_per_prompt,
                                           lambda size: self.step_cost_in(ctx, size)):
             step += 1
@@ -158,6 +157,7 @@ class PE2(Teleprompter):
             ranking = [e for e in ctx.ranking() if e.n > 0 and not e.pruned]
             parents = [e.arm for e in ranking[: self.config.beam]]
             children: list[int] = []
+            asked_before = ctx.sample_counter
             try:
                 for parent in parents:
                     children += self.expand(ctx, parent, step, proposals)
@@ -178,9 +178,12 @@ class PE2(Teleprompter):
                     "best": engine.candidates[best.arm].instructions,
                 }
             )
+            empty = 0 if children else empty + 1
             if not children:
-                ctx.stop(StopKind.NOTHING_NEW, f"step {step} gave no usable new prompt; the best so far wins")
-                break
+                if self.nothing_new(ctx, empty, f"step {step} gave no usable new prompt; the best so far wins",
+                                    asked=ctx.sample_counter > asked_before):
+                    break
+                continue
             if scored is not None and scored.capped is not None:
                 break
         return ctx.ranking_so_far()

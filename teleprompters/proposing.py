@@ -224,6 +224,28 @@ class Proposing:
         ctx.stop(StopKind.NO_IMPROVEMENT, detail)
         return True
 
+    def nothing_new(self, ctx: SearchContext, empty: int, detail: str, *, asked: bool) -> bool:
+        """Whether the search stops after a step that gave no usable new candidate (``empty``: such steps in a row,
+        ``detail``: which step and why, ``asked``: whether the step asked the prompt model anything): at once, unless
+        ``until_cap`` holds under a cap on requests and the step asked, where the next step asks again (the prompt
+        model samples anew) until :data:`EMPTY_STEPS_IN_A_ROW` steps in a row gave nothing. A step that asked nothing
+        (no error to learn from) would ask nothing again.
+
+        Example:
+            >>> before = ctx.sample_counter  # doctest: +SKIP
+            >>> ...  # the step's proposals
+            >>> if not children and self.nothing_new(ctx, empty, f"step {step} gave no usable new prompt",
+            ...                                      asked=ctx.sample_counter > before):  # doctest: +SKIP
+            ...     break
+        """
+        if self.config.until_cap and ctx.room() is not None and asked and empty < EMPTY_STEPS_IN_A_ROW:
+            ctx.note(f"{detail}; until_cap asks again (the prompt model samples anew)")
+            return False
+        if empty > 1:
+            detail = f"{detail} ({empty} steps in a row gave nothing new)"
+        ctx.stop(StopKind.NOTHING_NEW, detail)
+        return True
+
     def step_size(self, ctx: SearchContext, done: int, planned: int, full: int, cost_of: Callable[[int], int]) -> int:
         """How many new candidates step ``done + 1`` asks for: ``full`` within the ``planned`` steps; past them,
         with ``until_cap``, the most (up to ``full``) whose cost (``cost_of(n)`` requests at most) fits the room
@@ -445,6 +467,10 @@ class Proposing:
             blocks.append("\n".join(lines))
         return "\n\n".join(blocks)
 
+
+EMPTY_STEPS_IN_A_ROW = 2
+"""With ``until_cap``, the steps in a row that may give no usable new candidate before the search stops (a step
+that gave nothing is asked again: the prompt model samples anew, and a small one often repeats itself once)."""
 
 RULE_REQUEST = (
     "Someone followed one instruction to turn each input below into the output shown with it: the same "

@@ -214,7 +214,7 @@ class ProTeGi(Teleprompter):
         best = start.best.mean
         stale = 0
         round_cost = self.step_cost_in(ctx)
-        round_ = 0
+        round_ = empty = 0
         closing = self.config.beam_size * len(engine.examples) * engine.calls_per_example  # the beam's full evaluation
         full = FullEvaluation(n_examples=len(engine.examples))
         while (gradients := self.round_gradients(ctx, round_, round_cost + closing, beam)) != 0:
@@ -222,6 +222,7 @@ class ProTeGi(Teleprompter):
             ctx.step(round_, self.config.rounds, "round")
             minibatch = ctx.rng.sample(ctx.train, min(self.config.minibatch_size, len(ctx.train)))
             children: list[int] = []
+            asked_before = ctx.sample_counter
             any_error = False
             for parent in beam if gradients is None else beam[:1]:
                 errors = self.collect_errors(ctx, parent, minibatch)
@@ -230,9 +231,12 @@ class ProTeGi(Teleprompter):
             if not any_error:
                 ctx.stop(StopKind.NOTHING_NEW, f"round {round_}: the beam makes no error on the minibatch; nothing to learn from")
                 break
+            empty = 0 if children else empty + 1
             if not children:
-                ctx.stop(StopKind.NOTHING_NEW, f"round {round_} gave no usable child prompt; the best so far wins")
-                break
+                if self.nothing_new(ctx, empty, f"round {round_} gave no usable child prompt; the best so far wins",
+                                    asked=ctx.sample_counter > asked_before):
+                    break
+                continue
             arms = list(dict.fromkeys(beam + children))
             if gradients is not None:  # the last round, sized to the room: no selection, everything on every dev example
                 final = ctx.allocate(arms, policy=full)

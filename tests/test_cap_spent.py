@@ -132,3 +132,39 @@ def test_protegi_sizes_a_last_round_to_the_room_a_full_one_does_not_fit_in():
     tight = compile_protegi(100)
     assert [h["round"] for h in tight.history] == [1]
     assert tight.stop_reason.kind == StopKind.NO_ROOM and "or the smallest (one gradient on the best prompt" in tight.stop_reason.detail
+
+
+@pytest.mark.parametrize("empty_steps", [1, 2])
+def test_a_step_that_gives_nothing_new_is_asked_again_with_until_cap_and_two_in_a_row_stop(empty_steps):
+    """A small prompt model often repeats an instruction the search has: with until_cap the step is asked again
+    (new samples) rather than ending the search with the cap unspent; two empty steps in a row end it, saying so."""
+    proposals = {"asked": 0}
+
+    def repeats_then_new(messages):
+        text = "\n".join(m["content"] for m in messages)
+        if "What was the instruction?" in text:
+            return "Level 3: label the review."
+        if "<START>" not in text:  # PE2's reasoning request: its proposal request asks for the tagged prompt
+            return "The prompt should name a higher level."
+        proposals["asked"] += 1
+        if proposals["asked"] <= 3 * empty_steps:  # every proposal of the first steps repeats a known instruction
+            return "<START>Level 3: label the review.<END>"
+        return f"<START>Level {4 + proposals['asked'] % 5}: label the review (draft {proposals['asked']}).<END>"
+
+    def compile_pe2(until_cap):
+        proposals["asked"] = 0
+        knobs = {**PE2.plan(160, 20, 15), "until_cap": until_cap}
+        pe2 = PE2(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), prompt_lm=scripted_lm(repeats_then_new, name="p"),
+                  storage=":memory:", progress=False, limits=Limits(max_calls=160), **knobs)
+        return pe2.compile(sentiment_program(), trainset=REVIEWS[:20], valset=REVIEWS[20:35]).cuecard_report
+
+    stopped = compile_pe2(until_cap=False)
+    assert stopped.stop_reason.kind == StopKind.NOTHING_NEW and stopped.stop_reason.detail.startswith("step 1 gave no usable new prompt")
+    assert not [c for c in stopped.candidates if c.origin == "pe2"]
+    spent = compile_pe2(until_cap=True)
+    assert sum("until_cap asks again" in note for note in spent.notes) == 1, spent.notes
+    if empty_steps == 1:
+        assert [c for c in spent.candidates if c.origin == "pe2"], "the step asked again gave new prompts"
+        assert spent.usage.calls > stopped.usage.calls
+    else:
+        assert spent.stop_reason.kind == StopKind.NOTHING_NEW and "2 steps in a row gave nothing new" in spent.stop_reason.detail
