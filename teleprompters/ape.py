@@ -151,12 +151,10 @@ class APE(Teleprompter):
             kept = kept[: -(-count // variations)]
             round_ += 1
             ctx.step(round_, self.config.mc_rounds, "Monte Carlo round")
-            asked_before = ctx.sample_counter
             new_arms = self.resample(ctx, kept, round_, limit=count)
             empty = 0 if new_arms else empty + 1
             if not new_arms:
-                if self.nothing_new(ctx, empty, f"Monte Carlo round {round_} gave no usable variation",
-                                    asked=ctx.sample_counter > asked_before):
+                if self.nothing_new(ctx, empty, f"Monte Carlo round {round_} gave no usable variation"):
                     break
                 continue
             allocation = ctx.allocate(kept + new_arms)

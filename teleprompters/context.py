@@ -55,6 +55,7 @@ class SearchContext:
         self.stop_reason: StopReason | None = None
         self.readings: dict[str, list[str]] = {}
         self.sample_counter = 0
+        self.step_samples_from = 0
         self.history: list[dict[str, Any]] = []
         self._train_answers: set[str] | None = None
         self._program_words: frozenset[str] | None = None
@@ -80,7 +81,9 @@ class SearchContext:
 
     def step(self, number: int, planned: int, unit: str = "step") -> None:
         """Label what follows (proposals, scoring) on the progress bars: "step 2/3", or past the planned steps
-        (``until_cap``) "step 4 (past the 3 planned)"."""
+        (``until_cap``) "step 4 (past the 3 planned)"; the step's own prompt-model requests are counted from here
+        (:attr:`step_asked`)."""
+        self.step_samples_from = self.sample_counter
         self.engine.phase = f"{unit} {number}/{planned}" if number <= planned else f"{unit} {number} (past the {planned} planned)"
 
     def stop(self, kind: StopKind | StopReason, detail: str = "") -> None:
@@ -111,6 +114,11 @@ class SearchContext:
                     texts += [name.replace("_", " "), str(extra.get("desc", "")), str(extra.get("prefix", ""))]
             self._program_words = frozenset(word for text in texts for word in content_words(text))
         return self._program_words
+
+    @property
+    def step_asked(self) -> bool:
+        """Whether the current step (since :meth:`step`) asked the prompt model anything."""
+        return self.sample_counter > self.step_samples_from
 
     def next_sample_index(self) -> int:
         """A fresh rollout index for the prompt model (distinct samples, each cached on its own)."""

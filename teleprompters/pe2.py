@@ -157,7 +157,6 @@ class PE2(Teleprompter):
             ranking = [e for e in ctx.ranking() if e.n > 0 and not e.pruned]
             parents = [e.arm for e in ranking[: self.config.beam]]
             children: list[int] = []
-            asked_before = ctx.sample_counter
             try:
                 for parent in parents:
                     children += self.expand(ctx, parent, step, proposals)
@@ -180,8 +179,7 @@ class PE2(Teleprompter):
             )
             empty = 0 if children else empty + 1
             if not children:
-                if self.nothing_new(ctx, empty, f"step {step} gave no usable new prompt; the best so far wins",
-                                    asked=ctx.sample_counter > asked_before):
+                if self.nothing_new(ctx, empty, f"step {step} gave no usable new prompt; the best so far wins"):
                     break
                 continue
             if scored is not None and scored.capped is not None:

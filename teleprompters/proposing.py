@@ -224,21 +224,18 @@ class Proposing:
         ctx.stop(StopKind.NO_IMPROVEMENT, detail)
         return True
 
-    def nothing_new(self, ctx: SearchContext, empty: int, detail: str, *, asked: bool) -> bool:
+    def nothing_new(self, ctx: SearchContext, empty: int, detail: str) -> bool:
         """Whether the search stops after a step that gave no usable new candidate (``empty``: such steps in a row,
-        ``detail``: which step and why, ``asked``: whether the step asked the prompt model anything): at once, unless
-        ``until_cap`` holds under a cap on requests and the step asked, where the next step asks again (the prompt
+        ``detail``: which step and why): at once, unless ``until_cap`` holds under a cap on requests and the step
+        asked the prompt model anything (:attr:`SearchContext.step_asked`), where the next step asks again (the prompt
         model samples anew) until :data:`EMPTY_STEPS_IN_A_ROW` steps in a row gave nothing. A step that asked nothing
         (no error to learn from) would ask nothing again.
 
         Example:
-            >>> before = ctx.sample_counter  # doctest: +SKIP
-            >>> ...  # the step's proposals
-            >>> if not children and self.nothing_new(ctx, empty, f"step {step} gave no usable new prompt",
-            ...                                      asked=ctx.sample_counter > before):  # doctest: +SKIP
+            >>> if not children and self.nothing_new(ctx, empty, f"step {step} gave no usable new prompt"):  # doctest: +SKIP
             ...     break
         """
-        if self.config.until_cap and ctx.room() is not None and asked and empty < EMPTY_STEPS_IN_A_ROW:
+        if self.config.until_cap and ctx.room() is not None and ctx.step_asked and empty < EMPTY_STEPS_IN_A_ROW:
             ctx.note(f"{detail}; until_cap asks again (the prompt model samples anew)")
             return False
         if empty > 1:

@@ -222,7 +222,6 @@ class ProTeGi(Teleprompter):
             ctx.step(round_, self.config.rounds, "round")
             minibatch = ctx.rng.sample(ctx.train, min(self.config.minibatch_size, len(ctx.train)))
             children: list[int] = []
-            asked_before = ctx.sample_counter
             any_error = False
             for parent in beam if gradients is None else beam[:1]:
                 errors = self.collect_errors(ctx, parent, minibatch)
@@ -233,8 +232,7 @@ class ProTeGi(Teleprompter):
                 break
             empty = 0 if children else empty + 1
             if not children:
-                if self.nothing_new(ctx, empty, f"round {round_} gave no usable child prompt; the best so far wins",
-                                    asked=ctx.sample_counter > asked_before):
+                if self.nothing_new(ctx, empty, f"round {round_} gave no usable child prompt; the best so far wins"):
                     break
                 continue
             arms = list(dict.fromkeys(beam + children))
