@@ -179,7 +179,8 @@ class PE2(Teleprompter):
             )
             empty = 0 if children else empty + 1
             if not children:
-                if self.nothing_new(ctx, empty, f"step {step} gave no usable new prompt; the best so far wins"):
+                why = "gave no usable new prompt" if ctx.step_asked else "found no hard negative to learn from"
+                if self.nothing_new(ctx, empty, f"step {step} {why}; the best so far wins"):
                     break
                 continue
             if scored is not None and scored.capped is not None:

@@ -138,6 +138,7 @@ def test_bad_input_is_handled_and_reported():
     report = pe2(scripted_lm(always_right), engineer, steps=2).compile(sentiment_program(), trainset=REVIEWS).cuecard_report
     assert report.best.origin == "program"
     assert any("no hard negative" in note for note in report.notes)
+    assert report.stop_reason.detail.startswith("step 1 found no hard negative to learn from")
     assert engineer.lm.meter.usage.calls == 0
 
     for zero in ("steps", "beam", "proposals_per_prompt"):
