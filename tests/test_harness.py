@@ -395,8 +395,26 @@ def test_target_rows_measure_the_human_gap_the_dspy_best_the_worst_task_and_unex
     assert harmful.worst_vs_seed == pytest.approx(-0.1) and harmful.worst_task == "b"
     assert harmful.unspent == 0
     rows = [[c.strip() for c in line.strip("|").split("|")] for line in targets_table([mine, harmful]).splitlines()[2:]]
-    verdicts = [[row[i] for i in (2, 5, 7, 9)] for row in rows]
-    assert verdicts == [["not met", "met", "met", "not met"], ["not met", "not met", "not met", "met"]]
+    verdicts = [[row[i] for i in (2, 5, 7, 9, 11)] for row in rows]
+    assert verdicts == [["not met", "met", "met", "not met", "not met"], ["not met", "not met", "not met", "not met", "met"]]
+
+
+def test_target_rows_measure_the_mean_gain_over_the_seed_against_fifteen_points():
+    from benchmarks.harness import CellResult
+    from benchmarks.harness.results import target_rows, targets_table
+
+    def cell(task, method, accuracy, seed=0):
+        return CellResult(task=task, method=method, seed=seed, fingerprint="f", test_accuracy=accuracy)
+
+    cells = [
+        cell("a", "seed", 0.1), cell("b", "seed", 0.5),
+        cell("a", "strong", 0.4), cell("a", "strong", 0.2, seed=1), cell("b", "strong", 0.6),  # +0.2, +0.1
+        cell("a", "weak", 0.2), cell("b", "weak", 0.6),  # +0.1, +0.1
+    ]
+    strong, weak = target_rows(summarize(cells), cells, ["strong", "weak"], [], cap=100)
+    assert strong.mean_gain == pytest.approx(0.15) and weak.mean_gain == pytest.approx(0.1)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in targets_table([strong, weak]).splitlines()[2:]]
+    assert [(row[8], row[9]) for row in rows] == [("+15.0", "met"), ("+10.0", "not met")]
 
 
 def test_a_cell_stopped_under_the_cap_misses_the_spend_target_unless_nothing_was_left_to_score():
