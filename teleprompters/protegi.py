@@ -274,11 +274,11 @@ class ProTeGi(Teleprompter):
         engine = ctx.engine
         record = engine.candidates[parent]
         proposals: list[tuple[dict[str, str], dict]] = []
+        count = self.config.n_gradients if gradients is None else gradients
         for name, instruction in record.instructions.items():
             read = self.task_rule(ctx, name)
             rule = f"What turns an input into its correct output, as read from other training examples (a reading may be too narrow):\n{read}\n\n" if read else ""
             # the gradients are asked together, then every gradient's edits, then every paraphrase
-            count = self.config.n_gradients if gradients is None else gradients
             groups = [ctx.rng.sample(errors, min(self.config.errors_per_gradient, len(errors))) for _ in range(count)]
             shown = [self.format_errors(ctx, name, group, record.instructions) for group in groups]
             replies = self.ask_many(
@@ -287,18 +287,18 @@ class ProTeGi(Teleprompter):
                 temperature=self.config.temperature,
                 max_tokens=self.config.max_proposal_tokens,
             )
-            gradients = [(group, text, gradient) for group, text, reply in zip(groups, shown, replies, strict=True)
-                         for gradient in parse_items(reply, self.config.gradients_per_error)]
+            reasons = [(group, text, gradient) for group, text, reply in zip(groups, shown, replies, strict=True)
+                       for gradient in parse_items(reply, self.config.gradients_per_error)]
             edits = self.propose_many(
                 ctx,
                 [[{"role": "user", "content": EDIT_PROMPT.format(instruction=instruction, errors=text, gradient=gradient, rule=rule, count=self.config.steps_per_gradient)}]
-                 for _, text, gradient in gradients],
+                 for _, text, gradient in reasons],
                 temperature=self.config.temperature,
                 max_tokens=self.config.max_proposal_tokens,
                 count=self.config.steps_per_gradient,
             )
             edited = [({"gradient": gradient, "kind": "edit", "errors": [r.index for _, r in group]}, edit)
-                      for (group, _, gradient), found in zip(gradients, edits, strict=True) for edit in found or []]
+                      for (group, _, gradient), found in zip(reasons, edits, strict=True) for edit in found or []]
             paraphrased = self.paraphrases_many(ctx, [edit for _, edit in edited] + [instruction])
             for (meta, edit), paraphrases in zip(edited, paraphrased, strict=False):
                 proposals.append(({**record.instructions, name: edit}, meta))

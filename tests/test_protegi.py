@@ -164,3 +164,23 @@ def test_full_evaluation_is_the_brute_force_selection():
                      ).compile(sentiment_program(), trainset=reviews()).cuecard_report
     scored = [c for c in report.candidates if c.round == 1]
     assert scored and len({c.dev_examples for c in scored}) == 1
+
+
+def test_a_pipeline_gets_gradients_and_edits_for_every_predictor():
+    from sentiment_cases import Pipeline
+
+    def task_reply(messages):
+        text = messages[-1]["content"]
+        if text.startswith("Review: "):
+            return "gist of " + text.split("\n")[0][len("Review: "):][:15]
+        return "negative"  # the label step is always wrong on a positive review
+
+    proposer = ScriptedProposer()
+    report = ProTeGi(metric=exact_match("sentiment"), task_lm=scripted_lm(task_reply), prompt_lm=proposer.lm, task_rule=False,
+                     storage=":memory:", progress=False, rounds=1, beam_size=2, minibatch_size=10, n_gradients=2,
+                     errors_per_gradient=2, mc_samples_per_step=0, samples_per_eval=4, eval_rounds=2, prompts_per_round=3,
+                     ).compile(Pipeline(), trainset=reviews()[:12]).cuecard_report
+    assert len(proposer.prompts("give 1 reason")) == 2 * 2  # n_gradients for each of the two predictors
+    edited = {name for c in report.candidates if c.origin == "edit"
+              for name, text in c.instructions.items() if text != {"summarize": "Summarize.", "label": "Label."}[name]}
+    assert edited == {"summarize", "label"}
