@@ -1,14 +1,15 @@
 """Searches that go on to their cap size their last step to the room left instead of stopping short of it."""
 
 import random
+import re
 
 import pytest
 from cuecard.clients.testing import scripted_lm
 from cuecard.clients.usage import Limits
 from cuecard.metrics import exact_match
 from cuecard.stopping import StopKind
-from cuecard.teleprompters import APE, OPRO, PE2
-from sentiment_cases import REVIEWS, level_task, sentiment_program
+from cuecard.teleprompters import APE, OPRO, PE2, ProTeGi
+from sentiment_cases import GOLD, ORDER, REVIEWS, Pipeline, level_task, sentiment_program
 
 
 def proposer_reply(messages):
@@ -168,3 +169,29 @@ def test_a_step_that_gives_nothing_new_is_asked_again_with_until_cap_and_two_in_
         assert spent.usage.calls > stopped.usage.calls
     else:
         assert spent.stop_reason.kind == StopKind.NOTHING_NEW and "2 steps in a row gave nothing new" in spent.stop_reason.detail
+
+
+def pipeline_task(messages):
+    """The two-predictor Pipeline on a scripted model: the summary repeats the review; the label is right
+    for review i when i % 10 < N, N read from "Level N" in the label step's instruction (3 without one), so every
+    candidate has successes to induce from and errors to learn from."""
+    text = messages[-1]["content"]
+    if text.startswith("Review: "):
+        return text.split("\n")[0][len("Review: "):]
+    summary = re.search(r"Summary: (.*)", text).group(1)
+    level = re.search(r"Level (\d+)", "\n".join(m["content"] for m in messages))
+    return GOLD[summary] if ORDER[summary] % 10 < (int(level.group(1)) if level else 3) else "neutral"
+
+
+@pytest.mark.parametrize("cls", [APE, OPRO, PE2, ProTeGi])
+def test_every_method_compiles_a_two_predictor_pipeline_on_its_plan_under_the_cap(cls):
+    """The sized steps, readings and proposals of each method run per predictor of a pipeline: the compile
+    ends within the cap, with every candidate naming both predictors and some candidate editing each."""
+    cap = 200
+    teleprompter = cls(metric=exact_match("sentiment"), task_lm=scripted_lm(pipeline_task), prompt_lm=scripted_lm(proposer_reply, name="p"),
+                       storage=":memory:", progress=False, limits=Limits(max_calls=cap), **cls.plan(cap, 20, 15, predictors=2))
+    report = teleprompter.compile(Pipeline(), trainset=REVIEWS[:20], valset=REVIEWS[20:35]).cuecard_report
+    assert report.usage.calls <= cap
+    assert all(set(c.instructions) == {"summarize", "label"} for c in report.candidates)
+    seed = {"summarize": "Summarize.", "label": "Label."}
+    assert {name for c in report.candidates for name, text in c.instructions.items() if text != seed[name]} == set(seed)
