@@ -208,8 +208,10 @@ def test_a_worker_killed_midway_leaves_its_work_to_the_others(postgres_url, alon
     computed = check_split_once([killed, *others])
     scored, states = study_state(storage)
     assert scored == set(alone["pairs"]), "the run's stored scores differ from what one process alone stores"
-    # an evaluation stored by the victim between storing it and logging it is in the study, not in its log
-    assert len(scored - computed) <= 1 and computed <= scored
+    # a batch the victim stored but was killed before logging is in the study, not in its log: only its
+    # last batch may be missing, and it is in the victim's pending log
+    in_flight = set(read_log(Path(f"{workers.outs[0]}.log.pending"))) - set(killed)
+    assert scored - computed <= in_flight and computed <= scored
     assert set(states) <= {"COMPLETE", "PRUNED"} and sum(states.values()) == len(alone["outcome"]["candidates"]), states
     for result in survivors:
         assert result["outcome"] == alone["outcome"]
