@@ -82,7 +82,15 @@ class Planning:
             return
         cap = self.limits.max_calls if self.limits is not None and self.limits.max_calls is not None else BUDGETS[self.auto]
         train, dev = self.split(list(trainset), list(valset) if valset is not None else None)
-        planned = dict(self.plan(cap, len(train), len(dev), len(predictors(student))))
+        count = len(predictors(student))
+        planned = dict(self.plan(cap, len(train), len(dev), count))
+        if not planned and self.plan_shapes(len(train), len(dev)):
+            smallest = self.smallest_plan(len(train), len(dev), count)
+            raise TeleprompterConfigError(
+                f"{type(self).__name__}(auto={self.auto!r}): a cap of {cap} LM requests is too small for one search step "
+                f"on {len(train)} train and {len(dev)} dev examples with {count} predictor(s); the smallest plan takes "
+                f"{smallest}: raise the cap (limits=Limits(max_calls=...), --max-calls) or give fewer dev examples"
+            )
         policy = planned.pop("policy", None)
         if policy is not None and not self._policy_given:
             self.policy = policy
@@ -214,6 +222,21 @@ class Planning:
             if best:
                 return best
         return {}
+
+    @classmethod
+    def smallest_plan(cls, n_train: int, n_dev: int, predictors: int = 1) -> int:
+        """LM requests of the cheapest plan (n = 1 of each shape, without the readings where the method has them):
+        below it :meth:`plan` fits nothing.
+
+        Example:
+            >>> OPRO.smallest_plan(n_train=20, n_dev=15)  # doctest: +SKIP
+            55
+        """
+        without_readings = {"start_from_readings": False} if cls.reads_task else {}
+        return min(
+            cls.fits({**shape(1), "until_cap": True, **without_readings}, 0, n_train, n_dev, predictors)
+            for shape in cls.plan_shapes(n_train, n_dev)
+        )
 
     @classmethod
     def largest_plan(

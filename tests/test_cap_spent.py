@@ -1,15 +1,15 @@
 """Searches that go on to their cap size their last step to the room left instead of stopping short of it."""
 
 import random
-import re
 
 import pytest
 from cuecard.clients.testing import scripted_lm
 from cuecard.clients.usage import Limits
+from cuecard.errors import TeleprompterConfigError
 from cuecard.metrics import exact_match
 from cuecard.stopping import StopKind
 from cuecard.teleprompters import APE, OPRO, PE2, ProTeGi
-from sentiment_cases import GOLD, ORDER, REVIEWS, Pipeline, level_task, sentiment_program
+from sentiment_cases import REVIEWS, Pipeline, level_task, pipeline_task, sentiment_program
 
 
 def proposer_reply(messages):
@@ -171,18 +171,6 @@ def test_a_step_that_gives_nothing_new_is_asked_again_with_until_cap_and_two_in_
         assert spent.stop_reason.kind == StopKind.NOTHING_NEW and "2 steps in a row gave nothing new" in spent.stop_reason.detail
 
 
-def pipeline_task(messages):
-    """The two-predictor Pipeline on a scripted model: the summary repeats the review; the label is right
-    for review i when i % 10 < N, N read from "Level N" in the label step's instruction (3 without one), so every
-    candidate has successes to induce from and errors to learn from."""
-    text = messages[-1]["content"]
-    if text.startswith("Review: "):
-        return text.split("\n")[0][len("Review: "):]
-    summary = re.search(r"Summary: (.*)", text).group(1)
-    level = re.search(r"Level (\d+)", "\n".join(m["content"] for m in messages))
-    return GOLD[summary] if ORDER[summary] % 10 < (int(level.group(1)) if level else 3) else "neutral"
-
-
 @pytest.mark.parametrize("cls", [APE, OPRO, PE2, ProTeGi])
 def test_every_method_compiles_a_two_predictor_pipeline_on_its_plan_under_the_cap(cls):
     """The sized steps, readings and proposals of each method run per predictor of a pipeline: the compile
@@ -195,3 +183,26 @@ def test_every_method_compiles_a_two_predictor_pipeline_on_its_plan_under_the_ca
     assert all(set(c.instructions) == {"summarize", "label"} for c in report.candidates)
     seed = {"summarize": "Summarize.", "label": "Label."}
     assert {name for c in report.candidates for name, text in c.instructions.items() if text != seed[name]} == set(seed)
+
+
+@pytest.mark.parametrize("cls", [APE, OPRO, PE2, ProTeGi])
+@pytest.mark.parametrize(("n_train", "n_dev", "predictors"), [(20, 15, 1), (12, 8, 2)])
+def test_the_smallest_plan_is_the_least_cap_a_plan_fits(cls, n_train, n_dev, predictors):
+    smallest = cls.smallest_plan(n_train, n_dev, predictors)
+    knobs = cls.plan(smallest, n_train, n_dev, predictors)
+    assert knobs and cls.fits(knobs, smallest, n_train, n_dev, predictors) <= smallest
+    assert cls.plan(smallest - 1, n_train, n_dev, predictors) == {}
+
+
+@pytest.mark.parametrize("cls", [APE, OPRO, PE2, ProTeGi])
+def test_auto_under_a_cap_no_plan_fits_stops_before_any_lm_call_and_says_what_fits(cls):
+    task, proposer = scripted_lm(pipeline_task), scripted_lm(proposer_reply, name="p")
+    smallest = cls.smallest_plan(12, 8, predictors=2)
+    teleprompter = cls(metric=exact_match("sentiment"), task_lm=task, prompt_lm=proposer, storage=":memory:", progress=False,
+                       auto="light", limits=Limits(max_calls=smallest - 1))
+    with pytest.raises(TeleprompterConfigError) as raised:
+        teleprompter.compile(Pipeline(), trainset=REVIEWS[:12], valset=REVIEWS[12:20])
+    message = str(raised.value)
+    assert f"a cap of {smallest - 1} LM requests is too small" in message and f"the smallest plan takes {smallest}" in message
+    assert "12 train and 8 dev examples with 2 predictor(s)" in message
+    assert task.engine.requests == [] and proposer.engine.requests == []
