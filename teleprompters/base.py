@@ -131,7 +131,8 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
             gain instead; ``AlwaysAccept()`` returns the search's winner unchecked.
         auto: ``"light"``, ``"medium"`` or ``"heavy"``, as DSPy's optimizers take it: the method's knobs are
             planned for that many LM requests (150, 600, 2400: ``--budget``'s presets) and the compile is capped
-            there (see :meth:`apply_auto`).
+            there (see :meth:`apply_auto`); a cap no plan fits is refused before any LM call, with the smallest
+            plan's requests (:meth:`smallest_plan`).
         prompt_max_tokens: the token cap of every prompt-model request (default: each request's own, such as
             ``max_proposal_tokens``); the report counts replies cut at their cap.
     """
