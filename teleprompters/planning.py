@@ -232,11 +232,19 @@ class Planning:
             >>> OPRO.smallest_plan(n_train=20, n_dev=15)  # doctest: +SKIP
             55
         """
-        without_readings = {"start_from_readings": False} if cls.reads_task else {}
         return min(
-            cls.fits({**shape(1), "until_cap": True, **without_readings}, 0, n_train, n_dev, predictors)
+            cls.fits(variant(1), 0, n_train, n_dev, predictors)
             for shape in cls.plan_shapes(n_train, n_dev)
+            for variant in cls.plan_variants(lambda n, shape=shape: {**shape(n), "until_cap": True})
         )
+
+    @classmethod
+    def plan_variants(cls, knobs_for: Callable[[int], dict[str, Any]]) -> list[Callable[[int], dict[str, Any]]]:
+        """``knobs_for`` and, for a method that reads the task, the same knobs without the readings as starting
+        candidates (they cost their evaluations), tried in that order."""
+        if not cls.reads_task:
+            return [knobs_for]
+        return [knobs_for, lambda n: {**knobs_for(n), "start_from_readings": False}]
 
     @classmethod
     def largest_plan(
@@ -247,10 +255,7 @@ class Planning:
         A method that reads the task tries, when no n fits, the same knobs without the readings as
         starting candidates (they cost their evaluations): one search step is worth more than them.
         """
-        variants = [knobs_for]
-        if cls.reads_task:
-            variants.append(lambda n: {**knobs_for(n), "start_from_readings": False})
-        for variant in variants:
+        for variant in cls.plan_variants(knobs_for):
             best: dict[str, Any] = {}
             for n in range(1, upto + 1):
                 knobs = variant(n)
