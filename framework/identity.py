@@ -27,12 +27,15 @@ import inspect
 import json
 import re
 import textwrap
+import threading
 import types
+import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import dspy
 from pydantic import BaseModel, Field
+from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
 from .redact import redact_url
 
@@ -237,9 +240,34 @@ def _public_state(obj: Any) -> dict[str, Any]:
     return {k: v for k, v in state.items() if not k.startswith("_") and _not_secret(k)}
 
 
+_SOURCES: weakref.WeakKeyDictionary[Any, str] = weakref.WeakKeyDictionary()
+_SOURCES_LOCK = threading.Lock()
+
+
+def _is_ast_depth_race(error: BaseException) -> bool:
+    # CPython 3.11.7 keeps the AST constructor's recursion counter in state shared between threads: a parse
+    # (inspect.getsource of a class parses its module) beside another thread's parse can fail spuriously.
+    return isinstance(error, SystemError) and "AST constructor recursion depth mismatch" in str(error)
+
+
+def _read_source(obj: Any) -> str:
+    for attempt in Retrying(retry=retry_if_exception(_is_ast_depth_race), stop=stop_after_attempt(5), reraise=True):
+        with attempt:
+            return textwrap.dedent(inspect.getsource(obj))
+    raise AssertionError("unreachable")
+
+
 def _source(obj: Any) -> str:
+    """The source of a class or function, read (and parsed) once per object per process."""
     try:
-        return textwrap.dedent(inspect.getsource(obj))
+        with _SOURCES_LOCK:
+            try:
+                cached = _SOURCES.get(obj)
+            except TypeError:  # not weakly referenceable: read it every time
+                return _read_source(obj)
+            if cached is None:
+                cached = _SOURCES[obj] = _read_source(obj)
+            return cached
     except (OSError, TypeError):
         code = getattr(obj, "__code__", None)
         if code is not None:

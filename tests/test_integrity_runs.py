@@ -66,6 +66,39 @@ def test_a_metric_reading_an_edited_module_constant_refuses_the_stored_run(tmp_p
     assert main([*args, "--run-name", second.run_name, "--out", "three.json"]) == 0, "the new run resumes by name"
 
 
+def test_a_metric_class_source_is_read_once_and_survives_the_ast_race_of_python_3_11(monkeypatch):
+    """CPython 3.11.7 can fail a parse beside another thread's with this SystemError (seen in CI, from
+    inspect.getsource of a metric class); the identity retries the read, and reads each object once."""
+    import inspect
+
+    from cuecard import identity
+
+    class LengthMetric:
+        def __call__(self, example, prediction, trace=None):
+            return len(prediction.sentiment) > 0
+
+    real_getsource, calls = inspect.getsource, []
+
+    def racing_getsource(obj):
+        calls.append(obj)
+        if len(calls) == 1:
+            raise SystemError("AST constructor recursion depth mismatch (before=153, after=130)")
+        return real_getsource(obj)
+
+    monkeypatch.setattr(inspect, "getsource", racing_getsource)
+    first = identity.metric_identity(LengthMetric())
+    assert identity.metric_identity(LengthMetric()) == first
+    assert calls.count(LengthMetric) == 2, "one failed read, one retry, then the stored source"
+    assert "return len(prediction.sentiment) > 0" in identity._source(LengthMetric)
+
+    def broken_getsource(obj):
+        raise SystemError("another error")
+
+    monkeypatch.setattr(inspect, "getsource", broken_getsource)
+    with pytest.raises(SystemError, match="another error"):  # only the race is retried
+        identity._source(type("Unread", (), {}))
+
+
 def test_a_metric_reading_a_file_is_checked_by_behaviour_through_the_python_api(tmp_path):
     program = dspy.Predict(dspy.Signature("review -> sentiment", "Classify."))
     data = cuecard.datasets.reviews()
