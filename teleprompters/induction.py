@@ -44,22 +44,34 @@ REVERSE_TEMPLATE = (
 
 def collect_traces(ctx: SearchContext, predictor_name: str) -> list[dspy.Example]:
     """Run the program on train examples; keep ``predictor_name``'s inputs and outputs where the metric passed."""
+    return traced_demos(ctx, predictor_name)[0]
+
+
+def traced_demos(ctx: SearchContext, predictor_name: str) -> tuple[list[dspy.Example], list[dspy.Example]]:
+    """The seed program run on every train example (one traced run each): ``predictor_name``'s steps in the
+    runs the metric passed, and, where it made a run's last step, its inputs there with the example's gold
+    values for the outputs it writes (the answer it should have given; empty for a predictor whose outputs
+    are not labelled)."""
     seed = get_instructions(ctx.student)
-    examples = []
+    passed: list[dspy.Example] = []
+    gold: list[dspy.Example] = []
     for example in ctx.train:
         run = ctx.engine.trace(seed, example)
         if run.error is not None:
             continue
         try:
-            passed = ctx.metric(example, run.prediction, run.steps)
+            succeeded = bool(ctx.metric(example, run.prediction, run.steps))
         except Exception:
             continue
-        if not passed:
-            continue
         for name, inputs, outputs in run.steps:
-            if name == predictor_name:
-                examples.append(dspy.Example(**inputs, **outputs).with_inputs(*inputs))
-    return examples
+            if name == predictor_name and succeeded:
+                passed.append(dspy.Example(**inputs, **outputs).with_inputs(*inputs))
+        if run.steps and run.steps[-1][0] == predictor_name:
+            _, inputs, outputs = run.steps[-1]
+            labels = {field: example[field] for field in outputs if field in example.labels()}
+            if labels:
+                gold.append(dspy.Example(**inputs, **labels).with_inputs(*inputs))
+    return passed, gold
 
 
 class Induction(BaseModel):
@@ -85,10 +97,18 @@ def induction_messages(template: str, demos: str) -> list[dict[str, str]]:
 
 def demo_pool(ctx: SearchContext, predictor_name: str) -> list[dspy.Example]:
     """Train examples as the predictor sees them: the examples themselves for a one-predictor
-    program; for a pipeline, the predictor's own inputs/outputs in runs the metric judged right."""
+    program; for a pipeline, the predictor's own inputs/outputs in runs the metric judged right, or,
+    when no run was right, the last predictor's inputs with the gold outputs (:func:`traced_demos`)."""
     if len(predictors(ctx.student)) == 1:
         return ctx.train
-    return collect_traces(ctx, predictor_name)
+    passed, gold = traced_demos(ctx, predictor_name)
+    if passed or not gold:
+        return passed
+    ctx.note(
+        f"{predictor_name}: no successful trace; inducing from its inputs in the program's runs with the gold "
+        f"outputs ({len(gold)} examples)"
+    )
+    return gold
 
 
 def induce(teleprompter: Teleprompter, ctx: SearchContext, predictor_name: str, settings: Induction) -> list[str]:
@@ -160,4 +180,5 @@ __all__ = [
     "hygiene",
     "induce",
     "induction_messages",
+    "traced_demos",
 ]

@@ -1,6 +1,7 @@
 """APE: induction modes, hygiene, bad input, multi-stage cost, warm-cache rerun, quality, save/load."""
 
 import json
+import re
 
 import cuecard
 import dspy
@@ -205,6 +206,34 @@ def test_pipeline_predictors_are_induced_from_their_own_traces():
     assert "Sentiment: positive" in label_prompt and "Sentiment" not in summarize_prompt
     assert all(set(c.instructions) == {"summarize", "label"} for c in report.candidates)
     assert any(c.origin == "induced-forward" for c in report.candidates)
+
+
+def test_a_pipeline_the_task_model_always_fails_induces_its_last_predictor_from_the_gold_outputs():
+    """No run passes the metric (the label step always says "mixed"): the label predictor's demonstrations are
+    its inputs in the program's runs with the gold labels; the first predictor, whose output has no gold,
+    gets none and says so."""
+    train = toy_train(12)
+
+    def task_reply(messages):
+        text = messages[-1]["content"]
+        if text.startswith("Review: "):
+            return "short " + text.split("\n")[0][len("Review: "):][:12]
+        return "mixed"
+
+    proposer = scripted_proposer([f"Proposal {i}." for i in range(10)])
+    ape = APE(metric=exact_match("sentiment"), task_lm=scripted_lm(task_reply), prompt_lm=proposer,
+              num_subsamples=1, num_demos=3, num_prompts_per_subsample=2, storage=":memory:", progress=False,
+              policy=FullEvaluation())
+    report = ape.compile(Pipeline(), trainset=train).cuecard_report
+    prompts = [r[-1]["content"] for r in proposer.engine.requests]
+    induced = [p for p in prompts if "Summary: short" in p]
+    assert induced and all("Review: " not in p and "mixed" not in p for p in induced), "only the label step is induced"
+    gold_of = {"short " + e.review[:12]: e.sentiment for e in train}
+    pairs = re.findall(r"Summary: (.*)\nSentiment: (.*)", induced[0])
+    assert len(pairs) == 3 and all(gold_of[summary] == label for summary, label in pairs)
+    assert any("label: no successful trace; inducing from its inputs" in note for note in report.notes)
+    assert any("summarize: no successful trace to induce from" in note for note in report.notes)
+    assert any(c.origin == "induced-forward" and c.instructions["label"] == "Proposal 0." for c in report.candidates)
 
 
 def test_a_cap_reached_while_proposing_ends_the_compile_with_the_best_so_far_and_says_why():
