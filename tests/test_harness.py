@@ -641,3 +641,24 @@ def test_the_majority_row_gives_the_train_splits_commonest_answer_everywhere_wit
     paths = run(config(tmp_path, methods=["seed", "majority", "ape"], seeds=1), log=lambda line: None, tasks=[task], models=models)
     judged = [t["method"] for t in json.loads(paths["json"].read_text())["targets"]]
     assert judged == ["ape"], "a baseline is not judged against the targets"
+
+
+@pytest.mark.parametrize("cls", ["APE", "OPRO", "PE2", "ProTeGi"])
+def test_a_cuecard_method_is_planned_for_the_predictors_of_the_program_it_is_given(cls):
+    """The harness plans each teleprompter's knobs for the program's own predictors: a two-predictor
+    pipeline gets the plan its teleprompter makes for two, and that plan fits the cap."""
+    import cuecard.teleprompters
+    from benchmarks.harness.methods.common import plan_for_program
+    from sentiment_cases import Pipeline
+
+    cls = getattr(cuecard.teleprompters, cls)
+    kw = {"cap": 200, "train": REVIEWS[:12], "dev": REVIEWS[12:20]}
+    one = plan_for_program(cls, dspy.Predict("review -> sentiment"), kw)
+    two = plan_for_program(cls, Pipeline(), kw)
+    def same(knobs):  # a policy object compares by its settings
+        return {k: (type(v).__name__, vars(v)) if k == "policy" else v for k, v in knobs.items()}
+
+    assert same(one.knobs) == same(cls.plan(200, 12, 8, predictors=1))
+    assert same(two.knobs) == same(cls.plan(200, 12, 8, predictors=2))
+    assert two.planned_calls == cls.fits(two.knobs, 200, 12, 8, 2) <= 200
+    assert (same(one.knobs), one.planned_calls) != (same(two.knobs), two.planned_calls), "the plan depends on the predictors"

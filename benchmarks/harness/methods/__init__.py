@@ -126,13 +126,13 @@ def cuecard_runner(name: str) -> Runner:
     if name in REGISTERED_METHODS:
         from cuecard.teleprompters import Teleprompter
 
-        from .common import Plan, compile_with, plan_for
+        from .common import Plan, compile_with, plan_for_program
 
         cls = registered_teleprompters()[name]
 
         def run(program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:
             has_plan = any(getattr(cls, hook).__func__ is not getattr(Teleprompter, hook).__func__ for hook in ("plan", "plan_shapes"))
-            plan = (plan_for(cls, kw["cap"], len(kw["train"]), len(kw["dev"])) if has_plan
+            plan = (plan_for_program(cls, program, kw) if has_plan
                     else Plan(knobs={}, planned_calls=kw["cap"], notes=["no plan() of its own: its default settings, under the cap"]))
             return compile_with(cls, plan, program, **kw)
 

@@ -14,7 +14,7 @@ import dspy
 from cuecard.teleprompters import APE
 from cuecard.teleprompters.ape import BLANK, DEMOS
 
-from .common import MethodRun, Plan, compile_with, plan_for
+from .common import MethodRun, compile_with, plan_for_program
 
 FORM_CLAUSE_TEMPLATE = (
     "A teacher gave a student one instruction. Following it, the student turned each input below "
@@ -53,13 +53,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 """APE with another induction template each, run as methods of their own."""
 
 
-def plan(cap: int, n_train: int, n_dev: int) -> Plan:
-    """APE's own plan for the cap (see ``APE.plan``)."""
-    return plan_for(APE, cap, n_train, n_dev)
-
-
 def run(program: dspy.Module, *, variant: dict[str, Any] | None = None, **kw: Any) -> tuple[dspy.Module, MethodRun]:
-    planned = plan(kw["cap"], len(kw["train"]), len(kw["dev"]))
+    planned = plan_for_program(APE, program, kw)
     if variant:
         planned = planned.model_copy(update={"knobs": {**planned.knobs, **variant}})
     return compile_with(APE, planned, program, **kw)

@@ -39,14 +39,23 @@ class Plan(BaseModel):
 Runner = Callable[..., tuple[dspy.Module, MethodRun]]
 
 
-def plan_for(cls: type, cap: int, n_train: int, n_dev: int) -> Plan:
+def plan_for(cls: type, cap: int, n_train: int, n_dev: int, predictors: int = 1) -> Plan:
     """A teleprompter's own plan for the cap (:meth:`cuecard.teleprompters.Teleprompter.plan`, worked
     out through its estimate of what its policy and proposals cost) and the calls it expects."""
-    knobs = cls.plan(cap, n_train, n_dev)
+    knobs = cls.plan(cap, n_train, n_dev, predictors=predictors)
     if not knobs:
-        raise ValueError(f"{cls.__name__}: a cap of {cap} calls is too small for one search step on {n_dev} dev examples")
+        raise ValueError(
+            f"{cls.__name__}: a cap of {cap} calls is too small for one search step on {n_dev} dev examples "
+            f"with {predictors} predictor(s)"
+        )
     shown = ", ".join(f"{k}={type(v).__name__ if k == 'policy' else v}" for k, v in knobs.items())
-    return Plan(knobs=knobs, planned_calls=cls.fits(knobs, cap, n_train, n_dev, 1), notes=[f"plan for the cap: {shown}"])
+    return Plan(knobs=knobs, planned_calls=cls.fits(knobs, cap, n_train, n_dev, predictors),
+                notes=[f"plan for the cap: {shown}"])
+
+
+def plan_for_program(cls: type, program: dspy.Module, kw: dict[str, Any]) -> Plan:
+    """:func:`plan_for` the cap, the data sizes and the number of predictors of the program a run is given."""
+    return plan_for(cls, kw["cap"], len(kw["train"]), len(kw["dev"]), len(program.named_predictors()))
 
 
 def compile_with(cls: type, plan: Plan, program: dspy.Module, **kw: Any) -> tuple[dspy.Module, MethodRun]:

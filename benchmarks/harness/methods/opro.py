@@ -14,7 +14,7 @@ import dspy
 from cuecard.teleprompters import OPRO
 from cuecard.teleprompters.opro import EXEMPLARS, HISTORY
 
-from .common import MethodRun, Plan, compile_with, plan_for
+from .common import MethodRun, compile_with, plan_for_program
 
 PAPER_META_PROMPT = (
     "You are looking for an instruction, written <INS>. These instructions were tried before, each with "
@@ -33,13 +33,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
 """OPRO with the paper-style meta-prompt, run as a method of its own."""
 
 
-def plan(cap: int, n_train: int, n_dev: int) -> Plan:
-    """OPRO's own plan for the cap (see ``OPRO.plan``)."""
-    return plan_for(OPRO, cap, n_train, n_dev)
-
-
 def run(program: dspy.Module, *, variant: dict[str, Any] | None = None, **kw: Any) -> tuple[dspy.Module, MethodRun]:
-    planned = plan(kw["cap"], len(kw["train"]), len(kw["dev"]))
+    planned = plan_for_program(OPRO, program, kw)
     if variant:
         planned = planned.model_copy(update={"knobs": {**planned.knobs, **variant}})
     return compile_with(OPRO, planned, program, **kw)

@@ -10,7 +10,7 @@ from typing import Any
 import dspy
 from cuecard.teleprompters import PE2
 
-from .common import MethodRun, Plan, compile_with, plan_for
+from .common import MethodRun, compile_with, plan_for_program
 
 ABLATIONS: dict[str, dict[str, bool]] = {
     "pe2-no-description": {"two_step_description": False},
@@ -20,13 +20,8 @@ ABLATIONS: dict[str, dict[str, bool]] = {
 """PE2 with one meta-prompt component switched off each: the paper's ablations, run as methods of their own."""
 
 
-def plan(cap: int, n_train: int, n_dev: int) -> Plan:
-    """PE2's own plan for the cap (see ``PE2.plan``)."""
-    return plan_for(PE2, cap, n_train, n_dev)
-
-
 def run(program: dspy.Module, *, ablation: dict[str, bool] | None = None, **kw: Any) -> tuple[dspy.Module, MethodRun]:
-    planned = plan(kw["cap"], len(kw["train"]), len(kw["dev"]))
+    planned = plan_for_program(PE2, program, kw)
     if ablation:
         planned = planned.model_copy(update={"knobs": {**planned.knobs, **ablation}})
     return compile_with(PE2, planned, program, **kw)
