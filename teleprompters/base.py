@@ -92,6 +92,11 @@ class TeleprompterConfig(BaseModel):
         True, description="the reflective methods' readings of the task (see task_rule) compete with the seed as "
         "starting candidates, as induced prompts do in APE and PE2",
     )
+    answer_form: bool = Field(
+        True, description="after the search, score its winner with one sentence appended that asks for the answer "
+        "alone (ANSWER_FORM, naming the output fields) on every dev example; the variant replaces the winner only "
+        "when it scores higher there, and then faces the do-no-harm check like any winner",
+    )
     stop_if_metric_blind: bool = Field(
         False, description="stop after the first scoring stage when the metric gave every candidate the same score "
         "below 1 on every example (always said at once, with one answer beside its gold); off by default, since a "
@@ -378,7 +383,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
                             stop_if_metric_blind=self.config.stop_if_metric_blind)
         if duplicates:
             ctx.note(duplicates)
-        planned = self.planned_calls(len(train), len(dev), len(predictors(student)))
+        planned = self.planned_total(len(train), len(dev), len(predictors(student)))
         engine.proposals_planned = planned[0] if planned is not None else None
         engine.phase = "starting candidates"
         seed_instructions = get_instructions(student)
@@ -389,7 +394,7 @@ class Teleprompter(Proposing, Planning, Reporting, DSPyTeleprompter):
         with engine.session(), truncation_counted():  # cut answers are counted and reported once, at the end
             engine.add_candidate(seed_instructions, origin="program")
             try:
-                final = self.score_the_rest(ctx, self.search(ctx))
+                final = self.try_answer_form(ctx, self.score_the_rest(ctx, self.search(ctx)))
             except BudgetExhausted as exc:
                 ctx.stop(exc.reason)  # the best candidate scored so far wins
                 final = ctx.ranking_so_far()

@@ -94,6 +94,7 @@ class BPOConfig(TeleprompterConfig):
     """BPO's settings. The pairs-per-set and length-ratio bounds are ours (the paper drops "extreme" ratios)."""
 
     fields: list[str] | None = Field(None, description="input fields to rewrite (default: the program's only input)")
+    answer_form: bool = Field(False, description="off: BPO's candidates are rewriters, not the program's instructions")
     max_records: int = Field(16, ge=0, description="preference records turned into rewriting pairs")
     min_length_ratio: float = Field(0.5, gt=0, description="drop pairs whose optimized prompt is shorter than this x the original")
     max_length_ratio: float = Field(8.0, gt=0)

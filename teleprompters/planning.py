@@ -103,6 +103,15 @@ class Planning:
         most with its settings, the seed check included; None when the method cannot tell."""
         return None
 
+    def planned_total(self, n_train: int, n_dev: int, predictors: int) -> tuple[int, int, int] | None:
+        """:meth:`planned_calls` with the answer-form check after the search (``answer_form``: the winner's
+        variant scored on every dev example)."""
+        planned = self.planned_calls(n_train, n_dev, predictors)
+        if planned is None or not self.config.answer_form:
+            return planned
+        prompt, evaluations, runs = planned
+        return prompt, evaluations + n_dev, runs
+
     def step_calls(self, n_train: int, n_dev: int, predictors: int, size: int | None = None) -> tuple[int, int, int]:
         """(prompt-model requests, pool evaluations, task runs outside the pool) one step of the search takes at most,
         asking for ``size`` new candidates (default: a full step); a method that goes on past its planned steps
@@ -134,7 +143,7 @@ class Planning:
         if duplicates:
             warnings.warn(duplicates, DataWarning, stacklevel=2)
         count = len(predictors(student))
-        planned = self.planned_calls(len(train), len(dev), count)
+        planned = self.planned_total(len(train), len(dev), count)
         if planned is None:
             raise TeleprompterConfigError(f"{type(self).__name__} cannot estimate its cost before running")
         prompt, evaluations, side = planned
@@ -270,7 +279,7 @@ class Planning:
     def fits(cls, knobs: dict[str, Any], cap: int, n_train: int, n_dev: int, predictors: int) -> int:
         """The requests a compile with ``knobs`` may take on data of these sizes (for :meth:`plan`)."""
         probe = cls(metric=None, task_lm=_PLANNING_LM, **knobs)
-        return lm_requests(*(probe.planned_calls(n_train, n_dev, predictors) or (0, 0, 0)), predictors)
+        return lm_requests(*(probe.planned_total(n_train, n_dev, predictors) or (0, 0, 0)), predictors)
 
 
 class _PlanningLM:

@@ -196,13 +196,13 @@ class Proposing:
         room = ctx.room()
         if not self.config.until_cap or room is None:
             return False
-        reserve = self.acceptance_reserve(ctx)
+        reserve = self.closing_reserve(ctx)
         if room - reserve >= step_cost:
             return True
         ctx.stop(
             StopKind.NO_ROOM,
-            f"{room} requests left under the cap, fewer than one more step ({step_cost}) and the seed's "
-            f"check on the winner's examples ({reserve}) may take",
+            f"{room} requests left under the cap, fewer than one more step ({step_cost}) and "
+            f"{self.closing_checks(reserve)} may take",
         )
         return False
 
@@ -253,7 +253,7 @@ class Proposing:
         room = ctx.room()
         if not self.config.until_cap or room is None or full < 1:
             return 0
-        reserve = self.acceptance_reserve(ctx)
+        reserve = self.closing_reserve(ctx)
         for count in range(full, 0, -1):
             if room - reserve >= cost_of(count):
                 if count < full:
@@ -262,7 +262,7 @@ class Proposing:
         ctx.stop(
             StopKind.NO_ROOM,
             f"{room} requests left under the cap, fewer than the smallest step (one new candidate, "
-            f"{cost_of(1)}) and the seed's check on the winner's examples ({reserve}) may take",
+            f"{cost_of(1)}) and {self.closing_checks(reserve)} may take",
         )
         return 0
 
@@ -284,7 +284,7 @@ class Proposing:
         if engine.calls_to_cover(final.best.arm):
             return final  # the search ended before its winner was scored on the whole pool
         covered = [e.arm for e in ctx.ranking() if engine.calls_to_cover(e.arm) == 0]
-        left = room - self.acceptance_reserve(ctx)
+        left = room - self.closing_reserve(ctx)
         more: list[int] = []
         for estimate in ctx.ranking():
             cost = engine.calls_to_cover(estimate.arm)
@@ -311,6 +311,62 @@ class Proposing:
     def acceptance_reserve(ctx: SearchContext) -> int:
         """Requests the do-no-harm check may still need: the seed (the first arm) scored on every dev example it lacks."""
         return ctx.engine.calls_to_cover(0)
+
+    def closing_reserve(self, ctx: SearchContext) -> int:
+        """Requests the checks after the search may still need: the answer-form variant of the winner scored on every
+        dev example (with ``answer_form``) and the seed's do-no-harm check (:meth:`acceptance_reserve`)."""
+        form = len(ctx.engine.examples) * ctx.engine.calls_per_example if self.config.answer_form else 0
+        return form + self.acceptance_reserve(ctx)
+
+    def closing_checks(self, reserve: int) -> str:
+        """What :meth:`closing_reserve` keeps room for, in words, with its requests."""
+        checks = "the answer-form check and the seed's check" if self.config.answer_form else "the seed's check"
+        return f"{checks} on the winner's examples ({reserve})"
+
+    def answer_form_variant(self, ctx: SearchContext, instructions: dict[str, str]) -> dict[str, str] | None:
+        """``instructions`` with :data:`ANSWER_FORM` appended to each predictor that writes a labelled output (the
+        fields the train examples hold), naming those fields; None when no predictor does or it is there already."""
+        labels = set(ctx.train[0].labels().keys()) if ctx.train else set()
+        variant = dict(instructions)
+        for name, predictor in predictors(ctx.student):
+            fields = [field for field in predictor.signature.output_fields if field in labels]
+            sentence = ANSWER_FORM.format(fields=" and ".join(field.replace("_", " ") for field in fields))
+            if fields and not instructions[name].rstrip().endswith(sentence):
+                variant[name] = f"{instructions[name].rstrip()} {sentence}"
+        return variant if variant != instructions else None
+
+    def try_answer_form(self, ctx: SearchContext, final: Allocation) -> Allocation:
+        """With ``answer_form``, the search's winner and its :meth:`answer_form_variant` scored on every dev example;
+        the variant wins only with a higher mean there (a tie keeps the winner). A model that computes the answer
+        and writes it inside a sentence scores 0 under exact match, and a prompt model rarely proposes the fix;
+        the sentence is the engine's, so it cannot leak into what the prompt model writes.
+        Skipped when the winner scores 1 on every dev example, when the variant is already a candidate, or when the
+        cap leaves no room for it beside the seed's check (said in a note)."""
+        if not self.config.answer_form or final.best.mean >= 1.0:
+            return final
+        engine = ctx.engine
+        winner = final.best.arm
+        variant = self.answer_form_variant(ctx, engine.arms[winner].record.instructions)
+        if variant is None or engine.arm_of(variant) is not None:
+            return final
+        room = ctx.room()
+        cost = len(engine.examples) * engine.calls_per_example + engine.calls_to_cover(winner)
+        if room is not None and room - self.acceptance_reserve(ctx) < cost:
+            ctx.note(f"the answer-form check did not fit: it takes {cost} requests, {room} are left beside the seed's check")
+            return final
+        after_the_search = 1 + max(candidate.record.round for candidate in engine.arms)
+        arm = engine.add_candidate(variant, parent=engine.arms[winner].record.key, round=after_the_search, origin="answer-form")
+        engine.phase = "the answer-form check (the winner asking for the answer alone)"
+        everywhere = FullEvaluation(n_examples=len(engine.examples))
+        if engine.calls_to_cover(winner):
+            ctx.allocate([winner], policy=everywhere)
+        variant_estimate = ctx.allocate([arm], policy=everywhere).best
+        winner_mean = sum(engine.scores(winner).values()) / len(engine.examples)
+        adopted = variant_estimate.mean > winner_mean  # a tie keeps the winner
+        ctx.note(f"the answer form: the winner {'gave way to' if adopted else 'kept over'} its variant asking for the "
+                 f"answer alone ({variant_estimate.mean:.3f} against {winner_mean:.3f} on every dev example)")
+        ranking = [variant_estimate, *final.ranking] if adopted else [final.ranking[0], variant_estimate, *final.ranking[1:]]
+        return final.model_copy(update={"ranking": ranking})
 
     def task_rule(self, ctx: SearchContext, predictor_name: str) -> str | None:
         """What turns an input into its correct output, as the prompt model reads it from train
@@ -465,6 +521,8 @@ class Proposing:
         return "\n\n".join(blocks)
 
 
+ANSWER_FORM = "Reply with the {fields} only, nothing else."
+"""The sentence :meth:`Proposing.try_answer_form` appends to the search's winner; ``{fields}`` names the output fields."""
 EMPTY_STEPS_IN_A_ROW = 2
 """With ``until_cap``, the steps in a row that may give no usable new candidate before the search stops (a step
 that gave nothing is asked again: the prompt model samples anew, and a small one often repeats itself once)."""

@@ -177,7 +177,7 @@ class ProTeGi(Teleprompter):
         room = ctx.room()
         if not self.config.until_cap or room is None:
             return 0
-        reserve = self.acceptance_reserve(ctx)
+        reserve = self.closing_reserve(ctx)
         if room - reserve >= full_cost:
             return None
         for gradients in range(self.config.n_gradients, 0, -1):
@@ -188,8 +188,8 @@ class ProTeGi(Teleprompter):
         ctx.stop(
             StopKind.NO_ROOM,
             f"{room} requests left under the cap, fewer than one more round ({full_cost}), or the smallest (one gradient on "
-            f"the best prompt, its children scored on every dev example: {self.last_round_cost(ctx, 1, beam)}), and the "
-            f"seed's check on the winner's examples ({reserve}) may take",
+            f"the best prompt, its children scored on every dev example: {self.last_round_cost(ctx, 1, beam)}), and "
+            f"{self.closing_checks(reserve)} may take",
         )
         return 0
 

@@ -135,7 +135,8 @@ def test_a_search_going_on_to_its_cap_keeps_room_for_the_seeds_check():
     engine = Engine(Evaluator(task.program, task.metric, task_lm=task.lm), task.examples, storage=":memory:", progress=False)
     engine.add_candidate(task.candidate(0), origin="program")
     engine.evaluate(0, list(range(5)))  # the seed has 5 of the 15 dev examples: its check may take 10 more
-    ape = APE(metric=exact_match("answer"), task_lm=scripted_lm(lambda m: "x"), until_cap=True, storage=":memory:")
+    ape = APE(metric=exact_match("answer"), task_lm=scripted_lm(lambda m: "x"), until_cap=True, storage=":memory:",
+              answer_form=False)
 
     def ctx(room):
         return SimpleNamespace(engine=engine, room=lambda: room, note=notes.append, stop=lambda kind, detail: notes.append(detail))
@@ -144,3 +145,9 @@ def test_a_search_going_on_to_its_cap_keeps_room_for_the_seeds_check():
     assert not ape.more_steps(ctx(29), done=1, planned=1, step_cost=20)
     assert "the seed's check on the winner's examples (10)" in notes[-1]
     assert ape.more_steps(ctx(0), done=0, planned=1, step_cost=20)  # planned steps are the plan's to bound
+
+    with_form = APE(metric=exact_match("answer"), task_lm=scripted_lm(lambda m: "x"), until_cap=True, storage=":memory:")
+    assert with_form.config.answer_form, "on by default"
+    assert with_form.more_steps(ctx(45), done=1, planned=1, step_cost=20)  # 45 - 15 (the variant on all dev) - 10 >= 20
+    assert not with_form.more_steps(ctx(44), done=1, planned=1, step_cost=20)
+    assert "the answer-form check and the seed's check on the winner's examples (25)" in notes[-1]

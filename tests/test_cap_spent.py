@@ -20,9 +20,9 @@ def proposer_reply(messages):
     return f"Level {random.Random(text).randint(2, 7)}: label the review."
 
 
-def compile_on_plan(cls, cap):
+def compile_on_plan(cls, cap, **settings):
     teleprompter = cls(metric=exact_match("sentiment"), task_lm=scripted_lm(level_task), prompt_lm=scripted_lm(proposer_reply, name="p"),
-                       storage=":memory:", progress=False, limits=Limits(max_calls=cap), **cls.plan(cap, 20, 15))
+                       storage=":memory:", progress=False, limits=Limits(max_calls=cap), **{**cls.plan(cap, 20, 15), **settings})
     return teleprompter.compile(sentiment_program(), trainset=REVIEWS[:20], valset=REVIEWS[20:35]).cuecard_report
 
 
@@ -30,7 +30,7 @@ def compile_on_plan(cls, cap):
 def test_the_last_step_is_sized_to_the_room_left(cls, cap):
     """A full step (4 OPRO proposals, 3 PE2 ones) no longer fits, a smaller one does: it runs, and the cap
     is spent to 90% or the search says why it stopped after it."""
-    report = compile_on_plan(cls, cap)
+    report = compile_on_plan(cls, cap, answer_form=False)  # the step sizing alone (tests/test_answer_form.py: with it)
     sized = [n for n in report.notes if "sized to the room left" in n]
     assert sized and " of " in sized[0], report.notes
     assert report.usage.calls <= cap
@@ -56,7 +56,7 @@ def test_step_size_takes_the_most_candidates_that_fit_and_says_why_it_stops():
             self.stopped = (kind, detail)
 
     ctx = Ctx()
-    ape.acceptance_reserve = lambda ctx: 10  # the seed's check still needs 10 requests
+    ape.closing_reserve = lambda ctx: 10  # the checks after the search still need 10 requests
     cost = lambda n: 8 * n  # noqa: E731
     assert ape.step_size(ctx, 0, 1, 4, cost) == 4  # within the planned steps: a full one
     assert ape.step_size(ctx, 1, 1, 4, cost) == 3 and "3 of 4 new candidates" in ctx.notes[-1]  # 40 - 10 = 30 >= 24
@@ -91,8 +91,8 @@ def test_a_method_gives_only_its_plan_shapes_and_step_calls_and_the_shared_plan_
         def search(self, ctx):
             raise AssertionError("planning makes no search")
 
-    def requests(steps, width, n_dev, predictors):  # the toy's own arithmetic, written out
-        return 2 * steps + steps * width * n_dev * predictors
+    def requests(steps, width, n_dev, predictors):  # the toy's own arithmetic, written out, and the answer-form check
+        return 2 * steps + (steps * width + 1) * n_dev * predictors
 
     for cap, n_dev, predictors in ((100, 5, 1), (100, 5, 2), (500, 15, 1), (20, 5, 1)):
         plan = Toy.plan(cap, n_train=10, n_dev=n_dev, predictors=predictors)

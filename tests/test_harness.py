@@ -137,8 +137,12 @@ def scripted_models():
     return Models(scripted_lm(level_reply, name="scripted/task", cache=True), scripted_lm(proposer_reply, name="scripted/prompt", cache=True))
 
 
+CAP = 50
+"""The harness cap of these tests: room for OPRO's and PE2's smallest plan on 12 train and 8 dev examples (48)."""
+
+
 def config(tmp_path, **overrides):
-    settings = dict(tasks=["ii:levels"], methods=["seed", "human", "ape", "opro"], seeds=2, cap=40, n_train=12, n_dev=8, n_test=12, out=str(tmp_path / "bench"))
+    settings = dict(tasks=["ii:levels"], methods=["seed", "human", "ape", "opro"], seeds=2, cap=CAP, n_train=12, n_dev=8, n_test=12, out=str(tmp_path / "bench"))
     return HarnessConfig(**{**settings, **overrides})
 
 
@@ -149,7 +153,7 @@ def test_harness_caps_each_method_scores_test_and_writes_json_markdown_and_plot(
     cells = payload["cells"]
     assert len(cells) == 1 + 3 * 2 and len(lines) == len(cells)
     for cell in cells:
-        assert cell["usage"]["calls"] <= 40
+        assert cell["usage"]["calls"] <= CAP
         if cell["method"] in ("ape", "opro"):
             assert cell["usage"]["calls"] == cell["task_usage"]["calls"] + cell["prompt_usage"]["calls"]
             assert cell["prompt_usage"]["calls"] > 0 and cell["error"] is None
@@ -315,7 +319,7 @@ def test_a_cell_won_by_the_methods_own_step_is_measured_against_its_best_reading
         return "<INS>Level 9: label the review.</INS>" if "<INS>" in messages[-1]["content"] else "Level 3: label the review."
 
     models = Models(scripted_lm(level_reply, name="scripted/task", cache=True), scripted_lm(prompt_reply, name="scripted/prompt3", cache=True))
-    paths = run(config(tmp_path, methods=["seed", "opro"], seeds=1, cap=60), log=lambda line: None, tasks=[scripted_task()], models=models)
+    paths = run(config(tmp_path, methods=["seed", "opro"], seeds=1, cap=70), log=lambda line: None, tasks=[scripted_task()], models=models)
     cell = next(c for c in json.loads(paths["json"].read_text())["cells"] if c["method"] == "opro")
     assert cell["winner_source"].startswith("own step") and "Level 9" in cell["instructions"]["self"]
     assert 0 < cell["best_reading_test_accuracy"] < cell["test_accuracy"]
@@ -338,7 +342,7 @@ def test_pe2_ablations_run_as_methods_with_their_component_left_out_of_the_meta_
         models = scripted_models()
         paths = run(config(tmp_path / method, methods=[method], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=models)
         cell = json.loads(paths["json"].read_text())["cells"][0]
-        assert cell["error"] is None and cell["usage"]["calls"] <= 40
+        assert cell["error"] is None and cell["usage"]["calls"] <= CAP
         prompts = ["\n".join(m["content"] for m in request) for request in models.prompt.engine.requests]
         assert prompts, "PE2 asked the prompt model nothing"
         shown[method] = [marks[component] in prompt for prompt in prompts]
@@ -613,7 +617,7 @@ def test_template_ablations_run_as_methods_with_their_own_meta_prompt(tmp_path, 
     models = scripted_models()
     paths = run(config(tmp_path, methods=[method], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=models)
     cell = json.loads(paths["json"].read_text())["cells"][0]
-    assert cell["error"] is None and cell["usage"]["calls"] <= 40
+    assert cell["error"] is None and cell["usage"]["calls"] <= CAP
     prompts = ["\n".join(m["content"] for m in request) for request in models.prompt.engine.requests]
     assert any(mark in prompt for prompt in prompts), prompts[:1]
     general = "In one sentence, what was the instruction?"  # the default forward template
@@ -648,8 +652,9 @@ def test_a_cuecard_method_is_planned_for_the_predictors_of_the_program_it_is_giv
     """The harness plans each teleprompter's knobs for the program's own predictors: a two-predictor
     pipeline gets the plan its teleprompter makes for two, and that plan fits the cap."""
     import cuecard.teleprompters
-    from benchmarks.harness.methods.common import plan_for_program
     from sentiment_cases import Pipeline
+
+    from benchmarks.harness.methods.common import plan_for_program
 
     cls = getattr(cuecard.teleprompters, cls)
     kw = {"cap": 200, "train": REVIEWS[:12], "dev": REVIEWS[12:20]}

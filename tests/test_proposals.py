@@ -57,7 +57,7 @@ def test_each_teleprompter_asks_for_a_schema_only_when_the_model_supports_one(me
         assert all(fmt["type"] == "json_schema" and "instructions" in fmt["schema"]["properties"] for fmt in with_schema)
     else:
         assert formats and not with_schema
-    proposed = [c.instructions["self"] for c in report.candidates if c.origin != "program"]
+    proposed = [c.instructions["self"] for c in report.candidates if c.origin not in ("program", "answer-form")]
     assert proposed and all(re.fullmatch(r"Level \d: say the sentiment\.", text) for text in proposed)
 
 

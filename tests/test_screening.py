@@ -54,7 +54,8 @@ def test_a_proposal_repeating_its_meta_prompts_words_is_dropped_and_counted(meth
     report = compile_with_proposals(method, [f"<INS>{echo}</INS>", f"<START>{echo}<END>", "Level 7: label the review."],
                                     "scripted/echoes")
     assert report.dropped.get("repeats the meta-prompt's words", 0) > 0, report.dropped
-    assert not any("level 7: " in c.instructions["self"].lower() and len(c.instructions["self"]) > 30 for c in report.candidates)
+    proposed = [c for c in report.candidates if c.origin != "answer-form"]  # the engine's variant is no proposal
+    assert not any("level 7: " in c.instructions["self"].lower() and len(c.instructions["self"]) > 30 for c in proposed)
     assert any(c.instructions["self"] == "Level 7: label the review." for c in report.candidates)
 
 
