@@ -37,10 +37,12 @@ with dspy.context(lm=lm, adapter=cuecard.adapter_for(lm)):
 @pytest.mark.model
 @pytest.mark.parametrize("cls", [APE, OPRO, PE2, ProTeGi])
 def test_each_method_compiles_saves_and_reloads_a_pipeline_on_the_embedded_model(cls, local_lm, tmp_path):
-    cap = 80
+    cap = 100
     train, dev = REVIEWS[:8], REVIEWS[8:14]
+    plan = cls.plan(cap, len(train), len(dev), predictors=2)
+    assert plan, f"{cls.__name__}: no plan fits a cap of {cap} (smallest: {cls.smallest_plan(len(train), len(dev), 2)})"
     teleprompter = cls(metric=exact_match("sentiment"), task_lm=local_lm, storage=":memory:", progress=False,
-                       limits=Limits(max_calls=cap), **cls.plan(cap, len(train), len(dev), predictors=2))
+                       limits=Limits(max_calls=cap), **plan)
     compiled = teleprompter.compile(Pipeline(), trainset=train, valset=dev)
     report = compiled.cuecard_report
 
