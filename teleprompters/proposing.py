@@ -315,8 +315,12 @@ class Proposing:
     def closing_reserve(self, ctx: SearchContext) -> int:
         """Requests the checks after the search may still need: the answer-form variant of the winner scored on every
         dev example (with ``answer_form``) and the seed's do-no-harm check (:meth:`acceptance_reserve`)."""
-        form = len(ctx.engine.examples) * ctx.engine.calls_per_example if self.config.answer_form else 0
-        return form + self.acceptance_reserve(ctx)
+        return (self.pool_pass(ctx) if self.config.answer_form else 0) + self.acceptance_reserve(ctx)
+
+    @staticmethod
+    def pool_pass(ctx: SearchContext) -> int:
+        """Requests scoring one new candidate on every dev example takes."""
+        return len(ctx.engine.examples) * ctx.engine.calls_per_example
 
     def closing_checks(self, reserve: int) -> str:
         """What :meth:`closing_reserve` keeps room for, in words, with its requests."""
@@ -350,7 +354,7 @@ class Proposing:
         if variant is None or engine.arm_of(variant) is not None:
             return final
         room = ctx.room()
-        cost = len(engine.examples) * engine.calls_per_example + engine.calls_to_cover(winner)
+        cost = self.pool_pass(ctx) + engine.calls_to_cover(winner)
         if room is not None and room - self.acceptance_reserve(ctx) < cost:
             ctx.note(f"the answer-form check did not fit: it takes {cost} requests, {room} are left beside the seed's check")
             return final

@@ -188,15 +188,21 @@ def test_ape_beats_the_seed_on_held_out_sentiment_and_reruns_from_cache(
     same_answers_after_reload(first, tmp_path / "ape.json", [{"review": e.review} for e in test[:5]])
 
 
-def test_pipeline_predictors_are_induced_from_their_own_traces():
-    def task_reply(messages):
+def summarizing_task(label):
+    """A scripted task model for the Pipeline: the summary is "short " and the review's first 12 characters; the
+    label step always answers ``label``."""
+    def reply(messages):
         text = messages[-1]["content"]
         if text.startswith("Review: "):
             return "short " + text.split("\n")[0][len("Review: "):][:12]
-        return "positive"
+        return label
 
+    return reply
+
+
+def test_pipeline_predictors_are_induced_from_their_own_traces():
     proposer = scripted_proposer([f"Proposal {i}." for i in range(10)])
-    task = scripted_lm(task_reply)
+    task = scripted_lm(summarizing_task("positive"))
     ape = APE(metric=exact_match("sentiment"), task_lm=task, prompt_lm=proposer, num_subsamples=1, num_demos=2,
               num_prompts_per_subsample=2, storage=":memory:", progress=False, policy=FullEvaluation())
     report = ape.compile(Pipeline(), trainset=toy_train(12)).cuecard_report
@@ -213,15 +219,8 @@ def test_a_pipeline_the_task_model_always_fails_induces_its_last_predictor_from_
     its inputs in the program's runs with the gold labels; the first predictor, whose output has no gold,
     gets none and says so."""
     train = toy_train(12)
-
-    def task_reply(messages):
-        text = messages[-1]["content"]
-        if text.startswith("Review: "):
-            return "short " + text.split("\n")[0][len("Review: "):][:12]
-        return "mixed"
-
     proposer = scripted_proposer([f"Proposal {i}." for i in range(10)])
-    ape = APE(metric=exact_match("sentiment"), task_lm=scripted_lm(task_reply), prompt_lm=proposer,
+    ape = APE(metric=exact_match("sentiment"), task_lm=scripted_lm(summarizing_task("mixed")), prompt_lm=proposer,
               num_subsamples=1, num_demos=3, num_prompts_per_subsample=2, storage=":memory:", progress=False,
               policy=FullEvaluation())
     report = ape.compile(Pipeline(), trainset=train).cuecard_report
