@@ -568,7 +568,35 @@ def test_the_provenance_table_counts_winners_by_source_and_the_own_steps_gain():
     cells = [cell("a", "seed", 0.1), cell("a", "own step: opro, round 1", 0.4, 1), cell("b", "own step: opro", 0.2), cell("b", "reading", 0.5, 1)]
     cells[1].best_reading_test_accuracy = 0.25
     row = provenance_table(cells, {"a": 0.1, "b": 0.3}).splitlines()[2]
-    assert row == "| m | 4 | 1 | 1 | 2 | +10.0 (2) | +15.0 (1) |"  # (0.4 - 0.1 + 0.2 - 0.3) / 2; 0.4 - 0.25
+    assert row == "| m | 4 | 1 | 1 | 2 | 0 | +10.0 (2) | +15.0 (1) |"  # (0.4 - 0.1 + 0.2 - 0.3) / 2; 0.4 - 0.25
+
+    # the answer-form check's winners count under the candidate they extend; beside a bare reading only bare own steps
+    cells += [cell("a", "seed + answer form", 0.6, 2), cell("b", "own step: opro, round 2 + answer form", 0.9, 2)]
+    cells[-1].best_reading_test_accuracy = 0.5
+    row = provenance_table(cells, {"a": 0.1, "b": 0.3}).splitlines()[2]
+    assert row == "| m | 6 | 2 | 1 | 3 | 2 | +26.7 (3) | +15.0 (1) |"  # (0.3 - 0.1 + 0.6) / 3
+
+
+def test_a_winner_from_the_answer_form_check_is_named_by_the_candidate_it_extends(tmp_path, fresh_cache):
+    from cuecard.teleprompters.proposing import ANSWER_FORM
+
+    from benchmarks.harness.results import source_kind
+
+    alone = ANSWER_FORM.format(fields="sentiment")
+
+    def wordy_reply(messages):  # right on every review, inside a sentence unless asked for the label alone
+        text = "\n".join(m["content"] for m in messages)
+        label = GOLD[re.search(r"Review: (.*)", messages[-1]["content"]).group(1)]
+        return label if alone in text else f"The sentiment is {label}."
+
+    models = Models(scripted_lm(wordy_reply, name="scripted/wordy", cache=True), scripted_lm(proposer_reply, name="scripted/prompt", cache=True))
+    paths = run(config(tmp_path, methods=["seed", "ape"], seeds=1), log=lambda line: None, tasks=[scripted_task()], models=models)
+    cell = next(c for c in json.loads(paths["json"].read_text())["cells"] if c["method"] == "ape")
+    assert cell["instructions"]["self"].endswith(alone) and cell["test_accuracy"] == 1.0
+    base = cell["instructions"]["self"].removesuffix(alone).strip()
+    expected = "seed" if base == "Classify the sentiment." else "own step"  # APE's candidates are the seed and its own
+    assert source_kind(cell["winner_source"]) == (expected, True) and cell["winner_source"].endswith(" + answer form")
+    assert f"{expected} + answer form 1" in paths["markdown"].read_text()
 
 
 # ---- DSPy as its users run it ---------------------------------------------------------------------

@@ -48,7 +48,8 @@ class CellResult(BaseModel):
     error: str | None = Field(None, description="why the method gave no program (one line)")
     human_accuracies: list[float] = Field(default_factory=list, description="human baseline: each annotation's test accuracy")
     winner_source: str | None = Field(None, description="where the returned program's instructions came from: "
-                                      "'seed', 'reading' (a task reading), 'user seed' or 'own step: <origin>'")
+                                      "'seed', 'reading' (a task reading), 'user seed' or 'own step: <origin>', followed by "
+                                      "' + answer form' when the answer-form check appended its sentence to it")
     search_best_source: str | None = Field(None, description="the same for the search's own best (before the do-no-harm check)")
     search_best_test_accuracy: float | None = Field(None, description="the search's best on test, when the check kept the seed")
     best_reading_test_accuracy: float | None = Field(
@@ -56,6 +57,10 @@ class CellResult(BaseModel):
         "then the best scored) on test, what the loop is measured against")
     acceptance: dict[str, Any] | None = Field(None, description="the do-no-harm decision with its paired differences")
     proposals: list[str] = Field(default_factory=list, description="a few of the method's own proposals, quoted")
+
+
+WITH_ANSWER_FORM = " + answer form"
+"""How a source reads when the engine's answer-form check appended its sentence to that candidate."""
 
 
 def provenance(origin: str | None, round_: int = 0) -> str | None:
@@ -68,12 +73,25 @@ def provenance(origin: str | None, round_: int = 0) -> str | None:
     return f"own step: {origin}" + (f", round {round_}" if round_ else "")
 
 
+def source_kind(source: str) -> tuple[str, bool]:
+    """A winner source's kind without its step's origin, and whether the answer-form check made it.
+
+    Example:
+        >>> source_kind("own step: opro, round 2 + answer form"), source_kind("reading")
+        (('own step', True), ('reading', False))
+    """
+    with_form = source.endswith(WITH_ANSWER_FORM) or source.startswith("own step: answer-form")  # the latter: cells stored before the parent was named
+    return source.split(":", 1)[0].removesuffix(WITH_ANSWER_FORM), with_form
+
+
 def provenance_counts(group: Sequence[CellResult]) -> str:
-    """How often each source gave a group's winner, e.g. ``"own step 1, seed 1"`` (the step's origin left out)."""
+    """How often each source gave a group's winner, e.g. ``"own step 1, seed + answer form 1"`` (the step's origin
+    left out)."""
     counts: dict[str, int] = {}
     for cell in group:
         if cell.winner_source is not None:
-            kind = cell.winner_source.split(":", 1)[0]
+            kind, with_form = source_kind(cell.winner_source)
+            kind += WITH_ANSWER_FORM if with_form else ""
             counts[kind] = counts.get(kind, 0) + 1
     return ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items()))
 
@@ -315,22 +333,26 @@ def targets_table(targets: Sequence[TargetRow]) -> str:
 
 def provenance_table(cells: Sequence[CellResult], seed_tests: dict[str, float]) -> str:
     """Per method: in how many cells the winner was the seed, a task reading or one of the method's own
-    steps, and the mean test change of the cells its own steps won over the seed (``seed_tests``: the
-    seed's test accuracy per task) and over the method's best task reading in the same cell."""
-    lines = ["| method | cells | winner: seed | winner: reading | winner: own step | own-step winners, mean test vs seed (points) "
-             "| own-step winners, mean test vs the best reading (points) |",
-             "|---|---|---|---|---|---|---|"]
+    steps (as is, or with the answer-form check's sentence appended), and the mean test change of the cells
+    its own steps won over the seed (``seed_tests``: the seed's test accuracy per task) and, for the own-step
+    winners without the engine's sentence, over the method's best task reading in the same cell (the
+    reading as it is, so a winner with the sentence would be measured against the bare reading)."""
+    lines = ["| method | cells | winner: seed | winner: reading | winner: own step | of these, with the answer form "
+             "| own-step winners, mean test vs seed (points) | own-step winners as proposed, mean test vs the best reading (points) |",
+             "|---|---|---|---|---|---|---|---|"]
     methods = list(dict.fromkeys(c.method for c in cells if c.winner_source is not None and c.method != "seed"))
     for method in methods:
         group = [c for c in cells if c.method == method and c.winner_source is not None and c.test_accuracy is not None]
-        kinds = [c.winner_source.split(":", 1)[0] for c in group]
-        own = [c.test_accuracy - seed_tests[c.task] for c in group if c.winner_source.startswith("own step") and c.task in seed_tests]
-        over_reading = [c.test_accuracy - c.best_reading_test_accuracy for c in group
-                        if c.winner_source.startswith("own step") and c.best_reading_test_accuracy is not None]
-        gain = f"{100 * statistics.fmean(own):+.1f} ({len(own)})" if own else "—"
+        kinds = [source_kind(c.winner_source) for c in group]
+        own = [(c, with_form) for c, (kind, with_form) in zip(group, kinds, strict=True) if kind == "own step"]
+        over_seed = [c.test_accuracy - seed_tests[c.task] for c, _ in own if c.task in seed_tests]
+        over_reading = [c.test_accuracy - c.best_reading_test_accuracy for c, with_form in own
+                        if not with_form and c.best_reading_test_accuracy is not None]
+        gain = f"{100 * statistics.fmean(over_seed):+.1f} ({len(over_seed)})" if over_seed else "—"
         beyond = f"{100 * statistics.fmean(over_reading):+.1f} ({len(over_reading)})" if over_reading else "—"
-        lines.append(f"| {method} | {len(group)} | {kinds.count('seed')} | {kinds.count('reading')} | {kinds.count('own step')} | {gain} "
-                     f"| {beyond} |")
+        counted = [kind for kind, _ in kinds]
+        lines.append(f"| {method} | {len(group)} | {counted.count('seed')} | {counted.count('reading')} | {counted.count('own step')} "
+                     f"| {sum(with_form for _, with_form in kinds)} | {gain} | {beyond} |")
     return "\n".join(lines)
 
 

@@ -19,6 +19,7 @@ from cuecard.engine.evaluate import Evaluator
 from cuecard.errors import BudgetExhausted
 from cuecard.identity import data_fingerprint, digest, lm_identity, metric_identity
 from cuecard.program import apply_instructions, get_instructions
+from cuecard.reporting.report import CandidateSummary, CompileReport
 from pydantic import BaseModel, Field, field_validator
 
 from ..models import resolve_model_spec
@@ -32,12 +33,13 @@ from .methods import (
     runners_for,
 )
 from .methods.common import stop_reason
-from .results import CellResult, CellStore, one_line, provenance, write_outputs
+from .results import WITH_ANSWER_FORM, CellResult, CellStore, one_line, provenance, write_outputs
 from .tasks import DEFAULT_SEED_INSTRUCTION, Task, bbh, instruction_induction, jsonl_task
 
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)  # "response was truncated": answers are capped on purpose
 
 HARNESS_VERSION = 1
+ANSWER_FORM_ORIGIN = "answer-form"  # the origin of the candidate the answer-form check adds (teleprompters/proposing.py)
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 DEFAULT_TASKS = ("ii:sentiment", "ii:larger_animal", "bbh:boolean_expressions")
 
@@ -200,9 +202,9 @@ def record_provenance(cell: CellResult, compiled: dspy.Module, task: Task, test:
         same = list(cell.instructions.values()) == [task.seed_instruction]
         cell.winner_source = "seed" if same else f"own step: {cell.method}"
         return
-    cell.winner_source = provenance(report.best.origin, report.best.round)
+    cell.winner_source = winner_source(report, report.best)
     searched = report.search_best or report.best
-    cell.search_best_source = provenance(searched.origin, searched.round)
+    cell.search_best_source = winner_source(report, searched)
     cell.acceptance = report.acceptance.model_dump() if report.acceptance is not None else None
     if report.search_best is not None:
         program = apply_instructions(compiled, report.search_best.instructions)
@@ -211,6 +213,16 @@ def record_provenance(cell: CellResult, compiled: dspy.Module, task: Task, test:
     if cell.winner_source.startswith("own step") and readings:
         reading = max(readings, key=lambda c: (c.dev_examples, c.dev_score))
         cell.best_reading_test_accuracy = accuracy(apply_instructions(compiled, reading.instructions), test, task.metric, models.task)
+
+
+def winner_source(report: CompileReport, candidate: CandidateSummary) -> str | None:
+    """Where ``candidate`` came from (:func:`provenance`); the answer-form check's variant is named by the candidate
+    it appended its sentence to, e.g. ``"seed + answer form"``."""
+    if candidate.origin == ANSWER_FORM_ORIGIN:
+        parent = next((c for c in report.candidates if c.key == candidate.parent), None)
+        if parent is not None:
+            return f"{provenance(parent.origin, parent.round)}{WITH_ANSWER_FORM}"
+    return provenance(candidate.origin, candidate.round)
 
 
 def run_human(task: Task, config: HarnessConfig, models: Models) -> CellResult:
