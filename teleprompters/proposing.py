@@ -359,7 +359,7 @@ class Proposing:
             ctx.note(f"the answer-form check did not fit: it takes {cost} requests, {room} are left beside the seed's check")
             return final
         after_the_search = 1 + max(candidate.record.round for candidate in engine.arms)
-        arm = engine.add_candidate(variant, parent=engine.arms[winner].record.key, round=after_the_search, origin="answer-form")
+        arm = engine.add_candidate(variant, parent=engine.arms[winner].record.key, round=after_the_search, origin=ANSWER_FORM_ORIGIN)
         engine.phase = "the answer-form check (the winner asking for the answer alone)"
         everywhere = FullEvaluation(n_examples=len(engine.examples))
         if engine.calls_to_cover(winner):
@@ -527,6 +527,8 @@ class Proposing:
 
 ANSWER_FORM = "Reply with the {fields} only, nothing else."
 """The sentence :meth:`Proposing.try_answer_form` appends to the search's winner; ``{fields}`` names the output fields."""
+ANSWER_FORM_ORIGIN = "answer-form"
+"""The origin of the variant :meth:`Proposing.try_answer_form` adds (its parent is the winner it extends)."""
 EMPTY_STEPS_IN_A_ROW = 2
 """With ``until_cap``, the steps in a row that may give no usable new candidate before the search stops (a step
 that gave nothing is asked again: the prompt model samples anew, and a small one often repeats itself once)."""

@@ -20,6 +20,7 @@ from cuecard.errors import BudgetExhausted
 from cuecard.identity import data_fingerprint, digest, lm_identity, metric_identity
 from cuecard.program import apply_instructions, get_instructions
 from cuecard.reporting.report import CandidateSummary, CompileReport
+from cuecard.teleprompters.proposing import ANSWER_FORM_ORIGIN
 from pydantic import BaseModel, Field, field_validator
 
 from ..models import resolve_model_spec
@@ -39,7 +40,6 @@ from .tasks import DEFAULT_SEED_INSTRUCTION, Task, bbh, instruction_induction, j
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)  # "response was truncated": answers are capped on purpose
 
 HARNESS_VERSION = 1
-ANSWER_FORM_ORIGIN = "answer-form"  # the origin of the candidate the answer-form check adds (teleprompters/proposing.py)
 DEFAULT_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 DEFAULT_TASKS = ("ii:sentiment", "ii:larger_animal", "bbh:boolean_expressions")
 
