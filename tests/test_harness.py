@@ -577,6 +577,28 @@ def test_the_provenance_table_counts_winners_by_source_and_the_own_steps_gain():
     assert row == "| m | 6 | 2 | 1 | 3 | 2 | +26.7 (3) | +15.0 (1) |"  # (0.3 - 0.1 + 0.6) / 3
 
 
+def test_a_dspy_program_returned_with_demos_is_not_named_the_bare_seed():
+    from types import SimpleNamespace
+
+    from benchmarks.harness import CellResult
+    from benchmarks.harness.results import provenance_counts, provenance_table, source_kind
+    from benchmarks.harness.run import record_provenance
+
+    task = SimpleNamespace(seed_instruction="Classify the sentiment.")
+    sources = []
+    for demos in ([], [dspy.Example(review="great", sentiment="positive")]):
+        program = dspy.Predict(dspy.Signature("review -> sentiment", "Classify the sentiment."))
+        program.demos = demos
+        cell = CellResult(task="t", method="miprov2-fewshot", seed=0, fingerprint="f", test_accuracy=0.5,
+                          instructions={"self": "Classify the sentiment."})
+        record_provenance(cell, program, task, [], models=None)
+        sources.append(cell)
+    assert [c.winner_source for c in sources] == ["seed", "seed + demos"]
+    assert source_kind("seed + demos") == ("seed", False)
+    assert provenance_counts(sources) == "seed 1, seed + demos 1"
+    assert provenance_table(sources, {"t": 0.5}).splitlines()[2].startswith("| miprov2-fewshot | 2 | 2 | 0 | 0 | 0 |")
+
+
 def test_a_winner_from_the_answer_form_check_is_named_by_the_candidate_it_extends(tmp_path, fresh_cache):
     from cuecard.teleprompters.proposing import ANSWER_FORM
 

@@ -49,7 +49,8 @@ class CellResult(BaseModel):
     human_accuracies: list[float] = Field(default_factory=list, description="human baseline: each annotation's test accuracy")
     winner_source: str | None = Field(None, description="where the returned program's instructions came from: "
                                       "'seed', 'reading' (a task reading), 'user seed' or 'own step: <origin>', followed by "
-                                      "' + answer form' when the answer-form check appended its sentence to it")
+                                      "' + answer form' when the answer-form check appended its sentence to it, and ' + demos' when "
+                                      "a DSPy optimizer returned it with demos")
     search_best_source: str | None = Field(None, description="the same for the search's own best (before the do-no-harm check)")
     search_best_test_accuracy: float | None = Field(None, description="the search's best on test, when the check kept the seed")
     best_reading_test_accuracy: float | None = Field(
@@ -60,6 +61,7 @@ class CellResult(BaseModel):
 
 
 WITH_ANSWER_FORM = " + answer form"
+WITH_DEMOS = " + demos"  # a DSPy program returned with the demos its optimizer chose
 """How a source reads when the engine's answer-form check appended its sentence to that candidate."""
 
 
@@ -74,12 +76,14 @@ def provenance(origin: str | None, round_: int = 0) -> str | None:
 
 
 def source_kind(source: str) -> tuple[str, bool]:
-    """A winner source's kind without its step's origin, and whether the answer-form check made it.
+    """A winner source's kind without its step's origin (nor the demos a DSPy optimizer chose), and whether the
+    answer-form check made it.
 
     Example:
         >>> source_kind("own step: opro, round 2 + answer form"), source_kind("reading")
         (('own step', True), ('reading', False))
     """
+    source = source.removesuffix(WITH_DEMOS)
     with_form = source.endswith(WITH_ANSWER_FORM) or source.startswith("own step: answer-form")  # the latter: cells stored before the parent was named
     return source.split(":", 1)[0].removesuffix(WITH_ANSWER_FORM), with_form
 
@@ -92,6 +96,7 @@ def provenance_counts(group: Sequence[CellResult]) -> str:
         if cell.winner_source is not None:
             kind, with_form = source_kind(cell.winner_source)
             kind += WITH_ANSWER_FORM if with_form else ""
+            kind += WITH_DEMOS if cell.winner_source.endswith(WITH_DEMOS) else ""
             counts[kind] = counts.get(kind, 0) + 1
     return ", ".join(f"{kind} {count}" for kind, count in sorted(counts.items()))
 

@@ -34,7 +34,7 @@ from .methods import (
     runners_for,
 )
 from .methods.common import stop_reason
-from .results import WITH_ANSWER_FORM, CellResult, CellStore, one_line, provenance, write_outputs
+from .results import WITH_ANSWER_FORM, WITH_DEMOS, CellResult, CellStore, one_line, provenance, write_outputs
 from .tasks import DEFAULT_SEED_INSTRUCTION, Task, bbh, instruction_induction, jsonl_task
 
 logging.getLogger("dspy.clients.lm").setLevel(logging.ERROR)  # "response was truncated": answers are capped on purpose
@@ -198,9 +198,10 @@ def record_provenance(cell: CellResult, compiled: dspy.Module, task: Task, test:
     """Where the winner came from, the do-no-harm decision with its paired differences, and, when the check
     kept the seed, the search's own best scored on test too (what another acceptance rule would have returned)."""
     report = getattr(compiled, "cuecard_report", None)
-    if report is None:  # DSPy's optimizers: the seed's instructions, or their own
+    if report is None:  # DSPy's optimizers: the seed's instructions, or their own, and the demos they chose
         same = list(cell.instructions.values()) == [task.seed_instruction]
-        cell.winner_source = "seed" if same else f"own step: {cell.method}"
+        demos = any(predictor.demos for _, predictor in compiled.named_predictors())
+        cell.winner_source = ("seed" if same else f"own step: {cell.method}") + (WITH_DEMOS if demos else "")
         return
     cell.winner_source = winner_source(report, report.best)
     searched = report.search_best or report.best
