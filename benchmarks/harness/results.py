@@ -61,8 +61,9 @@ class CellResult(BaseModel):
 
 
 WITH_ANSWER_FORM = " + answer form"
-WITH_DEMOS = " + demos"  # a DSPy program returned with the demos its optimizer chose
 """How a source reads when the engine's answer-form check appended its sentence to that candidate."""
+WITH_DEMOS = " + demos"
+"""How a DSPy optimizer's source reads when it returned the program with demos of its choosing."""
 
 
 def provenance(origin: str | None, round_: int = 0) -> str | None:

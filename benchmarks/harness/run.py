@@ -18,7 +18,7 @@ from cuecard.clients.usage import Limits, Usage, track
 from cuecard.engine.evaluate import Evaluator
 from cuecard.errors import BudgetExhausted
 from cuecard.identity import data_fingerprint, digest, lm_identity, metric_identity
-from cuecard.program import apply_instructions, get_instructions
+from cuecard.program import apply_instructions, get_instructions, predictors
 from cuecard.reporting.report import CandidateSummary, CompileReport
 from cuecard.teleprompters.proposing import ANSWER_FORM_ORIGIN
 from pydantic import BaseModel, Field, field_validator
@@ -200,7 +200,7 @@ def record_provenance(cell: CellResult, compiled: dspy.Module, task: Task, test:
     report = getattr(compiled, "cuecard_report", None)
     if report is None:  # DSPy's optimizers: the seed's instructions, or their own, and the demos they chose
         same = list(cell.instructions.values()) == [task.seed_instruction]
-        demos = any(predictor.demos for _, predictor in compiled.named_predictors())
+        demos = any(predictor.demos for _, predictor in predictors(compiled))
         cell.winner_source = ("seed" if same else f"own step: {cell.method}") + (WITH_DEMOS if demos else "")
         return
     cell.winner_source = winner_source(report, report.best)
